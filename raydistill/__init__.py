@@ -1,0 +1,63 @@
+"""raydistill: knowledge distillation on Ray.
+
+The Python API mirrors the YAML job: ``JobConfig`` is the job, ``Distiller`` the objective usable
+in any PyTorch loop, ``run_job`` what ``raydistill train`` runs.
+"""
+
+from raydistill.config import (
+    DataConfig,
+    DistillConfig,
+    JobConfig,
+    JobError,
+    ModelSpec,
+    OutputConfig,
+    ScalingConfig,
+    TeacherConfig,
+    TeacherPoolConfig,
+    TrainConfig,
+    load_job,
+)
+from raydistill.distill import (
+    Distiller,
+    DistillLoss,
+    FeatureTap,
+    Schedule,
+    build_adapter,
+    feature_loss,
+    hard_loss,
+    sample_weights,
+    soft_target_loss,
+)
+from raydistill.models import build_model, load_weights, save_weights
+from raydistill.pipeline import RunSummary, run_job, run_teacher
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataConfig",
+    "DistillConfig",
+    "DistillLoss",
+    "Distiller",
+    "FeatureTap",
+    "JobConfig",
+    "JobError",
+    "ModelSpec",
+    "OutputConfig",
+    "RunSummary",
+    "ScalingConfig",
+    "Schedule",
+    "TeacherConfig",
+    "TeacherPoolConfig",
+    "TrainConfig",
+    "build_adapter",
+    "build_model",
+    "feature_loss",
+    "hard_loss",
+    "load_job",
+    "load_weights",
+    "run_job",
+    "run_teacher",
+    "sample_weights",
+    "save_weights",
+    "soft_target_loss",
+]

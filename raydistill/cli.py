@@ -1,0 +1,95 @@
+"""The ``raydistill`` command line."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from raydistill.config import JobConfig, JobError, load_job
+
+_set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a job field, e.g. --set train.epochs=3 (repeatable; value parsed as YAML).",
+)
+_fresh_option = click.option(
+    "--fresh", is_flag=True, help="Start over: delete this job's run directory first."
+)
+
+
+def _load(job_file: str, overrides: tuple[str, ...], **updates: Any) -> JobConfig:
+    overrides = overrides + tuple(f"{k}={v}" for k, v in updates.items())
+    return load_job(job_file, overrides)
+
+
+def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad input ends in one clear message and exit code 2, not a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except JobError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="raydistill")
+def main() -> None:
+    """Knowledge distillation on Ray: one YAML job from a laptop to a GPU cluster."""
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@_set_option
+@_clean_errors
+def validate(job_file: str, overrides: tuple[str, ...]) -> None:
+    """Check a job and print it fully resolved (every default filled in)."""
+    job = _load(job_file, overrides)
+    click.echo(job.to_yaml(), nl=False)
+    click.echo(f"# ok: {job_file} is a valid job; runs go to {job.run_dir}", err=True)
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@_set_option
+@_fresh_option
+@_clean_errors
+def teacher(job_file: str, overrides: tuple[str, ...], fresh: bool) -> None:
+    """Train the job's teacher (when it has no checkpoint) and save it in the run directory."""
+    from raydistill.pipeline import run_teacher
+
+    path = run_teacher(_load(job_file, overrides), fresh=fresh, log=click.echo)
+    click.echo(f"teacher weights: {path}")
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@_set_option
+@_fresh_option
+@click.option(
+    "--baseline", is_flag=True, help="Train the student alone, without a teacher (the baseline)."
+)
+@_clean_errors
+def train(job_file: str, overrides: tuple[str, ...], fresh: bool, baseline: bool) -> None:
+    """Distil the teacher into the student (training the teacher first if needed)."""
+    from raydistill.pipeline import run_job
+
+    updates = {"distill.enabled": "false"} if baseline else {}
+    summary = run_job(_load(job_file, overrides, **updates), fresh=fresh, log=click.echo)
+    click.echo("")
+    click.echo(summary.table())
+    click.echo(f"\nrun directory: {summary.run_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,363 @@
+"""The job schema: everything a run does is visible in its YAML.
+
+A job file is parsed into :class:`JobConfig`; every field's default is documented here, and the
+resolved job (defaults filled in) is written into the run directory. Errors name the offending
+key path (``distill.alpha.start``) and say why.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raydistill.distill.schedules import Schedule, ScheduleLike
+from raydistill.distill.weighting import WeightingKind
+
+
+class JobError(ValueError):
+    """A job file that cannot be run: the message names the key path or file and says why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _existing_file(value: Path | None) -> Path | None:
+    if value is not None and not Path(value).expanduser().exists():
+        raise ValueError(f"file not found: {value}")
+    return Path(value).expanduser() if value is not None else None
+
+
+class SplitConfig(_Section):
+    """How a source without predefined splits is cut into train/val/test (stratified, seeded)."""
+
+    val: float = Field(0.2, gt=0, lt=1, description="share of the data for validation")
+    test: float = Field(0.2, gt=0, lt=1, description="share of the data for the final test")
+    seed: int = Field(0, description="split seed, fixed apart from the training seed")
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> SplitConfig:
+        if self.val + self.test >= 1:
+            raise ValueError(f"val + test = {self.val + self.test:.2f} leaves no training data")
+        return self
+
+
+class DataConfig(_Section):
+    """Where the examples come from."""
+
+    source: Literal["digits"] = Field(
+        "digits", description="digits: scikit-learn's bundled 8x8 handwritten digits"
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    num_classes: int | None = Field(None, ge=2, description="null: taken from the source")
+    shuffle_buffer: int = Field(512, ge=0, description="rows in each worker's shuffle buffer")
+
+
+class TrainOverrides(_Section):
+    """Fields of ``train`` that the teacher stage may set differently (null: as in ``train``)."""
+
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    optimizer: Literal["adamw", "adam", "sgd"] | None = None
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+
+
+class ModelSpec(_Section):
+    """A model built from a spec string.
+
+    ``model`` is ``torchvision:<name>`` (e.g. ``torchvision:resnet18``) or ``module.path:factory``
+    for user code. ``args`` are passed to the builder; ``num_classes`` is filled in from the data
+    when the builder accepts it. ``checkpoint`` is a local weights file (loaded with
+    ``weights_only=True``).
+    """
+
+    model: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Path | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _spec_shape(cls, value: str) -> str:
+        prefix, sep, name = value.partition(":")
+        if not sep or not prefix or not name:
+            raise ValueError(
+                f"'{value}' is not a model spec: use 'torchvision:<name>' or 'module.path:factory'"
+            )
+        return value
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, value: Path | None) -> Path | None:
+        return _existing_file(value)
+
+
+class TeacherConfig(ModelSpec):
+    """The teacher. With no ``checkpoint``, ``raydistill teacher`` trains it into the run directory
+    (``train`` runs that stage first when needed)."""
+
+    train: TrainOverrides = Field(default_factory=TrainOverrides)
+
+
+class StudentConfig(ModelSpec):
+    """The student (``checkpoint``, when set, initialises its weights)."""
+
+
+class FeaturePair(_Section):
+    student: str
+    teacher: str
+
+
+class DistillConfig(_Section):
+    """The distillation objective: alpha * soft + (1 - alpha) * hard + feature_weight * feature.
+
+    ``temperature`` and ``alpha`` take a number or a schedule
+    (``{kind: step, start: 5.0, step: -0.5, every: 10, floor: 1.0}``; kinds: constant, linear,
+    step, cosine).
+    """
+
+    enabled: bool = Field(True, description="false: train the student alone (the baseline)")
+    temperature: ScheduleLike = Field(default_factory=lambda: Schedule(start=4.0))
+    alpha: ScheduleLike = Field(default_factory=lambda: Schedule(start=0.9))
+    feature_layers: list[FeaturePair] = Field(
+        default_factory=list,
+        description="layer names (same on both sides) or {student: ..., teacher: ...} pairs",
+    )
+    feature_weight: float = Field(0.0, ge=0)
+    feature_grad_scale: float = Field(1.0, ge=0)
+    weighting: WeightingKind = Field("none", description="dynamic per-sample soft-loss weights")
+    teacher_pass: Literal["once", "per_epoch"] = Field(
+        "once",
+        description="once: the teacher pool labels the data once per stage and its outputs stay"
+        " in Ray's object store; per_epoch: the pool runs inside every epoch's stream",
+    )
+
+    @field_validator("feature_layers", mode="before")
+    @classmethod
+    def _pairs(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return [{"student": s, "teacher": t} for s, t in value.items()]
+        if isinstance(value, list):
+            return [{"student": v, "teacher": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
+class EarlyStopping(_Section):
+    monitor: Literal["val_loss", "val_acc"] = Field(
+        "val_loss",
+        description="val_loss: the stage's objective on validation (the distillation loss for a"
+        " distilled student)",
+    )
+    patience: int = Field(10, ge=1, description="epochs without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(64, ge=1, description="per worker")
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    lr_schedule: Literal["none", "cosine", "step"] = "cosine"
+    lr_step_size: int = Field(10, ge=1, description="step schedule: epochs between decays")
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor")
+    grad_clip: float | None = Field(5.0, gt=0, description="max gradient norm; null: off")
+    early_stopping: EarlyStopping | None = None
+    keep_best: bool = Field(True, description="evaluate the best epoch on val, not the last")
+    baseline: bool = Field(
+        False, description="also train the student alone, to show what distillation bought"
+    )
+
+
+class TeacherPoolConfig(_Section):
+    """The pool of teacher actors that adds teacher outputs to each row."""
+
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(1, ge=1)
+    num_cpus: float = Field(0.5, gt=0, description="per actor; fractional keeps small nodes free")
+    num_gpus: float = Field(0.0, ge=0, description="per actor")
+    batch_size: int = Field(256, ge=1)
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom resources, e.g. {teacher: 1}"
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> TeacherPoolConfig:
+        if self.max_actors < self.min_actors:
+            raise ValueError(f"max_actors {self.max_actors} < min_actors {self.min_actors}")
+        return self
+
+
+class ScalingConfig(_Section):
+    workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="custom resources, e.g. {student: 1}"
+    )
+    max_failures: int = Field(0, ge=-1, description="worker failures survived; -1: unlimited")
+    teacher_pool: TeacherPoolConfig = Field(default_factory=TeacherPoolConfig)
+
+
+class OutputConfig(_Section):
+    storage_path: Path = Field(Path("runs"), description="runs go to storage_path/name/")
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class JobConfig(_Section):
+    """A whole distillation job, as written in ``jobs/*.yaml``."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig
+    student: StudentConfig
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _schedule_ranges(self) -> JobConfig:
+        epochs = self.train.epochs
+        temps = self.distill.temperature.values(epochs)
+        if min(temps) <= 0:
+            raise _KeyedError("distill.temperature", f"must stay > 0, reaches {min(temps):g}")
+        alphas = self.distill.alpha.values(epochs)
+        if min(alphas) < 0 or max(alphas) > 1:
+            bad = min(alphas) if min(alphas) < 0 else max(alphas)
+            raise _KeyedError("distill.alpha", f"must stay within [0, 1], reaches {bad:g}")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        """Absolute directory holding everything this job writes."""
+        return (Path(self.output.storage_path).expanduser() / self.name).resolve()
+
+    def teacher_train(self) -> TrainConfig:
+        """``train`` with the teacher stage's overrides applied."""
+        return self.train.model_copy(update=self.teacher.train.model_dump(exclude_none=True))
+
+    def to_yaml(self) -> str:
+        """The resolved job as YAML (paths as strings), loadable by :func:`load_job`."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class _KeyedError(ValueError):
+    """A cross-field error that knows its key path."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.epochs=3`` -> (["train", "epochs"], 3); the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise JobError(f"override '{text}' is not of the form key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise JobError(f"override '{text}': value is not valid YAML ({exc})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Set ``a.b.c=value`` overrides in a raw job mapping (before validation)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise JobError(f"override '{text}': {where} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def _known_keys(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
+    """Field names of the section at ``path`` (for 'did you mean' hints)."""
+    current: Any = model
+    for part in path:
+        if isinstance(part, int) or not (
+            isinstance(current, type) and issubclass(current, BaseModel)
+        ):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        current = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if current is None:
+            return []
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem: ``<source>: <key.path>: <why>``."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _KeyedError):
+            key, why = ctx_error.key, str(ctx_error).split(": ", 1)[1]
+        elif err["type"] == "extra_forbidden":
+            why = "unknown key"
+            hint = difflib.get_close_matches(str(loc[-1]), _known_keys(JobConfig, loc[:-1]), n=1)
+            if hint:
+                why += f" (did you mean '{hint[0]}'?)"
+        elif err["type"] == "missing":
+            why = "required key is missing"
+        else:
+            why = err["msg"].removeprefix("Value error, ")
+            if "input" in err and not isinstance(err["input"], dict | list):
+                why += f" (got {err['input']!r})"
+        lines.append(f"{source}: {key}: {why}")
+    return "\n".join(lines)
+
+
+def job_from_dict(raw: Mapping[str, Any], source: str = "job") -> JobConfig:
+    """Validate a raw mapping into a :class:`JobConfig`, raising :class:`JobError` on bad input."""
+    try:
+        return JobConfig.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise JobError(format_validation_error(exc, source)) from None
+
+
+def load_job(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> JobConfig:
+    """Read a job YAML, apply ``key.path=value`` overrides, validate.
+
+    The job's ``name`` defaults to the file's stem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise JobError(f"{path}: job file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise JobError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise JobError(f"{path}: a job is a mapping of sections, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    return job_from_dict(apply_overrides(raw, overrides), str(path))

@@ -1,0 +1,41 @@
+"""Distillation mathematics without Ray: losses, schedules, adapters, weighting, feature taps and
+the :class:`Distiller` module that puts them together."""
+
+from raydistill.distill.adapters import (
+    ConvAdapter,
+    LinearAdapter,
+    PoolLinearAdapter,
+    build_adapter,
+)
+from raydistill.distill.distiller import Distiller, DistillLoss
+from raydistill.distill.losses import (
+    combine,
+    feature_loss,
+    hard_loss,
+    scale_grad,
+    soft_target_loss,
+)
+from raydistill.distill.schedules import Schedule, ScheduleLike, as_schedule
+from raydistill.distill.taps import FeatureTap, feature_shapes
+from raydistill.distill.weighting import WeightingKind, sample_weights
+
+__all__ = [
+    "ConvAdapter",
+    "DistillLoss",
+    "Distiller",
+    "FeatureTap",
+    "LinearAdapter",
+    "PoolLinearAdapter",
+    "Schedule",
+    "ScheduleLike",
+    "WeightingKind",
+    "as_schedule",
+    "build_adapter",
+    "combine",
+    "feature_loss",
+    "feature_shapes",
+    "hard_loss",
+    "sample_weights",
+    "scale_grad",
+    "soft_target_loss",
+]

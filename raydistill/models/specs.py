@@ -1,0 +1,126 @@
+"""Build models from spec strings and move weights in and out of files safely."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from raydistill.config import JobError, ModelSpec
+
+WEIGHTS_FORMAT = "raydistill.weights/1"
+
+
+def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
+    import torchvision.models as tvm
+
+    try:
+        return tvm.get_model_builder(name)
+    except ValueError:
+        raise JobError(
+            f"torchvision has no model '{name}' (see torchvision.models.list_models())"
+        ) from None
+
+
+def _factory(spec: str) -> Callable[..., nn.Module]:
+    """Import exactly the ``module.path:factory`` the user named, nothing else."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise JobError(f"model '{spec}': cannot import module '{module_name}' ({exc})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise JobError(f"model '{spec}': '{module_name}' has no callable '{attr}'")
+    return factory
+
+
+def resolve_builder(spec: str) -> Callable[..., nn.Module]:
+    prefix, _, name = spec.partition(":")
+    if prefix == "torchvision":
+        return _torchvision_builder(name)
+    return _factory(spec)
+
+
+def build_model(spec: ModelSpec, num_classes: int | None = None, load: bool = True) -> nn.Module:
+    """Build the model a spec names, with ``num_classes`` outputs when the builder accepts it.
+
+    torchvision models are built with ``weights=None`` unless ``args`` says otherwise; pretrained
+    weights come from ``checkpoint`` (a local file), never from a download. With ``load`` the
+    spec's checkpoint is loaded.
+    """
+    builder = resolve_builder(spec.model)
+    kwargs: dict[str, Any] = dict(spec.args)
+    params = inspect.signature(builder).parameters
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if num_classes is not None and ("num_classes" in params or takes_kwargs):
+        kwargs.setdefault("num_classes", num_classes)
+    if spec.model.startswith("torchvision:"):
+        kwargs.setdefault("weights", None)
+    try:
+        model = builder(**kwargs)
+    except TypeError as exc:
+        raise JobError(f"model '{spec.model}' with args {spec.args}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise JobError(f"model '{spec.model}' returned {type(model).__name__}, not a torch module")
+    if load and spec.checkpoint is not None:
+        load_weights(model, spec.checkpoint, what=spec.model)
+    return model
+
+
+def save_weights(model: nn.Module, path: Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write a model's weights (tensors and plain metadata only, so loading needs no pickle)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"format": WEIGHTS_FORMAT, "meta": meta or {}, "model": model.state_dict()}, tmp)
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written weights file
+    return path
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a state dict from our weights format or a plain ``state_dict`` file, safely."""
+    try:
+        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise JobError(f"checkpoint not found: {path}") from None
+    except Exception as exc:
+        raise JobError(f"checkpoint {path} cannot be read safely: {exc}") from None
+    if isinstance(blob, dict) and "model" in blob and isinstance(blob["model"], dict):
+        blob = blob["model"]
+    if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise JobError(f"checkpoint {path} holds no state dict of tensors")
+    return blob
+
+
+def load_weights(model: nn.Module, path: Path, what: str = "model") -> nn.Module:
+    """Load weights into ``model``; a checkpoint of another model is refused with the reason."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
+        if mismatched:
+            parts.append(f"shape mismatch: {mismatched[:3]}")
+        raise JobError(f"checkpoint {path} does not fit {what}: " + "; ".join(parts))
+    model.load_state_dict(state)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,248 @@
+"""One job end to end: teacher stage, distilled student, baseline, and the comparison table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raydistill.config import JobConfig, JobError
+from raydistill.data.arrays import LabelledArrays
+from raydistill.data.sources import load_splits, to_dataset
+from raydistill.distill.taps import feature_shapes
+from raydistill.evaluate import ModelScore, score
+from raydistill.models.specs import build_model, load_weights
+from raydistill.runtime import ray_session
+from raydistill.teacher.pool import attach_teacher
+from raydistill.train.spec import Role, StageSpec
+from raydistill.train.stage import StageResult, finished_stage, run_stage, stage_dir
+
+Log = Callable[[str], None]
+JOB_FILE = "job.yaml"
+SUMMARY_FILE = "summary.md"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class RunSummary:
+    """What a run produced: its directory, the stages it trained and the test-split scores."""
+
+    run_dir: Path
+    stages: dict[str, StageResult] = field(default_factory=dict)
+    scores: list[ModelScore] = field(default_factory=list)
+
+    def score(self, name: str) -> ModelScore:
+        return next(s for s in self.scores if s.name == name)
+
+    def table(self) -> str:
+        """The comparison as a Markdown table."""
+        rows = [
+            "| model | test accuracy | parameters | latency / sample (CPU, batch 1) | epochs |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for s in self.scores:
+            stage = self.stages.get(s.name.split(" ")[0])
+            epochs = str(stage.epochs_run) if stage else "-"
+            rows.append(
+                f"| {s.name} | {100 * s.accuracy:.2f}% | {s.parameters:,} | "
+                f"{s.latency_ms:.3f} ms | {epochs} |"
+            )
+        names = {s.name: s for s in self.scores}
+        notes = []
+        teacher, student = names.get("teacher"), names.get("student (distilled)")
+        alone = names.get("baseline (student alone)")
+        if teacher and student:
+            notes.append(
+                f"student: {teacher.parameters / student.parameters:.1f}x fewer parameters, "
+                f"{teacher.latency_ms / student.latency_ms:.1f}x faster per sample, "
+                f"{100 * (student.accuracy - teacher.accuracy):+.2f} points vs the teacher"
+            )
+        if student and alone:
+            notes.append(
+                f"distillation bought {100 * (student.accuracy - alone.accuracy):+.2f} points "
+                "over the same student trained alone"
+            )
+        return "\n".join(rows + [""] + [f"- {n}" for n in notes])
+
+
+def prepare_run_dir(job: JobConfig, fresh: bool, log: Log) -> Path:
+    """Create (or with ``fresh`` wipe and recreate) the run directory; record the resolved job."""
+    run_dir = job.run_dir
+    if fresh and run_dir.exists():
+        log(f"--fresh: removing {run_dir}")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job_file = run_dir / JOB_FILE
+    resolved = job.to_yaml()
+    if job_file.exists() and job_file.read_text() != resolved:
+        log(f"note: {job_file} differs from this job; resuming with the new settings")
+    job_file.write_text(resolved)
+    return run_dir
+
+
+def teacher_weights_path(job: JobConfig) -> Path:
+    """The teacher's weights: the job's checkpoint, or the teacher stage's output."""
+    if job.teacher.checkpoint is not None:
+        return Path(job.teacher.checkpoint)
+    return stage_dir(job.run_dir, "teacher") / "model.pt"
+
+
+def _datasets(splits: dict[str, LabelledArrays]) -> dict[str, object]:
+    return {"train": to_dataset(splits["train"]), "val": to_dataset(splits["val"])}
+
+
+def _run_or_reuse(spec: StageSpec, datasets: dict, log: Log) -> StageResult:
+    done = finished_stage(spec.job.run_dir, spec.role)
+    if done is not None:
+        log(f"[{spec.role}] already trained ({done.weights}); use --fresh to retrain")
+        return done
+    log(
+        f"[{spec.role}] training {spec.model.model} for up to {spec.train.epochs} epochs "
+        f"on {spec.job.scaling.workers} workers"
+    )
+    return run_stage(spec, datasets, spec.job.run_dir)
+
+
+def fit_teacher(job: JobConfig, splits: dict[str, LabelledArrays], log: Log) -> Path:
+    """Train the teacher unless the job names its checkpoint or an earlier run trained it."""
+    if job.teacher.checkpoint is not None:
+        log(f"[teacher] using checkpoint {job.teacher.checkpoint}")
+        return Path(job.teacher.checkpoint)
+    spec = StageSpec(
+        role="teacher",
+        job=job,
+        model=job.teacher,
+        train=job.teacher_train(),
+        num_classes=splits["train"].num_classes,
+        distill=False,
+    )
+    return _run_or_reuse(spec, _datasets(splits), log).weights
+
+
+def check_pair(
+    job: JobConfig, teacher_weights: Path, example: np.ndarray, num_classes: int
+) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """One dry forward of teacher and student on one sample: outputs must match; feature shapes
+    (without the batch dim) size the adapters."""
+    teacher = load_weights(
+        build_model(job.teacher, num_classes, load=False), teacher_weights, what="the teacher"
+    )
+    student = build_model(job.student, num_classes)
+    x = torch.from_numpy(np.array(example[None], dtype=np.float32))
+    with torch.no_grad():
+        t_out, s_out = teacher.eval()(x), student.eval()(x)
+    if t_out.shape != s_out.shape:
+        raise JobError(
+            f"teacher outputs {tuple(t_out.shape)} but student outputs {tuple(s_out.shape)} "
+            "for one sample: both must predict the same classes"
+        )
+    pairs = job.distill.feature_layers
+    if not pairs:
+        return {}, {}
+    try:
+        s_shapes = feature_shapes(student, [p.student for p in pairs], x)
+        t_shapes = feature_shapes(teacher, [p.teacher for p in pairs], x)
+    except KeyError as exc:
+        raise JobError(f"distill.feature_layers: {exc.args[0]}") from None
+    return s_shapes, t_shapes
+
+
+def fit_student(
+    job: JobConfig,
+    splits: dict[str, LabelledArrays],
+    role: Role,
+    teacher_weights: Path | None,
+    log: Log,
+) -> StageResult:
+    """Train the student, distilled (``role='student'``) or alone (``role='baseline'``)."""
+    num_classes = splits["train"].num_classes
+    datasets = _datasets(splits)
+    shapes: tuple[dict, dict] = ({}, {})
+    distill = role == "student"
+    if distill:
+        assert teacher_weights is not None
+        shapes = check_pair(job, teacher_weights, splits["train"].inputs[0], num_classes)
+        datasets = {
+            k: attach_teacher(ds, job, teacher_weights, num_classes) for k, ds in datasets.items()
+        }
+        if job.distill.teacher_pass == "once":
+            started = time.perf_counter()
+            datasets = {k: ds.materialize() for k, ds in datasets.items()}
+            rows = sum(len(splits[k]) for k in datasets)
+            log(f"[teacher] one pass over {rows} rows in {time.perf_counter() - started:.1f}s "
+                f"({job.scaling.teacher_pool.max_actors} actor(s) max)")
+    spec = StageSpec(
+        role=role,
+        job=job,
+        model=job.student,
+        train=job.train,
+        num_classes=num_classes,
+        distill=distill,
+        student_shapes=shapes[0],
+        teacher_shapes=shapes[1],
+    )
+    return _run_or_reuse(spec, datasets, log)
+
+
+def run_teacher(job: JobConfig, fresh: bool = False, log: Log = print) -> Path:
+    """``raydistill teacher``: train (or find) the teacher; returns its weights file."""
+    prepare_run_dir(job, fresh, log)
+    splits = load_splits(job.data)
+    with ray_session(job):
+        return fit_teacher(job, splits, log)
+
+
+def run_job(job: JobConfig, fresh: bool = False, log: Log = print) -> RunSummary:
+    """``raydistill train``: teacher stage if needed, the student (distilled unless
+    ``distill.enabled`` is false), the baseline when ``train.baseline``, then the test table."""
+    run_dir = prepare_run_dir(job, fresh, log)
+    splits = load_splits(job.data)
+    log(
+        f"data: {job.data.source}: "
+        + ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+        + f" rows, {splits['train'].num_classes} classes; run directory {run_dir}"
+    )
+    summary = RunSummary(run_dir)
+    roles: list[Role] = ["student"] if job.distill.enabled else ["baseline"]
+    if job.distill.enabled and job.train.baseline:
+        roles.append("baseline")
+    with ray_session(job):
+        teacher_weights = None
+        if job.distill.enabled or teacher_weights_path(job).is_file():
+            teacher_weights = fit_teacher(job, splits, log)
+        for role in roles:
+            summary.stages[role] = fit_student(job, splits, role, teacher_weights, log)
+    num_classes = splits["train"].num_classes
+    test = splits["test"]
+    if teacher_weights is not None:
+        teacher = build_model(job.teacher, num_classes, load=False)
+        load_weights(teacher, teacher_weights, what="the teacher")
+        summary.scores.append(score("teacher", teacher, test))
+        if "teacher" not in summary.stages and (done := finished_stage(run_dir, "teacher")):
+            summary.stages["teacher"] = done
+    names = {"student": "student (distilled)", "baseline": "baseline (student alone)"}
+    for role in roles:
+        student = build_model(job.student, num_classes, load=False)
+        load_weights(student, summary.stages[role].weights, what=f"the {role}")
+        summary.scores.append(score(names[role], student, test))
+    write_summary(summary)
+    return summary
+
+
+def write_summary(summary: RunSummary) -> None:
+    (summary.run_dir / SUMMARY_FILE).write_text(summary.table() + "\n")
+    (summary.run_dir / METRICS_FILE).write_text(
+        json.dumps(
+            {
+                "test": [s.as_dict() for s in summary.scores],
+                "epochs": {k: v.epochs_run for k, v in summary.stages.items()},
+            },
+            indent=1,
+        )
+    )

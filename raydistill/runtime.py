@@ -1,0 +1,57 @@
+"""Starting or joining Ray, with enough logical CPUs that the job's plan cannot deadlock."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from raydistill.config import JobConfig
+
+
+def planned_cpus(job: JobConfig) -> int:
+    """Logical CPUs the job's plan needs at once on a local Ray.
+
+    Train workers, two teacher pools (train and val splits stream together) and headroom for
+    Ray Data's read tasks. A local Ray is started with at least this many logical CPUs: an
+    actor-pool stage feeding Train otherwise hangs on a 2-core machine (ray-notes).
+    """
+    s = job.scaling
+    pool = s.teacher_pool.max_actors * s.teacher_pool.num_cpus * 2
+    return math.ceil(s.workers * s.cpus_per_worker + pool + 2)
+
+
+@contextmanager
+def ray_session(job: JobConfig) -> Iterator[None]:
+    """Use the Ray already initialised, join ``RAY_ADDRESS``, or start a local Ray for the job."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    # Usage reporting would try the network, which jobs must never need.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    else:
+        cpus = max(os.cpu_count() or 1, planned_cpus(job))
+        # The dashboard (loopback only) serves the State API that Train's placement-group
+        # cleaner polls; without it every run logs a flood of warnings.
+        ray.init(
+            num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True
+        )
+    quiet_data()
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def quiet_data() -> None:
+    """Plain log lines instead of progress bars that flood CI logs."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False

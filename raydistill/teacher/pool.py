@@ -1,0 +1,89 @@
+"""The teacher actor pool: a Ray Data stage that adds teacher outputs to each row.
+
+Teacher and student see the same input because the teacher's outputs are written into the same
+row the student later reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from raydistill.config import JobConfig, ModelSpec, TeacherPoolConfig
+from raydistill.data.sources import INPUT
+from raydistill.distill.taps import FeatureTap
+from raydistill.models.specs import build_model, load_weights
+
+if TYPE_CHECKING:
+    import ray.data
+
+TEACHER_LOGITS = "teacher_logits"
+FEATURE_PREFIX = "teacher_feat."
+
+
+def feature_column(layer: str) -> str:
+    return FEATURE_PREFIX + layer
+
+
+class TeacherPredictor:
+    """One teacher actor: builds the teacher once, then maps numpy batches.
+
+    Adds ``teacher_logits`` float32 [N, C] and, per tapped layer, ``teacher_feat.<layer>``
+    float32 [N, *feature_shape].
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: str,
+        num_classes: int,
+        feature_layers: list[str],
+        use_gpu: bool = False,
+    ) -> None:
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        model = build_model(spec, num_classes, load=False)
+        load_weights(model, Path(weights), what=f"teacher {spec.model}")
+        self.model = model.eval().to(self.device)
+        self.tap = FeatureTap(self.model, feature_layers) if feature_layers else None
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Ray hands read-only arrays; torch wants writable memory.
+        inputs = torch.from_numpy(np.array(batch[INPUT], dtype=np.float32)).to(self.device)
+        logits = self.model(inputs)
+        batch[TEACHER_LOGITS] = logits.float().cpu().numpy()
+        if self.tap is not None:
+            for layer, value in self.tap.features.items():
+                batch[feature_column(layer)] = value.float().cpu().numpy()
+            self.tap.clear()
+        return batch
+
+
+def attach_teacher(
+    ds: ray.data.Dataset, job: JobConfig, weights: Path, num_classes: int
+) -> ray.data.Dataset:
+    """Run the teacher pool over ``ds`` as the job's scaling section sizes it."""
+    import ray.data
+
+    pool: TeacherPoolConfig = job.scaling.teacher_pool
+    layers = [pair.teacher for pair in job.distill.feature_layers]
+    extra = {"resources": pool.resources} if pool.resources else {}
+    return ds.map_batches(
+        TeacherPredictor,
+        fn_constructor_kwargs={
+            "spec": job.teacher,
+            "weights": str(weights),
+            "num_classes": num_classes,
+            "feature_layers": layers,
+            "use_gpu": pool.num_gpus > 0,
+        },
+        compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+        batch_size=pool.batch_size,
+        batch_format="numpy",
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus,
+        **extra,
+    )

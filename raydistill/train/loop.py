@@ -1,0 +1,230 @@
+"""The Ray Train loop run by every worker: DDP student (+ adapters), Distiller loss, checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from raydistill.data.sources import INPUT, LABEL, ROW_ID
+from raydistill.distill.distiller import Distiller
+from raydistill.models.specs import build_model
+from raydistill.teacher.pool import TEACHER_LOGITS, feature_column
+from raydistill.train.optim import BestTracker, build_lr_scheduler, build_optimizer
+from raydistill.train.spec import StageSpec
+from raydistill.train.state import load_state, save_state
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch, step and batch rows."""
+
+
+def build_distiller(spec: StageSpec) -> Distiller:
+    """The trainable module of a stage: its model plus adapters sized from the driver's shapes."""
+    d = spec.job.distill
+    distiller = Distiller(
+        build_model(spec.model, spec.num_classes),
+        temperature=d.temperature,
+        alpha=d.alpha,
+        feature_layers=spec.feature_pairs or None,
+        feature_weight=d.feature_weight,
+        feature_grad_scale=d.feature_grad_scale,
+        weighting=d.weighting,
+        total_epochs=spec.train.epochs,
+    )
+    if spec.feature_pairs:
+        distiller.build_adapters(
+            student_shapes=spec.student_shapes, teacher_shapes=spec.teacher_shapes
+        )
+    return distiller
+
+
+def _all_sum(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def _teacher_side(
+    spec: StageSpec, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor] | None]:
+    if not spec.distill:
+        return None, None
+    feats = {t: batch[feature_column(t)] for _, t in spec.feature_pairs} or None
+    return batch[TEACHER_LOGITS], feats
+
+
+def _batches(shard: Any, spec: StageSpec, seed: int | None) -> Any:
+    shuffle = spec.job.data.shuffle_buffer if seed is not None else 0
+    return shard.iter_torch_batches(
+        batch_size=spec.train.batch_size,
+        local_shuffle_buffer_size=shuffle or None,
+        local_shuffle_seed=seed if shuffle else None,
+    )
+
+
+def _validate(module: torch.nn.Module, core: Distiller, spec: StageSpec, shard: Any) -> dict:
+    """Validation metrics summed over every worker's shard."""
+    module.eval()
+    sums = torch.zeros(4, dtype=torch.float64)  # loss*n, ce*n, correct, n
+    with torch.no_grad():
+        for batch in _batches(shard, spec, None):
+            logits, feats = module(batch[INPUT])
+            t_logits, t_feats = _teacher_side(spec, batch)
+            out = core.loss(logits, batch[LABEL], t_logits, feats if t_feats else None, t_feats)
+            n = len(batch[LABEL])
+            sums += torch.tensor(
+                [
+                    out.total.item() * n,
+                    out.hard.item() * n,
+                    (logits.argmax(-1) == batch[LABEL]).sum().item(),
+                    n,
+                ],
+                dtype=torch.float64,
+            )
+    loss, ce, correct, n = _all_sum(sums).tolist()
+    n = max(n, 1.0)
+    return {"val_loss": loss / n, "val_ce": ce / n, "val_acc": correct / n}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Entry point handed to ``TorchTrainer``; ``config['spec']`` is a :class:`StageSpec`."""
+    import ray.train
+    import ray.train.torch
+
+    spec: StageSpec = config["spec"]
+    train = spec.train
+    # Ray Train logs every report at INFO; the loop prints its own one line per epoch.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.manual_seed(spec.job.seed)
+
+    core = build_distiller(spec)
+    module = ray.train.torch.prepare_model(core)
+    optimizer = build_optimizer(train, module.parameters())
+    scheduler = build_lr_scheduler(train, optimizer)
+    tracker = BestTracker.for_train(train.early_stopping)
+    history: list[dict[str, float]] = []
+    best_student: dict[str, torch.Tensor] | None = None
+    start_epoch = 0
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_state(Path(directory))
+        core.load_state_dict(state["distiller"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        tracker = BestTracker(**state["tracker"])
+        history = list(state["history"])
+        best_student = state["best_student"]
+        start_epoch = int(state["epoch"]) + 1
+        if rank == 0:
+            print(f"[{spec.role}] resumed from the checkpoint of epoch {start_epoch}", flush=True)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    stopped_early = False
+    for epoch in range(start_epoch, train.epochs):
+        if stopped_early:
+            break
+        core.set_epoch(epoch)
+        module.train()
+        started = time.perf_counter()
+        sums = torch.zeros(5, dtype=torch.float64)  # loss, soft, hard, feature (x n), n
+        seed = spec.job.seed * 1_000_003 + epoch * 101 + rank
+        for step, batch in enumerate(_batches(train_shard, spec, seed)):
+            logits, feats = module(batch[INPUT])
+            t_logits, t_feats = _teacher_side(spec, batch)
+            out = core.loss(logits, batch[LABEL], t_logits, feats if t_feats else None, t_feats)
+            if not torch.isfinite(out.total):
+                rows = batch[ROW_ID][:8].tolist() if ROW_ID in batch else "?"
+                raise NonFiniteLossError(
+                    f"[{spec.role}] loss is {out.total.item()} at epoch {epoch} step {step} "
+                    f"(worker {rank}, batch rows {rows}...): lower train.lr, set "
+                    "train.grad_clip, or check the data"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            out.total.backward()
+            if train.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), train.grad_clip)
+            optimizer.step()
+            n = len(batch[LABEL])
+            parts = out.as_floats()
+            sums += torch.tensor(
+                [parts["loss"] * n, parts["soft"] * n, parts["hard"] * n, parts["feature"] * n, n],
+                dtype=torch.float64,
+            )
+        totals = _all_sum(sums).tolist()
+        n = max(totals[4], 1.0)
+        elapsed = time.perf_counter() - started
+        metrics: dict[str, float] = {
+            "epoch": epoch,
+            "train_loss": totals[0] / n,
+            "train_soft": totals[1] / n,
+            "train_hard": totals[2] / n,
+            "train_feature": totals[3] / n,
+            "temperature": core.temperature,
+            "alpha": core.alpha if spec.distill else 0.0,
+            "lr": optimizer.param_groups[0]["lr"],
+            "samples_per_s": n / elapsed,
+            "epoch_s": elapsed,
+        }
+        metrics.update(_validate(module, core, spec, val_shard))
+        scheduler.step()
+        if tracker.update(epoch, metrics) or best_student is None:
+            best_student = copy.deepcopy(
+                {k: v.detach().cpu() for k, v in core.student.state_dict().items()}
+            )
+        stopped_early = tracker.should_stop and epoch + 1 < train.epochs
+        metrics["best_epoch"] = tracker.best_epoch
+        metrics["stopped_early"] = float(stopped_early)
+        history.append(metrics)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                save_state(
+                    Path(tmp),
+                    {
+                        "epoch": epoch,
+                        "distiller": core.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "tracker": tracker.state(),
+                        "history": history,
+                        "best_student": best_student,
+                        "final_student": core.student.state_dict(),
+                    },
+                )
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=ckpt)
+                _print_progress(spec, metrics, elapsed)
+            else:
+                ray.train.report(metrics)
+        if stopped_early and rank == 0:
+            print(
+                f"[{spec.role}] early stop at epoch {epoch + 1}: {tracker.monitor} has not "
+                f"improved for {tracker.bad_epochs} epochs (best {tracker.best:.4f} at epoch "
+                f"{tracker.best_epoch + 1})",
+                flush=True,
+            )
+
+
+def _print_progress(spec: StageSpec, m: dict[str, float], elapsed: float) -> None:
+    epoch, total = int(m["epoch"]) + 1, spec.train.epochs
+    eta = elapsed * (total - epoch)
+    kd = f" T={m['temperature']:.2f} alpha={m['alpha']:.2f}" if spec.distill else ""
+    print(
+        f"[{spec.role}] epoch {epoch}/{total} loss {m['train_loss']:.4f} "
+        f"val_loss {m['val_loss']:.4f} val_acc {m['val_acc']:.4f}{kd} lr {m['lr']:.2e} "
+        f"{m['samples_per_s']:.0f} samples/s eta {math.ceil(eta)}s",
+        flush=True,
+    )

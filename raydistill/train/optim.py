@@ -1,0 +1,83 @@
+"""Optimizers, learning-rate schedules and early stopping, built from the ``train`` section."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from raydistill.config import EarlyStopping, TrainConfig
+
+
+def build_optimizer(
+    train: TrainConfig, params: Iterable[torch.nn.Parameter]
+) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
+        )
+    if train.optimizer == "adam":
+        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def build_lr_scheduler(
+    train: TrainConfig, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch."""
+    if train.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
+    if train.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=train.lr_step_size, gamma=train.lr_gamma
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+@dataclass
+class BestTracker:
+    """Tracks the best epoch on one validation metric, and patience for early stopping."""
+
+    monitor: str = "val_acc"
+    min_delta: float = 0.0
+    patience: int | None = None
+    best: float | None = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    @classmethod
+    def for_train(cls, early: EarlyStopping | None) -> BestTracker:
+        if early is None:
+            return cls()
+        return cls(monitor=early.monitor, min_delta=early.min_delta, patience=early.patience)
+
+    @property
+    def maximize(self) -> bool:
+        return self.monitor.endswith("acc")
+
+    def update(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Record an epoch; True when it is the best so far."""
+        value = metrics[self.monitor]
+        if math.isnan(value):
+            improved = False
+        elif self.best is None:
+            improved = True
+        elif self.maximize:
+            improved = value > self.best + self.min_delta
+        else:
+            improved = value < self.best - self.min_delta
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def state(self) -> dict[str, float | int | str | None]:
+        return asdict(self)

@@ -1,0 +1,34 @@
+"""What one training stage needs on every worker (picklable, built on the driver)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from raydistill.config import JobConfig, ModelSpec, TrainConfig
+
+Role = Literal["teacher", "student", "baseline"]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a job: train the teacher, the distilled student, or the student alone.
+
+    ``student_shapes``/``teacher_shapes`` are the tapped feature shapes (no batch dim) measured
+    by one dry forward on the driver, so every worker builds identical adapters.
+    """
+
+    role: Role
+    job: JobConfig
+    model: ModelSpec
+    train: TrainConfig
+    num_classes: int
+    distill: bool
+    student_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    teacher_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def feature_pairs(self) -> list[tuple[str, str]]:
+        if not self.distill:
+            return []
+        return [(p.student, p.teacher) for p in self.job.distill.feature_layers]

@@ -1,0 +1,97 @@
+"""Run one training stage on Ray Train and collect what it produced into the run directory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from raydistill.models.specs import build_model, save_weights
+from raydistill.train.loop import train_loop_per_worker
+from raydistill.train.spec import StageSpec
+from raydistill.train.state import load_state
+
+if TYPE_CHECKING:
+    import ray.data
+
+WEIGHTS_FILE = "model.pt"
+HISTORY_FILE = "history.json"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """A finished stage: its best weights file and per-epoch metrics."""
+
+    role: str
+    weights: Path
+    history: list[dict[str, float]]
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+
+def stage_dir(run_dir: Path, role: str) -> Path:
+    return run_dir / role
+
+
+def finished_stage(run_dir: Path, role: str) -> StageResult | None:
+    """The stage's result if an earlier run completed it (its weights file is written last)."""
+    directory = stage_dir(run_dir, role)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file() or not (directory / HISTORY_FILE).is_file():
+        return None
+    history = json.loads((directory / HISTORY_FILE).read_text())
+    return StageResult(role, weights, history)
+
+
+def run_stage(
+    spec: StageSpec, datasets: dict[str, ray.data.Dataset], run_dir: Path
+) -> StageResult:
+    """Train one stage with a ``TorchTrainer``; rerunning resumes from its last checkpoint.
+
+    Ray Train restores a run whose ``RunConfig(name, storage_path)`` matches an earlier one, so a
+    stable per-stage name makes resume automatic.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    scaling = spec.job.scaling
+    resources: dict[str, Any] = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec},
+        scaling_config=ScalingConfig(
+            num_workers=scaling.workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=RunConfig(
+            name=spec.role,
+            storage_path=str(run_dir),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.job.output.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=scaling.max_failures),
+        ),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"[{spec.role}] training finished without a checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        state = load_state(Path(directory))
+    return collect_stage(spec, state, run_dir)
+
+
+def collect_stage(spec: StageSpec, state: dict[str, Any], run_dir: Path) -> StageResult:
+    """Write the stage's chosen weights and its history next to Ray's checkpoints."""
+    weights = state["best_student"] if spec.train.keep_best else state["final_student"]
+    model = build_model(spec.model, spec.num_classes, load=False)
+    model.load_state_dict(weights)
+    directory = stage_dir(run_dir, spec.role)
+    directory.mkdir(parents=True, exist_ok=True)
+    history = list(state["history"])
+    (directory / HISTORY_FILE).write_text(json.dumps(history, indent=1))
+    meta = {"role": spec.role, "model": spec.model.model, "epochs": len(history)}
+    path = save_weights(model, directory / WEIGHTS_FILE, meta)
+    return StageResult(spec.role, path, history)

@@ -1,0 +1,90 @@
+"""Shared fixtures: one real local Ray cluster per test session, and small job files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """A real Ray head node on loopback, shared by every Ray test (and CLI subprocesses).
+
+    Started with ``ray start`` rather than ``ray.init`` so that CLI subprocesses can join it
+    through ``RAY_ADDRESS`` exactly as they would join a cluster.
+    """
+    import ray
+
+    temp_dir = Path(tempfile.mkdtemp(prefix="rd-ray-", dir="/tmp"))
+    port = _free_port()
+    env = {**os.environ, "RAY_TMPDIR": str(temp_dir)}
+    subprocess.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=8",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={_free_port()}",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    address = f"127.0.0.1:{port}"
+    os.environ["RAY_ADDRESS"] = address
+    ray.init(address=address, log_to_driver=True)
+    from raydistill.runtime import quiet_data
+
+    quiet_data()
+    try:
+        yield address
+    finally:
+        ray.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def write_job(tmp_path: Path):
+    """Write a job YAML (the quickstart job with changes) into a temp dir; returns its path."""
+
+    def write(changes: dict | None = None, name: str = "job") -> Path:
+        raw = yaml.safe_load((ROOT / "jobs" / "digits.yaml").read_text())
+        raw["name"] = name
+        raw["output"] = {"storage_path": str(tmp_path / "runs")}
+        for key, value in (changes or {}).items():
+            node = raw
+            *parents, last = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    return write

@@ -1,0 +1,116 @@
+"""End to end on a real local Ray: teacher stage, teacher pool, 2 DDP workers, table, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from raydistill.config import load_job
+from raydistill.pipeline import run_job, run_teacher
+
+pytestmark = pytest.mark.slow
+
+SHORT = {
+    "teacher.train": {"epochs": 4},
+    "train.epochs": 10,
+    "train.baseline": True,
+    "scaling.workers": 2,
+    "scaling.teacher_pool": {"min_actors": 1, "max_actors": 1, "num_cpus": 0.5},
+}
+
+
+def _checkpoints(stage_dir: Path) -> list[Path]:
+    return sorted(p for p in stage_dir.glob("checkpoint_*") if p.is_dir())
+
+
+def test_digits_job_end_to_end(ray_address, write_job):
+    job = load_job(write_job(SHORT, name="e2e"))
+    summary = run_job(job, log=print)
+
+    run_dir = job.run_dir
+    assert (run_dir / "job.yaml").is_file()
+    assert load_job(run_dir / "job.yaml") == job
+    for role in ("teacher", "student", "baseline"):
+        stage = run_dir / role
+        assert (stage / "model.pt").is_file(), role
+        assert 1 <= len(_checkpoints(stage)) <= job.output.keep_checkpoints, role
+        history = json.loads((stage / "history.json").read_text())
+        assert [h["epoch"] for h in history] == list(range(4 if role == "teacher" else 10)), role
+    student_history = summary.stages["student"].history
+    assert student_history[-1]["train_loss"] < student_history[0]["train_loss"]
+    assert student_history[0]["temperature"] == 4.0 and student_history[0]["alpha"] == 0.9
+    assert student_history[0]["train_soft"] > 0  # teacher logits reached the workers
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    names = [row["name"] for row in metrics["test"]]
+    assert names == ["teacher", "student (distilled)", "baseline (student alone)"]
+    assert summary.score("teacher").accuracy > 0.8
+    assert summary.score("student (distilled)").accuracy > 0.5  # chance is 0.1
+    assert summary.score("teacher").parameters > 5 * summary.score("student (distilled)").parameters
+    assert "| teacher |" in (run_dir / "summary.md").read_text()
+
+    # A finished job reruns instantly from its saved stages.
+    again = run_job(job, log=print)
+    for name in ("teacher", "student (distilled)", "baseline (student alone)"):
+        assert again.score(name).accuracy == summary.score(name).accuracy
+
+
+def test_driver_killed_mid_run_resumes_from_checkpoint(ray_address, write_job, tmp_path):
+    """Kill the CLI driver after its first student checkpoint; rerunning continues from it."""
+    teacher = load_job(write_job(SHORT, name="teacher-src"))
+    run_teacher(teacher, log=print)
+    changes = {
+        **SHORT,
+        "teacher.checkpoint": str(teacher.run_dir / "teacher" / "model.pt"),
+        "train.baseline": False,
+        "train.epochs": 6,
+        "scaling.workers": 1,
+    }
+    job_file = write_job(changes, name="resume")
+    job = load_job(job_file)
+    cli = [str(Path(sys.executable).with_name("raydistill")), "train", str(job_file)]
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(
+        cli, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    stage = job.run_dir / "student"
+    deadline = time.monotonic() + 240
+    while not _checkpoints(stage) and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.5)
+    assert _checkpoints(stage), (tmp_path / "first.log").read_text()
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(30)
+    assert not (stage / "model.pt").exists()  # the killed run never looked finished
+
+    second = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resumed from the checkpoint of epoch" in second.stdout + second.stderr
+    history = json.loads((stage / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(6))
+    assert "student (distilled)" in second.stdout
+
+
+def test_teacher_pool_streams_every_epoch(ray_address, write_job):
+    """``teacher_pass: per_epoch`` runs the actor pool inside each epoch's stream."""
+    teacher = load_job(write_job(SHORT, name="teacher-src2"))
+    weights = run_teacher(teacher, log=print)
+    changes = {
+        **SHORT,
+        "teacher.checkpoint": str(weights),
+        "distill.teacher_pass": "per_epoch",
+        "train.epochs": 2,
+        "train.baseline": False,
+    }
+    summary = run_job(load_job(write_job(changes, name="streamed")), log=print)
+    history = summary.stages["student"].history
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert all(h["train_soft"] > 0 for h in history)
+    assert history[1]["train_loss"] < history[0]["train_loss"]
