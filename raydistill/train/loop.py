@@ -116,10 +116,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     best_student: dict[str, torch.Tensor] | None = None
     start_epoch = 0
 
+    state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_state(Path(directory))
+    elif config.get("resume_from"):
+        state = load_state(Path(config["resume_from"]))
+    if state is not None:
         core.load_state_dict(state["distiller"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

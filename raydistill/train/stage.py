@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from raydistill.models.specs import build_model, save_weights
 from raydistill.train.loop import train_loop_per_worker
 from raydistill.train.spec import StageSpec
-from raydistill.train.state import load_state
+from raydistill.train.state import STATE_FILE, load_state
 
 if TYPE_CHECKING:
     import ray.data
@@ -46,6 +46,25 @@ def finished_stage(run_dir: Path, role: str) -> StageResult | None:
     return StageResult(role, weights, history)
 
 
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint an earlier (perhaps killed) run left in a stage directory.
+
+    Ray restores from its own snapshot file, but a driver killed between writing a checkpoint and
+    the snapshot leaves a checkpoint Ray does not know about; this finds it. Unreadable (half
+    copied) checkpoints are skipped.
+    """
+    candidates = sorted(
+        (p for p in directory.glob("checkpoint_*") if (p / STATE_FILE).is_file()), reverse=True
+    )
+    for candidate in candidates:
+        try:
+            load_state(candidate)
+        except Exception:  # a truncated file from a kill mid-copy: fall back to an older one
+            continue
+        return candidate
+    return None
+
+
 def run_stage(
     spec: StageSpec, datasets: dict[str, ray.data.Dataset], run_dir: Path
 ) -> StageResult:
@@ -58,10 +77,12 @@ def run_stage(
     from ray.train.torch import TorchTrainer
 
     scaling = spec.job.scaling
+    previous = latest_checkpoint(stage_dir(run_dir, spec.role))
     resources: dict[str, Any] = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec},
+        # Ray's own restore wins when it has one; otherwise the loop starts from `resume_from`.
+        train_loop_config={"spec": spec, "resume_from": str(previous) if previous else None},
         scaling_config=ScalingConfig(
             num_workers=scaling.workers,
             use_gpu=scaling.use_gpu,
