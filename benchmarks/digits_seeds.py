@@ -15,11 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import ray
-
 from raydistill.config import load_job
 from raydistill.pipeline import run_job, run_teacher
-from raydistill.runtime import planned_cpus, quiet_data
+from raydistill.runtime import ray_session
 
 
 def main() -> None:
@@ -32,27 +30,25 @@ def main() -> None:
     storage = args.storage or Path(tempfile.mkdtemp(prefix="rd-bench-"))
 
     base = load_job(args.job, [*args.overrides, f"output.storage_path={storage}"])
-    ray.init(num_cpus=planned_cpus(base), include_dashboard=False)
-    quiet_data()
     started = time.perf_counter()
-    teacher_weights = run_teacher(base)
     rows: dict[str, list[float]] = {}
-    for seed in args.seeds:
-        job = load_job(
-            args.job,
-            [
-                *args.overrides,
-                f"output.storage_path={storage}",
-                f"name={base.name}-seed{seed}",
-                f"seed={seed}",
-                f"teacher.checkpoint={teacher_weights}",
-                "train.baseline=true",
-            ],
-        )
-        summary = run_job(job)
-        for s in summary.scores:
-            rows.setdefault(s.name, []).append(100 * s.accuracy)
-    ray.shutdown()
+    with ray_session(base):
+        teacher_weights = run_teacher(base)
+        for seed in args.seeds:
+            job = load_job(
+                args.job,
+                [
+                    *args.overrides,
+                    f"output.storage_path={storage}",
+                    f"name={base.name}-seed{seed}",
+                    f"seed={seed}",
+                    f"teacher.checkpoint={teacher_weights}",
+                    "train.baseline=true",
+                ],
+            )
+            summary = run_job(job)
+            for s in summary.scores:
+                rows.setdefault(s.name, []).append(100 * s.accuracy)
 
     def fmt(values: list[float]) -> str:
         spread = statistics.stdev(values) if len(values) > 1 else 0.0

@@ -75,6 +75,23 @@ def teacher(job_file: str, overrides: tuple[str, ...], fresh: bool) -> None:
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @_set_option
+@click.option("--fresh", is_flag=True, help="Rebuild the cache even if a valid one exists.")
+@_clean_errors
+def cache(job_file: str, overrides: tuple[str, ...], fresh: bool) -> None:
+    """Run the teacher once and write its outputs as a Parquet cache that train reads
+    (with distill.teacher_pass: cache)."""
+    from raydistill.pipeline import run_cache
+
+    manifest = run_cache(_load(job_file, overrides), fresh=fresh, log=click.echo)
+    click.echo(
+        f"cache: {manifest['teacher_forward_passes']} rows, "
+        f"{manifest['logit_bytes_per_sample']} B/sample of logits ({manifest['key']['codec']})"
+    )
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@_set_option
 @_fresh_option
 @click.option(
     "--baseline", is_flag=True, help="Train the student alone, without a teacher (the baseline)."

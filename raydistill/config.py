@@ -132,10 +132,11 @@ class DistillConfig(_Section):
     feature_weight: float = Field(0.0, ge=0)
     feature_grad_scale: float = Field(1.0, ge=0)
     weighting: WeightingKind = Field("none", description="dynamic per-sample soft-loss weights")
-    teacher_pass: Literal["once", "per_epoch"] = Field(
+    teacher_pass: Literal["once", "per_epoch", "cache"] = Field(
         "once",
         description="once: the teacher pool labels the data once per stage and its outputs stay"
-        " in Ray's object store; per_epoch: the pool runs inside every epoch's stream",
+        " in Ray's object store; per_epoch: the pool runs inside every epoch's stream; cache:"
+        " read the Parquet teacher cache (built by `raydistill cache`, or first when missing)",
     )
 
     @field_validator("feature_layers", mode="before")
@@ -206,6 +207,16 @@ class ScalingConfig(_Section):
     teacher_pool: TeacherPoolConfig = Field(default_factory=TeacherPoolConfig)
 
 
+class CacheConfig(_Section):
+    """The offline teacher cache: Parquet rows of (input, label, teacher outputs) + a manifest."""
+
+    path: Path | None = Field(None, description="null: <run directory>/teacher_cache")
+    codec: Literal["fp32", "fp16", "topk"] = Field(
+        "fp32", description="how teacher logits are stored (topk keeps the tail mass)"
+    )
+    k: int = Field(16, ge=1, description="logits kept per sample by the topk codec")
+
+
 class OutputConfig(_Section):
     storage_path: Path = Field(Path("runs"), description="runs go to storage_path/name/")
     keep_checkpoints: int = Field(2, ge=1)
@@ -222,6 +233,7 @@ class JobConfig(_Section):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -240,6 +252,13 @@ class JobConfig(_Section):
     def run_dir(self) -> Path:
         """Absolute directory holding everything this job writes."""
         return (Path(self.output.storage_path).expanduser() / self.name).resolve()
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where the teacher cache of this job lives."""
+        if self.cache.path is not None:
+            return Path(self.cache.path).expanduser().resolve()
+        return self.run_dir / "teacher_cache"
 
     def teacher_train(self) -> TrainConfig:
         """``train`` with the teacher stage's overrides applied."""

@@ -19,6 +19,8 @@ from raydistill.distill.taps import feature_shapes
 from raydistill.evaluate import ModelScore, score
 from raydistill.models.specs import build_model, load_weights
 from raydistill.runtime import ray_session
+from raydistill.teacher.cache import ensure_cache, job_codec, read_cache
+from raydistill.teacher.codec import LogitCodec
 from raydistill.teacher.pool import attach_teacher
 from raydistill.train.spec import Role, StageSpec
 from raydistill.train.stage import StageResult, finished_stage, run_stage, stage_dir
@@ -164,13 +166,19 @@ def fit_student(
     num_classes = splits["train"].num_classes
     datasets = _datasets(splits)
     shapes: tuple[dict, dict] = ({}, {})
+    codec = LogitCodec()
     distill = role == "student"
     if distill:
         assert teacher_weights is not None
         shapes = check_pair(job, teacher_weights, splits["train"].inputs[0], num_classes)
-        datasets = {
-            k: attach_teacher(ds, job, teacher_weights, num_classes) for k, ds in datasets.items()
-        }
+        if job.distill.teacher_pass == "cache":
+            ensure_cache(job, teacher_weights, splits, log)
+            datasets, codec = read_cache(job.cache_dir), job_codec(job)
+        else:
+            datasets = {
+                k: attach_teacher(ds, job, teacher_weights, num_classes)
+                for k, ds in datasets.items()
+            }
         if job.distill.teacher_pass == "once":
             started = time.perf_counter()
             datasets = {k: ds.materialize() for k, ds in datasets.items()}
@@ -186,6 +194,7 @@ def fit_student(
         distill=distill,
         student_shapes=shapes[0],
         teacher_shapes=shapes[1],
+        codec=codec,
     )
     return _run_or_reuse(spec, datasets, log)
 
@@ -196,6 +205,17 @@ def run_teacher(job: JobConfig, fresh: bool = False, log: Log = print) -> Path:
     splits = load_splits(job.data)
     with ray_session(job):
         return fit_teacher(job, splits, log)
+
+
+def run_cache(job: JobConfig, fresh: bool = False, log: Log = print) -> dict:
+    """``raydistill cache``: the teacher (trained if needed) runs once over train and val and
+    its outputs are written as Parquet; returns the cache manifest. ``fresh`` rebuilds only the
+    cache."""
+    prepare_run_dir(job, False, log)
+    splits = load_splits(job.data)
+    with ray_session(job):
+        weights = fit_teacher(job, splits, log)
+        return ensure_cache(job, weights, splits, log, fresh=fresh)
 
 
 def run_job(job: JobConfig, fresh: bool = False, log: Log = print) -> RunSummary:

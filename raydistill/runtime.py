@@ -22,6 +22,9 @@ def planned_cpus(job: JobConfig) -> int:
     return math.ceil(s.workers * s.cpus_per_worker + pool + 2)
 
 
+TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
+
+
 @contextmanager
 def ray_session(job: JobConfig) -> Iterator[None]:
     """Use the Ray already initialised, join ``RAY_ADDRESS``, or start a local Ray for the job."""
@@ -32,6 +35,9 @@ def ray_session(job: JobConfig) -> Iterator[None]:
         return
     # Usage reporting would try the network, which jobs must never need.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Train's controller collects each epoch's report when it polls the workers (every 2 s by
+    # default); with short epochs that poll, not training, sets the pace.
+    os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:

@@ -35,7 +35,11 @@ def ray_address() -> Iterator[str]:
 
     temp_dir = Path(tempfile.mkdtemp(prefix="rd-ray-", dir="/tmp"))
     port = _free_port()
-    env = {**os.environ, "RAY_TMPDIR": str(temp_dir)}
+    from raydistill.runtime import TRAIN_POLL_ENV, TRAIN_POLL_S
+
+    # A loopback-only test cluster: no token auth, on both sides (ray-notes: Jobs).
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    env = {**os.environ, "RAY_TMPDIR": str(temp_dir), TRAIN_POLL_ENV: TRAIN_POLL_S}
     subprocess.run(
         [
             RAY,

@@ -114,3 +114,33 @@ def test_teacher_pool_streams_every_epoch(ray_address, write_job):
     assert [h["epoch"] for h in history] == [0, 1]
     assert all(h["train_soft"] > 0 for h in history)
     assert history[1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_feature_distillation_weighting_schedules_and_early_stop(ray_address, write_job):
+    """Tapped teacher features travel with each row; adapters, schedules and early stopping run."""
+    teacher = load_job(write_job(SHORT, name="teacher-src3"))
+    weights = run_teacher(teacher, log=print)
+    changes = {
+        **SHORT,
+        "teacher.checkpoint": str(weights),
+        "distill.feature_layers": [{"student": "features.7", "teacher": "features.7"}],
+        "distill.feature_weight": 1.0,
+        "distill.weighting": "confidence",
+        "distill.temperature": {"kind": "step", "start": 6.0, "step": -2.0, "every": 1,
+                                "floor": 2.0},
+        "distill.alpha": {"kind": "linear", "start": 0.9, "end": 0.5},
+        "train.epochs": 6,
+        "train.early_stopping": {"monitor": "val_acc", "patience": 2, "min_delta": 0.5},
+        "train.baseline": False,
+        "scaling.workers": 1,
+    }
+    summary = run_job(load_job(write_job(changes, name="features")), log=print)
+    history = summary.stages["student"].history
+    # val_acc cannot improve by 0.5 after epoch 0, so patience 2 stops after epoch 3 of 6.
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert history[-1]["stopped_early"] == 1.0
+    assert [h["temperature"] for h in history] == [6.0, 4.0, 2.0]
+    assert history[0]["alpha"] == 0.9 and history[1]["alpha"] == pytest.approx(0.9 - 0.4 / 5)
+    assert all(h["train_feature"] > 0 for h in history)
+    assert history[-1]["train_feature"] < history[0]["train_feature"]
+    assert summary.score("student (distilled)").accuracy > 0.2

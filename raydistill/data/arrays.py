@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,15 @@ class LabelledArrays:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def fingerprint(self) -> str:
+        """sha256 of the inputs, labels and class count: equal data, equal fingerprint."""
+        digest = hashlib.sha256()
+        for array in (self.inputs, self.labels):
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(str(self.num_classes).encode())
+        return digest.hexdigest()
 
     def take(self, index: np.ndarray) -> LabelledArrays:
         return LabelledArrays(self.inputs[index], self.labels[index], self.num_classes)

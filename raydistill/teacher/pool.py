@@ -16,11 +16,12 @@ from raydistill.config import JobConfig, ModelSpec, TeacherPoolConfig
 from raydistill.data.sources import INPUT
 from raydistill.distill.taps import FeatureTap
 from raydistill.models.specs import build_model, load_weights
+from raydistill.teacher.codec import LOGITS, LogitCodec
 
 if TYPE_CHECKING:
     import ray.data
 
-TEACHER_LOGITS = "teacher_logits"
+TEACHER_LOGITS = LOGITS
 FEATURE_PREFIX = "teacher_feat."
 
 
@@ -31,7 +32,8 @@ def feature_column(layer: str) -> str:
 class TeacherPredictor:
     """One teacher actor: builds the teacher once, then maps numpy batches.
 
-    Adds ``teacher_logits`` float32 [N, C] and, per tapped layer, ``teacher_feat.<layer>``
+    Adds the teacher logits encoded by ``codec`` (default: ``teacher_logits`` float32 [N, C])
+    and, per tapped layer, ``teacher_feat.<layer>``
     float32 [N, *feature_shape].
     """
 
@@ -42,19 +44,21 @@ class TeacherPredictor:
         num_classes: int,
         feature_layers: list[str],
         use_gpu: bool = False,
+        codec: LogitCodec | None = None,
     ) -> None:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         model = build_model(spec, num_classes, load=False)
         load_weights(model, Path(weights), what=f"teacher {spec.model}")
         self.model = model.eval().to(self.device)
         self.tap = FeatureTap(self.model, feature_layers) if feature_layers else None
+        self.codec = codec or LogitCodec()
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Ray hands read-only arrays; torch wants writable memory.
         inputs = torch.from_numpy(np.array(batch[INPUT], dtype=np.float32)).to(self.device)
         logits = self.model(inputs)
-        batch[TEACHER_LOGITS] = logits.float().cpu().numpy()
+        batch.update(self.codec.encode(logits.float().cpu().numpy()))
         if self.tap is not None:
             for layer, value in self.tap.features.items():
                 batch[feature_column(layer)] = value.float().cpu().numpy()
@@ -63,7 +67,11 @@ class TeacherPredictor:
 
 
 def attach_teacher(
-    ds: ray.data.Dataset, job: JobConfig, weights: Path, num_classes: int
+    ds: ray.data.Dataset,
+    job: JobConfig,
+    weights: Path,
+    num_classes: int,
+    codec: LogitCodec | None = None,
 ) -> ray.data.Dataset:
     """Run the teacher pool over ``ds`` as the job's scaling section sizes it."""
     import ray.data
@@ -79,6 +87,7 @@ def attach_teacher(
             "num_classes": num_classes,
             "feature_layers": layers,
             "use_gpu": pool.num_gpus > 0,
+            "codec": codec,
         },
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
         batch_size=pool.batch_size,

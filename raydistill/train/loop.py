@@ -16,7 +16,7 @@ import torch.distributed as dist
 from raydistill.data.sources import INPUT, LABEL, ROW_ID
 from raydistill.distill.distiller import Distiller
 from raydistill.models.specs import build_model
-from raydistill.teacher.pool import TEACHER_LOGITS, feature_column
+from raydistill.teacher.pool import feature_column
 from raydistill.train.optim import BestTracker, build_lr_scheduler, build_optimizer
 from raydistill.train.spec import StageSpec
 from raydistill.train.state import load_state, save_state
@@ -57,8 +57,9 @@ def _teacher_side(
 ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor] | None]:
     if not spec.distill:
         return None, None
-    feats = {t: batch[feature_column(t)] for _, t in spec.feature_pairs} or None
-    return batch[TEACHER_LOGITS], feats
+    feats = {t: batch[feature_column(t)].float() for _, t in spec.feature_pairs} or None
+    logits = spec.codec.decode(batch, spec.num_classes).to(batch[LABEL].device)
+    return logits, feats
 
 
 def _batches(shard: Any, spec: StageSpec, seed: int | None) -> Any:
@@ -94,6 +95,15 @@ def _validate(module: torch.nn.Module, core: Distiller, spec: StageSpec, shard: 
     return {"val_loss": loss / n, "val_ce": ce / n, "val_acc": correct / n}
 
 
+def _quiet_ray_train_reports() -> None:
+    """Ray Train logs every report and checkpoint at INFO (one logger is named after its file);
+    the loop prints its own line per epoch instead."""
+    from ray.train.v2._internal.execution import context, storage
+
+    for name in ("ray.train", storage.__name__, context.__file__):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point handed to ``TorchTrainer``; ``config['spec']`` is a :class:`StageSpec`."""
     import ray.train
@@ -101,8 +111,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     spec: StageSpec = config["spec"]
     train = spec.train
-    # Ray Train logs every report at INFO; the loop prints its own one line per epoch.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    _quiet_ray_train_reports()
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.manual_seed(spec.job.seed)

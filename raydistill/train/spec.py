@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from raydistill.config import JobConfig, ModelSpec, TrainConfig
+from raydistill.teacher.codec import LogitCodec
 
 Role = Literal["teacher", "student", "baseline"]
 
@@ -26,6 +27,7 @@ class StageSpec:
     distill: bool
     student_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     teacher_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    codec: LogitCodec = field(default_factory=LogitCodec)  # how teacher logits arrive in rows
 
     @property
     def feature_pairs(self) -> list[tuple[str, str]]:

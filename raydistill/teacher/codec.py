@@ -1,0 +1,92 @@
+"""How teacher logits are stored: dense fp32, dense fp16, or top-k with the tail mass kept.
+
+Ray-free: columns in, columns out, as numpy arrays. The top-k codec keeps the k largest logits
+exactly and one ``tail`` logit per sample that every other class takes on decode, chosen so the
+decoded distribution at T=1 puts exactly the teacher's remaining probability mass on the tail.
+The decoded logits are dense again, so the soft loss stays a proper distribution at any
+temperature (the tail is spread evenly, which is the only approximation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+CodecKind = Literal["fp32", "fp16", "topk"]
+LOGITS = "teacher_logits"
+TOPK_VALUES = "teacher_topk_values"
+TOPK_INDICES = "teacher_topk_indices"
+TAIL = "teacher_tail_logit"
+
+
+def _logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    top = x.max(axis=axis, keepdims=True)
+    return (top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+@dataclass(frozen=True)
+class LogitCodec:
+    """Encodes teacher logits [N, C] into storage columns and back.
+
+    ``k`` is the number of logits kept by ``topk`` (ignored otherwise); ``fp16`` and ``topk``
+    store values in float16.
+    """
+
+    kind: CodecKind = "fp32"
+    k: int = 16
+
+    def columns(self) -> list[str]:
+        return [LOGITS] if self.kind != "topk" else [TOPK_VALUES, TOPK_INDICES, TAIL]
+
+    def encode(self, logits: np.ndarray) -> dict[str, np.ndarray]:
+        """Columns for logits float [N, C]."""
+        logits = np.asarray(logits, dtype=np.float32)
+        if self.kind == "fp32":
+            return {LOGITS: logits}
+        if self.kind == "fp16":
+            return {LOGITS: logits.astype(np.float16)}
+        n, c = logits.shape
+        k = min(self.k, c)
+        index = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+        values = np.take_along_axis(logits, index, axis=1)
+        total = _logsumexp(logits)
+        tail_count = c - k
+        if tail_count == 0:
+            tail = np.full(n, -np.inf, dtype=np.float32)
+        else:
+            kept_mass = np.exp(_logsumexp(values) - total)
+            tail_mass = np.clip(1.0 - kept_mass, 1e-12, 1.0)
+            # Each tail class gets the logit whose softmax share (against the same normaliser)
+            # is tail_mass / tail_count.
+            tail = (total + np.log(tail_mass / tail_count)).astype(np.float32)
+        index_type = np.int16 if c <= np.iinfo(np.int16).max else np.int32
+        return {
+            TOPK_VALUES: values.astype(np.float16),
+            TOPK_INDICES: index.astype(index_type),
+            TAIL: tail.astype(np.float32),
+        }
+
+    def decode(self, columns: Mapping[str, Any], num_classes: int) -> torch.Tensor:
+        """Dense float32 logits [N, num_classes] from encoded columns (numpy or torch)."""
+        if self.kind != "topk":
+            return torch.as_tensor(columns[LOGITS]).float()
+        values = torch.as_tensor(columns[TOPK_VALUES]).float()
+        index = torch.as_tensor(columns[TOPK_INDICES]).long()
+        # A finite floor stands in for -inf when nothing was cut, keeping softmax NaN-free.
+        tail = torch.as_tensor(columns[TAIL]).float().clamp(min=-1e4)
+        dense = tail[:, None].expand(len(tail), num_classes).clone()
+        return dense.scatter_(1, index, values)
+
+    def bytes_per_sample(self, num_classes: int) -> int:
+        """Storage bytes of one sample's encoded logits (payload, before compression)."""
+        if self.kind == "fp32":
+            return 4 * num_classes
+        if self.kind == "fp16":
+            return 2 * num_classes
+        k = min(self.k, num_classes)
+        index_bytes = 2 if num_classes <= np.iinfo(np.int16).max else 4
+        return k * (2 + index_bytes) + 4
