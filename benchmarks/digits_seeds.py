@@ -54,15 +54,19 @@ def main() -> None:
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{statistics.mean(values):.2f} +- {spread:.2f}"
 
-    print(f"\n{base.name}: test accuracy (%) over seeds {args.seeds}, "
-          f"{time.perf_counter() - started:.0f}s in all")
+    print(
+        f"\n{base.name}: test accuracy (%) over seeds {args.seeds}, "
+        f"{time.perf_counter() - started:.0f}s in all"
+    )
     print("| model | mean +- std | per seed |\n|---|---:|---|")
     for name, values in rows.items():
         print(f"| {name} | {fmt(values)} | {', '.join(f'{v:.2f}' for v in values)} |")
     kd, alone = rows["student (distilled)"], rows["baseline (student alone)"]
     gain = [a - b for a, b in zip(kd, alone, strict=True)]
-    print(f"\ndistilled minus alone: {fmt(gain)} points "
-          f"({'distillation wins' if statistics.mean(gain) > 0 else 'distillation does NOT win'})")
+    print(
+        f"\ndistilled minus alone: {fmt(gain)} points "
+        f"({'distillation wins' if statistics.mean(gain) > 0 else 'distillation does NOT win'})"
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raydistill.data.augment import AugmentOp, RandomCrop
 from raydistill.distill.schedules import Schedule, ScheduleLike
 from raydistill.distill.weighting import WeightingKind
 
@@ -48,15 +49,61 @@ class SplitConfig(_Section):
         return self
 
 
-class DataConfig(_Section):
-    """Where the examples come from."""
+class BalanceConfig(_Section):
+    """Class balancing while streaming (no full shuffle), reseeded every epoch."""
 
-    source: Literal["digits"] = Field(
+    keep_ratio: float | None = Field(
+        None, gt=0, le=1, description="share of rows kept for classes above the target"
+    )
+    repeat_rare: bool = Field(True, description="repeat classes below the target up to it")
+    target: float | None = Field(None, gt=0, description="rows per class; null: mean count")
+    counts: list[int] | None = Field(
+        None, description="class counts of the train split; null: counted once from the data"
+    )
+
+
+class AugmentConfig(_Section):
+    """Seeded augmentation of the training split, applied before the teacher.
+
+    ``views`` augmented copies are made; epoch ``e`` trains on view ``e % views``, and the
+    teacher labels every view once (with ``teacher_pass: once`` or ``cache``).
+    """
+
+    views: int = Field(4, ge=1, description="augmented copies of the training set")
+    ops: list[AugmentOp] = Field(
+        default_factory=lambda: [RandomCrop(padding=1)],
+        description="applied in order: random_crop, hflip, random_erasing, gaussian_noise",
+    )
+
+
+class DataConfig(_Section):
+    """Where the examples come from.
+
+    ``digits`` ships with scikit-learn. ``npz`` reads arrays ``inputs`` [N, ...] and ``labels``
+    [N] from ``path``; ``parquet`` reads ``input_column`` (a tensor or list column) and
+    ``label_column`` from a file or directory at ``path`` (local or any pyarrow filesystem URI).
+    """
+
+    source: Literal["digits", "npz", "parquet"] = Field(
         "digits", description="digits: scikit-learn's bundled 8x8 handwritten digits"
     )
+    path: str | None = Field(None, description="file or directory for npz/parquet sources")
+    input_column: str = "input"
+    label_column: str = "label"
     split: SplitConfig = Field(default_factory=SplitConfig)
     num_classes: int | None = Field(None, ge=2, description="null: taken from the source")
     shuffle_buffer: int = Field(512, ge=0, description="rows in each worker's shuffle buffer")
+    balance: BalanceConfig | None = Field(None, description="null: classes as they come")
+    augment: AugmentConfig | None = Field(None, description="null: no augmentation")
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> DataConfig:
+        if self.source != "digits":
+            if self.path is None:
+                raise _KeyedError("data.path", f"source '{self.source}' needs a path")
+            if "://" not in self.path and not Path(self.path).expanduser().exists():
+                raise _KeyedError("data.path", f"not found: {self.path}")
+        return self
 
 
 class TrainOverrides(_Section):

@@ -14,7 +14,8 @@ import torch
 
 from raydistill.config import JobConfig, JobError
 from raydistill.data.arrays import LabelledArrays
-from raydistill.data.sources import load_splits, to_dataset
+from raydistill.data.balance import ClassBalancer
+from raydistill.data.sources import load_splits, training_datasets
 from raydistill.distill.taps import feature_shapes
 from raydistill.evaluate import ModelScore, score
 from raydistill.models.specs import build_model, load_weights
@@ -95,8 +96,25 @@ def teacher_weights_path(job: JobConfig) -> Path:
     return stage_dir(job.run_dir, "teacher") / "model.pt"
 
 
-def _datasets(splits: dict[str, LabelledArrays]) -> dict[str, object]:
-    return {"train": to_dataset(splits["train"]), "val": to_dataset(splits["val"])}
+def make_balancer(job: JobConfig, train: LabelledArrays, log: Log = print) -> ClassBalancer | None:
+    """The job's class balancer, from counts given in the job or counted once here."""
+    cfg = job.data.balance
+    if cfg is None:
+        return None
+    counts = (
+        np.asarray(cfg.counts)
+        if cfg.counts is not None
+        else np.bincount(train.labels, minlength=train.num_classes)
+    )
+    if len(counts) != train.num_classes:
+        raise JobError(f"data.balance.counts: {len(counts)} counts for {train.num_classes} classes")
+    balancer = ClassBalancer.from_counts(counts, cfg.keep_ratio, cfg.repeat_rare, cfg.target)
+    expected = balancer.expected_counts(counts)
+    log(
+        f"[balance] class counts {counts.tolist()} -> expected per epoch "
+        f"{[round(x) for x in expected.tolist()]} (target {balancer.target:.0f})"
+    )
+    return balancer
 
 
 def _run_or_reuse(spec: StageSpec, datasets: dict, log: Log) -> StageResult:
@@ -123,8 +141,9 @@ def fit_teacher(job: JobConfig, splits: dict[str, LabelledArrays], log: Log) -> 
         train=job.teacher_train(),
         num_classes=splits["train"].num_classes,
         distill=False,
+        balancer=make_balancer(job, splits["train"], log),
     )
-    return _run_or_reuse(spec, _datasets(splits), log).weights
+    return _run_or_reuse(spec, training_datasets(job, splits), log).weights
 
 
 def check_pair(
@@ -164,7 +183,7 @@ def fit_student(
 ) -> StageResult:
     """Train the student, distilled (``role='student'``) or alone (``role='baseline'``)."""
     num_classes = splits["train"].num_classes
-    datasets = _datasets(splits)
+    datasets = training_datasets(job, splits)
     shapes: tuple[dict, dict] = ({}, {})
     codec = LogitCodec()
     distill = role == "student"
@@ -182,9 +201,11 @@ def fit_student(
         if job.distill.teacher_pass == "once":
             started = time.perf_counter()
             datasets = {k: ds.materialize() for k, ds in datasets.items()}
-            rows = sum(len(splits[k]) for k in datasets)
-            log(f"[teacher] one pass over {rows} rows in {time.perf_counter() - started:.1f}s "
-                f"({job.scaling.teacher_pool.max_actors} actor(s) max)")
+            rows = sum(ds.count() for ds in datasets.values())
+            log(
+                f"[teacher] one pass over {rows} rows in {time.perf_counter() - started:.1f}s "
+                f"({job.scaling.teacher_pool.max_actors} actor(s) max)"
+            )
     spec = StageSpec(
         role=role,
         job=job,
@@ -195,6 +216,7 @@ def fit_student(
         student_shapes=shapes[0],
         teacher_shapes=shapes[1],
         codec=codec,
+        balancer=make_balancer(job, splits["train"], log),
     )
     return _run_or_reuse(spec, datasets, log)
 

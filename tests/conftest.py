@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -22,6 +23,27 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _stop_cluster(temp_dir: Path) -> None:
+    """Stop only this session's Ray processes (``ray stop`` would stop every Ray on the machine,
+    including a user's running jobs)."""
+    import psutil
+
+    ours = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(temp_dir) in part for part in proc.info["cmdline"] or ()):
+                ours.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in ours:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(ours, timeout=15)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +91,7 @@ def ray_address() -> Iterator[str]:
     finally:
         ray.shutdown()
         os.environ.pop("RAY_ADDRESS", None)
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -24,19 +24,27 @@ SHORT = {
 
 
 def test_cache_written_once_reused_and_trained_from(ray_address, write_job):
-    job = load_job(write_job({**SHORT, "cache.codec": "topk", "cache.k": 4}, name="cached"))
+    changes = {**SHORT, "cache.codec": "topk", "cache.k": 4, "data.augment": {"views": 2}}
+    job = load_job(write_job(changes, name="cached"))
     splits = load_splits(job.data)
     manifest = run_cache(job, log=print)
 
-    rows = len(splits["train"]) + len(splits["val"])
+    # one teacher pass over every augmented view of train, and over val
+    rows = 2 * len(splits["train"]) + len(splits["val"])
     assert manifest["teacher_forward_passes"] == rows
-    assert manifest["rows"] == {"train": len(splits["train"]), "val": len(splits["val"])}
+    assert manifest["rows"] == {"train": 2 * len(splits["train"]), "val": len(splits["val"])}
     assert manifest["logit_bytes_per_sample"] == 4 * (2 + 2) + 4
     table = pq.read_table(job.cache_dir / "train")
-    assert table.num_rows == len(splits["train"])
-    assert {"input", "label", "row_id", "teacher_topk_values", "teacher_topk_indices",
-            "teacher_tail_logit"} <= set(table.column_names)
-    assert sorted(table.column("label").to_pylist()) == sorted(splits["train"].labels.tolist())
+    assert table.num_rows == 2 * len(splits["train"])
+    assert {
+        "input",
+        "label",
+        "row_id",
+        "teacher_topk_values",
+        "teacher_topk_indices",
+        "teacher_tail_logit",
+    } <= set(table.column_names)
+    assert sorted(table.column("label").to_pylist()) == sorted(2 * splits["train"].labels.tolist())
 
     # train reads the cache; the manifest is untouched (no second teacher pass)
     before = (job.cache_dir / MANIFEST).read_text()
@@ -44,10 +52,14 @@ def test_cache_written_once_reused_and_trained_from(ray_address, write_job):
     assert (job.cache_dir / MANIFEST).read_text() == before
     history = summary.stages["student"].history
     assert all(h["train_soft"] > 0 for h in history)
+    # each epoch trains on one view: every training row once (a batch holding only other views
+    # still steps on one row, so DDP ranks stay in step)
+    for h in history:
+        assert len(splits["train"]) <= sum(h["class_counts"]) <= 1.02 * len(splits["train"])
     assert summary.score("student (distilled)").accuracy > 0.3
 
     # a job asking for another codec is refused, naming what differs
-    other = load_job(write_job({**SHORT, "cache.codec": "fp16"}, name="cached"))
+    other = load_job(write_job({**changes, "cache.codec": "fp16"}, name="cached"))
     with pytest.raises(JobError, match=r"made for another job: differs in .*codec.kind"):
         run_job(other, log=print)
 
@@ -65,3 +77,39 @@ def test_cache_written_once_reused_and_trained_from(ray_address, write_job):
     rebuilt = run_cache(job, log=print)
     assert rebuilt["teacher_forward_passes"] == rows
     verify_cache(job.cache_dir, rebuilt["key"])
+
+
+def test_teacher_sees_the_augmented_input_the_student_reads(ray_address, write_job):
+    """The teacher output travelling with each augmented row equals the teacher run on it."""
+    import numpy as np
+    import torch
+
+    from raydistill.data.augment import augment_batch
+    from raydistill.data.sources import training_datasets
+    from raydistill.models import build_model, load_weights
+    from raydistill.pipeline import run_teacher
+    from raydistill.teacher.pool import TEACHER_LOGITS, attach_teacher
+
+    augment = {
+        "views": 2,
+        "ops": [{"op": "random_crop", "padding": 1}, {"op": "random_erasing", "p": 0.5}],
+    }
+    job = load_job(write_job({**SHORT, "data.augment": augment}, name="augmented"))
+    weights = run_teacher(job, log=print)
+    splits = load_splits(job.data)
+    train = training_datasets(job, splits)["train"]
+    rows = attach_teacher(train, job, weights, 10).take_all()
+    assert len(rows) == 2 * len(splits["train"])
+    teacher = load_weights(build_model(job.teacher, 10, load=False), weights).eval()
+    sample = rows[:: len(rows) // 40]
+    inputs = np.stack([r["input"] for r in sample])
+    with torch.no_grad():
+        again = teacher(torch.from_numpy(inputs)).numpy()
+    assert np.allclose(np.stack([r[TEACHER_LOGITS] for r in sample]), again, atol=1e-5)
+    for r in sample:  # and the input is exactly the seeded augmentation of that row and view
+        original = splits["train"].inputs[r["row_id"]][None]
+        expected = augment_batch(
+            original, np.array([r["row_id"]]), int(r["view"]), job.seed, job.data.augment.ops
+        )[0]
+        assert np.array_equal(r["input"], expected)
+    assert {int(r["view"]) for r in rows} == {0, 1}

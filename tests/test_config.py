@@ -34,8 +34,10 @@ def test_resolved_yaml_round_trips(tmp_path):
 
 
 def test_overrides_parse_values_as_yaml():
-    raw = apply_overrides({"train": {"epochs": 1}}, ["train.epochs=7", "distill.alpha=0.5",
-                                                     "scaling.teacher_pool.resources={teacher: 1}"])
+    raw = apply_overrides(
+        {"train": {"epochs": 1}},
+        ["train.epochs=7", "distill.alpha=0.5", "scaling.teacher_pool.resources={teacher: 1}"],
+    )
     assert raw["train"]["epochs"] == 7
     assert raw["distill"]["alpha"] == 0.5
     assert raw["scaling"]["teacher_pool"]["resources"] == {"teacher": 1}
@@ -64,8 +66,11 @@ def test_wrong_type_is_named(write_job):
     [
         ("distill.alpha", 1.5, "within [0, 1]"),
         ("distill.temperature", -2.0, "must stay > 0"),
-        ("distill.temperature", {"kind": "step", "start": 2.0, "step": -1.0, "every": 1},
-         "must stay > 0"),
+        (
+            "distill.temperature",
+            {"kind": "step", "start": 2.0, "step": -1.0, "every": 1},
+            "must stay > 0",
+        ),
         ("train.lr", 0, "greater than 0"),
         ("scaling.workers", 0, "greater than or equal to 1"),
     ],

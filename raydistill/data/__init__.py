@@ -1,16 +1,10 @@
-"""Data sources: splits as arrays and as Ray datasets of ``input``/``label``/``row_id`` rows."""
+"""Data: labelled arrays and their split, sources, augmentation and class balancing.
+
+Kept import-light (``raydistill.config`` imports the augmentation ops from here); the Ray
+dataset helpers live in :mod:`raydistill.data.sources`.
+"""
 
 from raydistill.data.arrays import LabelledArrays, split_arrays
 from raydistill.data.digits import load_digits_arrays
-from raydistill.data.sources import INPUT, LABEL, ROW_ID, load_splits, to_dataset
 
-__all__ = [
-    "INPUT",
-    "LABEL",
-    "ROW_ID",
-    "LabelledArrays",
-    "load_digits_arrays",
-    "load_splits",
-    "split_arrays",
-    "to_dataset",
-]
+__all__ = ["LabelledArrays", "load_digits_arrays", "split_arrays"]

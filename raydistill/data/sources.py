@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from raydistill.config import DataConfig, JobError
+from raydistill.config import AugmentConfig, DataConfig, JobConfig, JobError
 from raydistill.data.arrays import LabelledArrays, split_arrays
+from raydistill.data.augment import VIEW, augment_batch
 from raydistill.data.digits import load_digits_arrays
 
 if TYPE_CHECKING:
@@ -17,14 +19,58 @@ if TYPE_CHECKING:
 INPUT, LABEL, ROW_ID = "input", "label", "row_id"
 
 
-def load_splits(data: DataConfig) -> dict[str, LabelledArrays]:
-    """The job's train/val/test splits as arrays."""
+def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(Path(path).expanduser(), allow_pickle=False) as arrays:
+        missing = {"inputs", "labels"} - set(arrays.files)
+        if missing:
+            raise JobError(f"data.path: {path} lacks arrays {sorted(missing)} (has {arrays.files})")
+        return arrays["inputs"], arrays["labels"]
+
+
+def _read_parquet(data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    import pyarrow.dataset as pads
+
+    try:
+        table = pads.dataset(data.path, format="parquet").to_table()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise JobError(f"data.path: cannot read Parquet at {data.path}: {exc}") from None
+    for column in (data.input_column, data.label_column):
+        if column not in table.column_names:
+            raise JobError(
+                f"data: column '{column}' not in {data.path} (columns: {table.column_names})"
+            )
+    column = table.column(data.input_column).combine_chunks()
+    if hasattr(column, "to_numpy_ndarray"):  # fixed-shape tensor extension column
+        inputs = column.to_numpy_ndarray()
+    else:
+        inputs = np.stack([np.asarray(v, dtype=np.float32) for v in column.to_pylist()])
+    return inputs, table.column(data.label_column).to_numpy()
+
+
+def load_arrays(data: DataConfig) -> LabelledArrays:
+    """All rows of the job's source, checked: float32 inputs, labels in range(num_classes)."""
     if data.source == "digits":
         arrays = load_digits_arrays()
-    else:  # pragma: no cover - guarded by the schema
-        raise JobError(f"data.source: unknown source '{data.source}'")
-    if data.num_classes is not None and data.num_classes != arrays.num_classes:
-        arrays = LabelledArrays(arrays.inputs, arrays.labels, data.num_classes)
+        if data.num_classes is None or data.num_classes == arrays.num_classes:
+            return arrays
+        inputs, labels = arrays.inputs, arrays.labels
+    elif data.source == "npz":
+        inputs, labels = _read_npz(str(data.path))
+    else:
+        inputs, labels = _read_parquet(data)
+    if not np.issubdtype(np.asarray(labels).dtype, np.integer):
+        raise JobError(f"data: labels in {data.path} must be integers, got {labels.dtype}")
+    labels = np.asarray(labels, dtype=np.int64)
+    num_classes = data.num_classes or int(labels.max()) + 1
+    try:
+        return LabelledArrays(np.asarray(inputs, dtype=np.float32), labels, num_classes)
+    except ValueError as exc:
+        raise JobError(f"data ({data.path}): {exc}") from None
+
+
+def load_splits(data: DataConfig) -> dict[str, LabelledArrays]:
+    """The job's train/val/test splits as arrays."""
+    arrays = load_arrays(data)
     return split_arrays(arrays, data.split.val, data.split.test, data.split.seed)
 
 
@@ -48,3 +94,32 @@ def to_dataset(arrays: LabelledArrays, blocks: int = 4) -> ray.data.Dataset:
     table = to_arrow(arrays)
     step = max(1, -(-table.num_rows // blocks))
     return ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
+
+
+def _augment_view(
+    batch: dict[str, np.ndarray], view: int, seed: int, augment: AugmentConfig
+) -> dict[str, np.ndarray]:
+    batch[INPUT] = augment_batch(batch[INPUT], batch[ROW_ID], view, seed, augment.ops)
+    batch[VIEW] = np.full(len(batch[ROW_ID]), view, dtype=np.int64)
+    return batch
+
+
+def with_views(ds: ray.data.Dataset, augment: AugmentConfig, seed: int) -> ray.data.Dataset:
+    """``augment.views`` augmented copies of ``ds``, each row tagged with its ``view``."""
+    views = [
+        ds.map_batches(
+            _augment_view,
+            fn_kwargs={"view": v, "seed": seed, "augment": augment},
+            batch_format="numpy",
+        )
+        for v in range(augment.views)
+    ]
+    return views[0].union(*views[1:]) if len(views) > 1 else views[0]
+
+
+def training_datasets(job: JobConfig, splits: dict[str, LabelledArrays]) -> dict[str, Any]:
+    """Ray datasets of the train split (augmented views when the job asks) and the val split."""
+    train = to_dataset(splits["train"])
+    if job.data.augment is not None:
+        train = with_views(train, job.data.augment, job.seed)
+    return {"train": train, "val": to_dataset(splits["val"])}

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from raydistill.config import JobConfig, JobError
 from raydistill.data.arrays import LabelledArrays
-from raydistill.data.sources import to_dataset
+from raydistill.data.sources import training_datasets
 from raydistill.teacher.codec import LogitCodec
 from raydistill.teacher.pool import attach_teacher
 
@@ -57,6 +57,8 @@ def cache_key(job: JobConfig, teacher_weights: Path, splits: dict[str, LabelledA
             "weights_sha256": file_sha256(teacher_weights),
         },
         "data": {k: splits[k].fingerprint() for k in SPLITS},
+        "augment": job.data.augment.model_dump(mode="json") if job.data.augment else None,
+        "seed": job.seed if job.data.augment else None,
         "codec": {"kind": job.cache.codec, "k": job.cache.k if job.cache.codec == "topk" else None},
         "feature_layers": [p.teacher for p in job.distill.feature_layers],
         "num_classes": splits["train"].num_classes,
@@ -130,10 +132,11 @@ def write_cache(
     num_classes = splits["train"].num_classes
     started = time.perf_counter()
     rows: dict[str, int] = {}
-    for split in SPLITS:
-        ds = attach_teacher(to_dataset(splits[split]), job, teacher_weights, num_classes, codec)
+    for split, ds in training_datasets(job, splits).items():
+        ds = attach_teacher(ds, job, teacher_weights, num_classes, codec)
         ds.write_parquet(str(directory / split))
-        rows[split] = len(splits[split])
+        views = job.data.augment.views if job.data.augment and split == "train" else 1
+        rows[split] = len(splits[split]) * views
     elapsed = time.perf_counter() - started
     files = [
         {"path": str(p.relative_to(directory)), "bytes": p.stat().st_size}

@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
+from raydistill.data.augment import VIEW
+from raydistill.data.balance import balance_rng
 from raydistill.data.sources import INPUT, LABEL, ROW_ID
 from raydistill.distill.distiller import Distiller
 from raydistill.models.specs import build_model
@@ -69,6 +72,25 @@ def _batches(shard: Any, spec: StageSpec, seed: int | None) -> Any:
         local_shuffle_buffer_size=shuffle or None,
         local_shuffle_seed=seed if shuffle else None,
     )
+
+
+def _rows_for_epoch(
+    batch: dict[str, torch.Tensor], spec: StageSpec, epoch: int, rank: int, step: int
+) -> dict[str, torch.Tensor]:
+    """This epoch's augmented view of the batch, resampled by the class balancer."""
+    index = np.arange(len(batch[LABEL]))
+    if VIEW in batch and spec.job.data.augment is not None:
+        views = batch[VIEW].cpu().numpy()
+        index = np.flatnonzero(views == epoch % spec.job.data.augment.views)
+    if spec.balancer is not None:
+        rng = balance_rng(spec.job.seed, epoch, rank, step)
+        index = index[spec.balancer.select(batch[LABEL].cpu().numpy()[index], rng)]
+    if len(index) == len(batch[LABEL]):
+        return batch
+    if len(index) == 0:  # every rank must step each time, or DDP's all-reduce hangs
+        index = np.zeros(1, dtype=np.int64)
+    picked = torch.from_numpy(index).to(batch[LABEL].device)
+    return {k: v[picked] for k, v in batch.items()}
 
 
 def _validate(module: torch.nn.Module, core: Distiller, spec: StageSpec, shard: Any) -> dict:
@@ -154,7 +176,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         started = time.perf_counter()
         sums = torch.zeros(5, dtype=torch.float64)  # loss, soft, hard, feature (x n), n
         seed = spec.job.seed * 1_000_003 + epoch * 101 + rank
-        for step, batch in enumerate(_batches(train_shard, spec, seed)):
+        class_counts = torch.zeros(spec.num_classes, dtype=torch.float64)
+        for step, raw in enumerate(_batches(train_shard, spec, seed)):
+            batch = _rows_for_epoch(raw, spec, epoch, rank, step)
+            class_counts += torch.bincount(batch[LABEL].cpu(), minlength=spec.num_classes)
             logits, feats = module(batch[INPUT])
             t_logits, t_feats = _teacher_side(spec, batch)
             out = core.loss(logits, batch[LABEL], t_logits, feats if t_feats else None, t_feats)
@@ -177,9 +202,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 dtype=torch.float64,
             )
         totals = _all_sum(sums).tolist()
+        counts = [int(c) for c in _all_sum(class_counts).tolist()]
         n = max(totals[4], 1.0)
         elapsed = time.perf_counter() - started
-        metrics: dict[str, float] = {
+        metrics: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": totals[0] / n,
             "train_soft": totals[1] / n,
@@ -190,6 +216,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "lr": optimizer.param_groups[0]["lr"],
             "samples_per_s": n / elapsed,
             "epoch_s": elapsed,
+            "class_counts": counts,
         }
         metrics.update(_validate(module, core, spec, val_shard))
         scheduler.step()

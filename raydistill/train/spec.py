@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from raydistill.config import JobConfig, ModelSpec, TrainConfig
+from raydistill.data.balance import ClassBalancer
 from raydistill.teacher.codec import LogitCodec
 
 Role = Literal["teacher", "student", "baseline"]
@@ -28,6 +29,7 @@ class StageSpec:
     student_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     teacher_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     codec: LogitCodec = field(default_factory=LogitCodec)  # how teacher logits arrive in rows
+    balancer: ClassBalancer | None = None  # resamples each training batch toward balance
 
     @property
     def feature_pairs(self) -> list[tuple[str, str]]:

@@ -65,9 +65,7 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return None
 
 
-def run_stage(
-    spec: StageSpec, datasets: dict[str, ray.data.Dataset], run_dir: Path
-) -> StageResult:
+def run_stage(spec: StageSpec, datasets: dict[str, ray.data.Dataset], run_dir: Path) -> StageResult:
     """Train one stage with a ``TorchTrainer``; rerunning resumes from its last checkpoint.
 
     Ray Train restores a run whose ``RunConfig(name, storage_path)`` matches an earlier one, so a
