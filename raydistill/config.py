@@ -82,14 +82,20 @@ class DataConfig(_Section):
     ``digits`` ships with scikit-learn. ``npz`` reads arrays ``inputs`` [N, ...] and ``labels``
     [N] from ``path``; ``parquet`` reads ``input_column`` (a tensor or list column) and
     ``label_column`` from a file or directory at ``path`` (local or any pyarrow filesystem URI).
+    ``image_folder`` reads ``path/<class name>/*.{png,jpg,...}``; classes are the sorted folder
+    names.
     """
 
-    source: Literal["digits", "npz", "parquet"] = Field(
+    source: Literal["digits", "npz", "parquet", "image_folder"] = Field(
         "digits", description="digits: scikit-learn's bundled 8x8 handwritten digits"
     )
     path: str | None = Field(None, description="file or directory for npz/parquet sources")
     input_column: str = "input"
     label_column: str = "label"
+    image_size: tuple[int, int] | None = Field(
+        None, description="image_folder: resize to [H, W]; null: the first image's size"
+    )
+    channels: Literal[1, 3] = Field(3, description="image_folder: 1 (grayscale) or 3 (RGB)")
     split: SplitConfig = Field(default_factory=SplitConfig)
     num_classes: int | None = Field(None, ge=2, description="null: taken from the source")
     shuffle_buffer: int = Field(512, ge=0, description="rows in each worker's shuffle buffer")
@@ -179,6 +185,14 @@ class DistillConfig(_Section):
     feature_weight: float = Field(0.0, ge=0)
     feature_grad_scale: float = Field(1.0, ge=0)
     weighting: WeightingKind = Field("none", description="dynamic per-sample soft-loss weights")
+    features_from: Literal["pool", "worker"] = Field(
+        "pool",
+        description="pool: the teacher actors ship tapped features with each row; worker: each"
+        " train worker runs a frozen teacher copy for them (FPN-sized maps are too heavy to ship)",
+    )
+    feature_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="dtype of features shipped by the pool (and cached)"
+    )
     teacher_pass: Literal["once", "per_epoch", "cache"] = Field(
         "once",
         description="once: the teacher pool labels the data once per stage and its outputs stay"
@@ -299,6 +313,13 @@ class JobConfig(_Section):
     def run_dir(self) -> Path:
         """Absolute directory holding everything this job writes."""
         return (Path(self.output.storage_path).expanduser() / self.name).resolve()
+
+    @property
+    def pool_feature_layers(self) -> list[str]:
+        """Teacher layers whose features the pool ships with each row."""
+        if self.distill.features_from != "pool":
+            return []
+        return [pair.teacher for pair in self.distill.feature_layers]
 
     @property
     def cache_dir(self) -> Path:

@@ -217,6 +217,7 @@ def fit_student(
         teacher_shapes=shapes[1],
         codec=codec,
         balancer=make_balancer(job, splits["train"], log),
+        teacher_weights=str(teacher_weights) if distill else None,
     )
     return _run_or_reuse(spec, datasets, log)
 

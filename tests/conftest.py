@@ -70,6 +70,8 @@ def ray_address() -> Iterator[str]:
             f"--port={port}",
             "--node-ip-address=127.0.0.1",
             "--num-cpus=8",
+            # custom resources, as on a cluster with teacher nodes and student nodes
+            '--resources={"teacher": 4, "student": 4}',
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={_free_port()}",
             f"--temp-dir={temp_dir}",

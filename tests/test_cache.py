@@ -113,3 +113,28 @@ def test_teacher_sees_the_augmented_input_the_student_reads(ray_address, write_j
         )[0]
         assert np.array_equal(r["input"], expected)
     assert {int(r["view"]) for r in rows} == {0, 1}
+
+
+def test_resource_settings_reach_teacher_actors_and_train_workers(ray_address, write_job):
+    """`teacher_pool.resources` and `resources_per_worker` are what the actors actually held."""
+    from ray.util.state import list_actors
+
+    changes = {
+        **SHORT,
+        "teacher.train": {"epochs": 1},
+        "train.epochs": 1,
+        "distill.teacher_pass": "once",
+        "scaling.teacher_pool": {"num_cpus": 0.25, "resources": {"teacher": 1}},
+        "scaling.resources_per_worker": {"student": 1},
+    }
+    job = load_job(write_job(changes, name="placed"))
+    run_job(job, log=print)
+    actors = list_actors(detail=True, limit=10_000, raise_on_missing_output=False)
+    pool = [a for a in actors if "TeacherPredictor" in (a.class_name or "")]
+    workers = [a for a in actors if a.class_name == "RayTrainWorker"]
+    assert any(a.required_resources == {"CPU": 0.25, "teacher": 1.0} for a in pool), [
+        a.required_resources for a in pool
+    ]
+    assert any(a.required_resources.get("student") == 1.0 for a in workers), [
+        a.required_resources for a in workers
+    ]

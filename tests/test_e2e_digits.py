@@ -116,15 +116,21 @@ def test_teacher_pool_streams_every_epoch(ray_address, write_job):
     assert history[1]["train_loss"] < history[0]["train_loss"]
 
 
-def test_feature_distillation_weighting_schedules_and_early_stop(ray_address, write_job):
-    """Tapped teacher features travel with each row; adapters, schedules and early stopping run."""
-    teacher = load_job(write_job(SHORT, name="teacher-src3"))
+@pytest.mark.parametrize(("features_from", "dtype"), [("pool", "float16"), ("worker", "float32")])
+def test_feature_distillation_weighting_schedules_and_early_stop(
+    ray_address, write_job, features_from, dtype
+):
+    """Tapped teacher features travel with each row (or come from a frozen teacher copy in the
+    worker); adapters, schedules, dynamic weighting and early stopping run."""
+    teacher = load_job(write_job(SHORT, name=f"teacher-src3-{features_from}"))
     weights = run_teacher(teacher, log=print)
     changes = {
         **SHORT,
         "teacher.checkpoint": str(weights),
         "distill.feature_layers": [{"student": "features.7", "teacher": "features.7"}],
         "distill.feature_weight": 1.0,
+        "distill.features_from": features_from,
+        "distill.feature_dtype": dtype,
         "distill.weighting": "confidence",
         "distill.temperature": {
             "kind": "step",
@@ -139,7 +145,7 @@ def test_feature_distillation_weighting_schedules_and_early_stop(ray_address, wr
         "train.baseline": False,
         "scaling.workers": 1,
     }
-    summary = run_job(load_job(write_job(changes, name="features")), log=print)
+    summary = run_job(load_job(write_job(changes, name=f"features-{features_from}")), log=print)
     history = summary.stages["student"].history
     # val_acc cannot improve by 0.5 after epoch 0, so patience 2 stops after epoch 3 of 6.
     assert [h["epoch"] for h in history] == [0, 1, 2]

@@ -56,3 +56,26 @@ def test_bad_sources_are_clear(tmp_path, digits):
     pq.write_table(pa.table({"input": [[1.0]], "target": [0]}), tmp_path / "cols.parquet")
     with pytest.raises(JobError, match="column 'label' not in"):
         load_arrays(DataConfig(source="parquet", path=str(tmp_path / "cols.parquet")))
+
+
+def test_image_folder_source(tmp_path, digits):
+    from PIL import Image
+
+    for label in (0, 1, 2):
+        folder = tmp_path / "imgs" / f"class_{label}"
+        folder.mkdir(parents=True)
+        for i in np.flatnonzero(digits.labels == label)[:12]:
+            Image.fromarray((digits.inputs[i, 0] * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    cfg = DataConfig(source="image_folder", path=str(tmp_path / "imgs"), channels=1)
+    arrays = load_arrays(cfg)
+    assert arrays.inputs.shape == (36, 1, 8, 8) and arrays.num_classes == 3
+    assert np.bincount(arrays.labels).tolist() == [12, 12, 12]
+    first = np.flatnonzero(digits.labels == 0)[:12]
+    assert np.allclose(arrays.inputs[:12], digits.inputs[sorted(first, key=str)], atol=1 / 255)
+    rgb = load_arrays(
+        DataConfig(source="image_folder", path=str(tmp_path / "imgs"), image_size=(16, 16))
+    )
+    assert rgb.inputs.shape == (36, 3, 16, 16)
+    (tmp_path / "imgs" / "class_0" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(JobError, match=r"cannot read image .*broken\.png"):
+        load_arrays(cfg)

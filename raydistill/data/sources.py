@@ -47,6 +47,37 @@ def _read_parquet(data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     return inputs, table.column(data.label_column).to_numpy()
 
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def _read_image_folder(data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Images [N, C, H, W] float32 in [0, 1] and labels from ``path/<class>/<image>``."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(str(data.path)).expanduser()
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise JobError(f"data.path: {root} has no class folders")
+    images, labels = [], []
+    size = data.image_size
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for file in files:
+            try:
+                with Image.open(file) as img:
+                    img = img.convert("L" if data.channels == 1 else "RGB")
+                    size = size or (img.height, img.width)
+                    img = img.resize((size[1], size[0])) if img.size != (size[1], size[0]) else img
+                    array = np.asarray(img, dtype=np.float32) / 255.0
+            except (UnidentifiedImageError, OSError) as exc:
+                raise JobError(f"data: cannot read image {file}: {exc}") from None
+            images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+            labels.append(label)
+    if not images:
+        raise JobError(f"data.path: no images under {root} ({', '.join(classes)})")
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
 def load_arrays(data: DataConfig) -> LabelledArrays:
     """All rows of the job's source, checked: float32 inputs, labels in range(num_classes)."""
     if data.source == "digits":
@@ -56,6 +87,8 @@ def load_arrays(data: DataConfig) -> LabelledArrays:
         inputs, labels = arrays.inputs, arrays.labels
     elif data.source == "npz":
         inputs, labels = _read_npz(str(data.path))
+    elif data.source == "image_folder":
+        inputs, labels = _read_image_folder(data)
     else:
         inputs, labels = _read_parquet(data)
     if not np.issubdtype(np.asarray(labels).dtype, np.integer):

@@ -60,7 +60,8 @@ def cache_key(job: JobConfig, teacher_weights: Path, splits: dict[str, LabelledA
         "augment": job.data.augment.model_dump(mode="json") if job.data.augment else None,
         "seed": job.seed if job.data.augment else None,
         "codec": {"kind": job.cache.codec, "k": job.cache.k if job.cache.codec == "topk" else None},
-        "feature_layers": [p.teacher for p in job.distill.feature_layers],
+        "feature_layers": job.pool_feature_layers,
+        "feature_dtype": job.distill.feature_dtype if job.pool_feature_layers else None,
         "num_classes": splits["train"].num_classes,
     }
 

@@ -45,6 +45,7 @@ class TeacherPredictor:
         feature_layers: list[str],
         use_gpu: bool = False,
         codec: LogitCodec | None = None,
+        feature_dtype: str = "float32",
     ) -> None:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         model = build_model(spec, num_classes, load=False)
@@ -52,6 +53,7 @@ class TeacherPredictor:
         self.model = model.eval().to(self.device)
         self.tap = FeatureTap(self.model, feature_layers) if feature_layers else None
         self.codec = codec or LogitCodec()
+        self.feature_dtype = np.dtype(feature_dtype)
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -61,7 +63,7 @@ class TeacherPredictor:
         batch.update(self.codec.encode(logits.float().cpu().numpy()))
         if self.tap is not None:
             for layer, value in self.tap.features.items():
-                batch[feature_column(layer)] = value.float().cpu().numpy()
+                batch[feature_column(layer)] = value.cpu().numpy().astype(self.feature_dtype)
             self.tap.clear()
         return batch
 
@@ -77,7 +79,6 @@ def attach_teacher(
     import ray.data
 
     pool: TeacherPoolConfig = job.scaling.teacher_pool
-    layers = [pair.teacher for pair in job.distill.feature_layers]
     extra = {"resources": pool.resources} if pool.resources else {}
     return ds.map_batches(
         TeacherPredictor,
@@ -85,7 +86,8 @@ def attach_teacher(
             "spec": job.teacher,
             "weights": str(weights),
             "num_classes": num_classes,
-            "feature_layers": layers,
+            "feature_layers": job.pool_feature_layers,
+            "feature_dtype": job.distill.feature_dtype,
             "use_gpu": pool.num_gpus > 0,
             "codec": codec,
         },

@@ -18,7 +18,7 @@ from raydistill.data.augment import VIEW
 from raydistill.data.balance import balance_rng
 from raydistill.data.sources import INPUT, LABEL, ROW_ID
 from raydistill.distill.distiller import Distiller
-from raydistill.models.specs import build_model
+from raydistill.models.specs import build_model, load_weights
 from raydistill.teacher.pool import feature_column
 from raydistill.train.optim import BestTracker, build_lr_scheduler, build_optimizer
 from raydistill.train.spec import StageSpec
@@ -32,8 +32,14 @@ class NonFiniteLossError(RuntimeError):
 def build_distiller(spec: StageSpec) -> Distiller:
     """The trainable module of a stage: its model plus adapters sized from the driver's shapes."""
     d = spec.job.distill
+    teacher = None
+    if spec.feature_pairs and d.features_from == "worker":
+        assert spec.teacher_weights is not None
+        teacher = build_model(spec.job.teacher, spec.num_classes, load=False)
+        load_weights(teacher, Path(spec.teacher_weights), what="the teacher")
     distiller = Distiller(
         build_model(spec.model, spec.num_classes),
+        teacher,
         temperature=d.temperature,
         alpha=d.alpha,
         feature_layers=spec.feature_pairs or None,
@@ -56,13 +62,17 @@ def _all_sum(values: torch.Tensor) -> torch.Tensor:
 
 
 def _teacher_side(
-    spec: StageSpec, batch: dict[str, torch.Tensor]
+    spec: StageSpec, core: Distiller, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor] | None]:
+    """Teacher logits from the row; features from the row or the worker's frozen teacher."""
     if not spec.distill:
         return None, None
-    feats = {t: batch[feature_column(t)].float() for _, t in spec.feature_pairs} or None
     logits = spec.codec.decode(batch, spec.num_classes).to(batch[LABEL].device)
-    return logits, feats
+    if not spec.feature_pairs:
+        return logits, None
+    if core.teacher is not None:
+        return logits, core.teacher_outputs(batch[INPUT])[1]
+    return logits, {t: batch[feature_column(t)].float() for _, t in spec.feature_pairs}
 
 
 def _batches(shard: Any, spec: StageSpec, seed: int | None) -> Any:
@@ -100,7 +110,7 @@ def _validate(module: torch.nn.Module, core: Distiller, spec: StageSpec, shard: 
     with torch.no_grad():
         for batch in _batches(shard, spec, None):
             logits, feats = module(batch[INPUT])
-            t_logits, t_feats = _teacher_side(spec, batch)
+            t_logits, t_feats = _teacher_side(spec, core, batch)
             out = core.loss(logits, batch[LABEL], t_logits, feats if t_feats else None, t_feats)
             n = len(batch[LABEL])
             sums += torch.tensor(
@@ -140,6 +150,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     core = build_distiller(spec)
     module = ray.train.torch.prepare_model(core)
+    if core.teacher is not None:  # not a submodule, so prepare_model did not move it
+        core.teacher.to(ray.train.torch.get_device())
     optimizer = build_optimizer(train, module.parameters())
     scheduler = build_lr_scheduler(train, optimizer)
     tracker = BestTracker.for_train(train.early_stopping)
@@ -181,7 +193,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             batch = _rows_for_epoch(raw, spec, epoch, rank, step)
             class_counts += torch.bincount(batch[LABEL].cpu(), minlength=spec.num_classes)
             logits, feats = module(batch[INPUT])
-            t_logits, t_feats = _teacher_side(spec, batch)
+            t_logits, t_feats = _teacher_side(spec, core, batch)
             out = core.loss(logits, batch[LABEL], t_logits, feats if t_feats else None, t_feats)
             if not torch.isfinite(out.total):
                 rows = batch[ROW_ID][:8].tolist() if ROW_ID in batch else "?"

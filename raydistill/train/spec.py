@@ -30,6 +30,7 @@ class StageSpec:
     teacher_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     codec: LogitCodec = field(default_factory=LogitCodec)  # how teacher logits arrive in rows
     balancer: ClassBalancer | None = None  # resamples each training batch toward balance
+    teacher_weights: str | None = None  # for a frozen teacher copy in each worker
 
     @property
     def feature_pairs(self) -> list[tuple[str, str]]:
