@@ -36,6 +36,12 @@ def main() -> None:
     parser.add_argument("job", type=Path)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument(
+        "--pool-views",
+        type=int,
+        default=8,
+        help="copies of the training set in the cache pass, so the pool has work",
+    )
     args = parser.parse_args()
     storage = Path(tempfile.mkdtemp(prefix="rd-throughput-"))
 

@@ -191,8 +191,8 @@ def fit_student(
         assert teacher_weights is not None
         shapes = check_pair(job, teacher_weights, splits["train"].inputs[0], num_classes)
         if job.distill.teacher_pass == "cache":
-            ensure_cache(job, teacher_weights, splits, log)
-            datasets, codec = read_cache(job.cache_dir), job_codec(job)
+            manifest = ensure_cache(job, teacher_weights, splits, log)
+            datasets, codec = read_cache(job.cache_dir, manifest), job_codec(job)
         else:
             datasets = {
                 k: attach_teacher(ds, job, teacher_weights, num_classes)

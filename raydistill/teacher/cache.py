@@ -19,16 +19,13 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from raydistill.config import JobConfig, JobError
 from raydistill.data.arrays import LabelledArrays
 from raydistill.data.sources import training_datasets
 from raydistill.teacher.codec import LogitCodec
 from raydistill.teacher.pool import attach_teacher
-
-if TYPE_CHECKING:
-    import ray.data
 
 MANIFEST = "manifest.json"
 FORMAT = "raydistill.teacher_cache/1"
@@ -183,8 +180,18 @@ def ensure_cache(
     return write_cache(job, teacher_weights, splits, directory, log)
 
 
-def read_cache(directory: Path) -> dict[str, ray.data.Dataset]:
-    """The cached splits as Ray datasets (call :func:`verify_cache` first)."""
+def read_cache(directory: Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The cached splits as Ray datasets (call :func:`verify_cache` first).
+
+    A cache that fits comfortably in Ray's object store is read from disk once and held there,
+    so epochs do not pay Parquet reads; a larger one streams from disk every epoch.
+    """
+    import ray
     import ray.data
 
-    return {split: ray.data.read_parquet(str(directory / split)) for split in SPLITS}
+    datasets = {split: ray.data.read_parquet(str(directory / split)) for split in SPLITS}
+    store = ray.available_resources().get("object_store_memory", 0.0)
+    # Parquet compresses: budget a few times its size once decoded.
+    if manifest is not None and 4 * manifest["parquet_bytes"] < 0.3 * store:
+        datasets = {split: ds.materialize() for split, ds in datasets.items()}
+    return datasets
