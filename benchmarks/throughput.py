@@ -98,6 +98,7 @@ def main() -> None:
                 f"teacher.checkpoint={weights}",
                 f"scaling.teacher_pool.min_actors={actors}",
                 f"scaling.teacher_pool.max_actors={actors}",
+                f"data.augment={{views: {args.pool_views}, ops: []}}",
             )
             started = time.perf_counter()
             manifest = write_cache(job, weights, splits, job.cache_dir, print)
