@@ -81,12 +81,13 @@ class DataConfig(_Section):
 
     ``digits`` ships with scikit-learn. ``npz`` reads arrays ``inputs`` [N, ...] and ``labels``
     [N] from ``path``; ``parquet`` reads ``input_column`` (a tensor or list column) and
-    ``label_column`` from a file or directory at ``path`` (local or any pyarrow filesystem URI).
+    ``label_column`` from a file or directory at ``path`` (local or any pyarrow filesystem URI);
+    ``jsonl`` does the same for JSON lines (inputs as nested lists).
     ``image_folder`` reads ``path/<class name>/*.{png,jpg,...}``; classes are the sorted folder
     names.
     """
 
-    source: Literal["digits", "npz", "parquet", "image_folder"] = Field(
+    source: Literal["digits", "npz", "parquet", "jsonl", "image_folder"] = Field(
         "digits", description="digits: scikit-learn's bundled 8x8 handwritten digits"
     )
     path: str | None = Field(None, description="file or directory for npz/parquet sources")

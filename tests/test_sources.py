@@ -79,3 +79,18 @@ def test_image_folder_source(tmp_path, digits):
     (tmp_path / "imgs" / "class_0" / "broken.png").write_bytes(b"not an image")
     with pytest.raises(JobError, match=r"cannot read image .*broken\.png"):
         load_arrays(cfg)
+
+
+def test_jsonl_source(tmp_path, digits):
+    import json
+
+    path = tmp_path / "rows.jsonl"
+    with open(path, "w") as f:
+        for x, y in zip(digits.inputs[:30], digits.labels[:30], strict=True):
+            f.write(json.dumps({"input": x.tolist(), "label": int(y)}) + "\n")
+    arrays = load_arrays(DataConfig(source="jsonl", path=str(path), num_classes=10))
+    assert arrays.inputs.shape == (30, 1, 8, 8)
+    assert (
+        np.allclose(arrays.inputs, digits.inputs[:30])
+        and arrays.labels.tolist() == digits.labels[:30].tolist()
+    )

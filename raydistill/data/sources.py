@@ -27,13 +27,15 @@ def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
         return arrays["inputs"], arrays["labels"]
 
 
-def _read_parquet(data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+def _read_table(data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Parquet or JSON-lines rows (a file or directory; any pyarrow filesystem URI)."""
     import pyarrow.dataset as pads
 
+    fmt = "json" if data.source == "jsonl" else "parquet"
     try:
-        table = pads.dataset(data.path, format="parquet").to_table()
+        table = pads.dataset(data.path, format=fmt).to_table()
     except (OSError, pa.ArrowInvalid) as exc:
-        raise JobError(f"data.path: cannot read Parquet at {data.path}: {exc}") from None
+        raise JobError(f"data.path: cannot read {fmt} at {data.path}: {exc}") from None
     for column in (data.input_column, data.label_column):
         if column not in table.column_names:
             raise JobError(
@@ -90,7 +92,7 @@ def load_arrays(data: DataConfig) -> LabelledArrays:
     elif data.source == "image_folder":
         inputs, labels = _read_image_folder(data)
     else:
-        inputs, labels = _read_parquet(data)
+        inputs, labels = _read_table(data)
     if not np.issubdtype(np.asarray(labels).dtype, np.integer):
         raise JobError(f"data: labels in {data.path} must be integers, got {labels.dtype}")
     labels = np.asarray(labels, dtype=np.int64)
