@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -127,6 +128,14 @@ def _validate(module: torch.nn.Module, core: Distiller, spec: StageSpec, shard: 
     return {"val_loss": loss / n, "val_ce": ce / n, "val_acc": correct / n}
 
 
+def _say(message: str) -> None:
+    """One line to the worker's stdout, which Ray forwards to the driver. Train V2 patches
+    ``print`` to tee into its logger as well, which shows every line twice; writing to the
+    original stream avoids the patch."""
+    sys.__stdout__.write(message + "\n")
+    sys.__stdout__.flush()
+
+
 def _quiet_ray_train_reports() -> None:
     """Ray Train logs every report and checkpoint at INFO (one logger is named after its file);
     the loop prints its own line per epoch instead."""
@@ -175,7 +184,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         best_student = state["best_student"]
         start_epoch = int(state["epoch"]) + 1
         if rank == 0:
-            print(f"[{spec.role}] resumed from the checkpoint of epoch {start_epoch}", flush=True)
+            _say(f"[{spec.role}] resumed from the checkpoint of epoch {start_epoch}")
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -262,11 +271,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             else:
                 ray.train.report(metrics)
         if stopped_early and rank == 0:
-            print(
+            _say(
                 f"[{spec.role}] early stop at epoch {epoch + 1}: {tracker.monitor} has not "
                 f"improved for {tracker.bad_epochs} epochs (best {tracker.best:.4f} at epoch "
-                f"{tracker.best_epoch + 1})",
-                flush=True,
+                f"{tracker.best_epoch + 1})"
             )
 
 
@@ -274,9 +282,8 @@ def _print_progress(spec: StageSpec, m: dict[str, float], elapsed: float) -> Non
     epoch, total = int(m["epoch"]) + 1, spec.train.epochs
     eta = elapsed * (total - epoch)
     kd = f" T={m['temperature']:.2f} alpha={m['alpha']:.2f}" if spec.distill else ""
-    print(
+    _say(
         f"[{spec.role}] epoch {epoch}/{total} loss {m['train_loss']:.4f} "
         f"val_loss {m['val_loss']:.4f} val_acc {m['val_acc']:.4f}{kd} lr {m['lr']:.2e} "
-        f"{m['samples_per_s']:.0f} samples/s eta {math.ceil(eta)}s",
-        flush=True,
+        f"{m['samples_per_s']:.0f} samples/s eta {math.ceil(eta)}s"
     )
