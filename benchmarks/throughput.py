@@ -115,8 +115,9 @@ def main() -> None:
     print("| mode | samples/s | vs student-only |\n|---|---:|---:|")
     for mode, rate in rates.items():
         print(f"| {mode} | {rate:.0f} | {rate / rates.get('student-only', rate):.2f}x |")
-    print("\ncache pass (teacher forward over train+val, incl. Parquet write)")
-    print("| actors | samples/s | vs the first |\n|---:|---:|---:|")
+    if pool:
+        print("\ncache pass (teacher forward over train+val, incl. Parquet write)")
+        print("| actors | samples/s | vs the first |\n|---:|---:|---:|")
     for actors, rate in pool.items():
         print(f"| {actors} | {rate:.0f} | {rate / next(iter(pool.values())):.2f}x |")
 
