@@ -108,5 +108,34 @@ def train(job_file: str, overrides: tuple[str, ...], fresh: bool, baseline: bool
     click.echo(f"\nrun directory: {summary.run_dir}")
 
 
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@_set_option
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights file to score.")
+@click.option("--split", default="test", show_default=True, help="train, val or test.")
+@click.option(
+    "--model",
+    type=click.Choice(["student", "teacher"]),
+    default="student",
+    show_default=True,
+    help="Which of the job's architectures the weights belong to.",
+)
+@_clean_errors
+def evaluate(
+    job_file: str, overrides: tuple[str, ...], checkpoint: str | None, split: str, model: str
+) -> None:
+    """Score a checkpoint (default: the run's student) on a split: accuracy, size, latency."""
+    from pathlib import Path
+
+    from raydistill.pipeline import evaluate_checkpoint
+
+    job = _load(job_file, overrides)
+    result = evaluate_checkpoint(job, Path(checkpoint) if checkpoint else None, split, model)
+    click.echo(
+        f"{result.name}: accuracy {100 * result.accuracy:.2f}%, {result.parameters:,} parameters, "
+        f"{result.latency_ms:.3f} ms per sample (CPU, batch 1)"
+    )
+
+
 if __name__ == "__main__":
     main()

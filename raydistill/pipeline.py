@@ -278,6 +278,24 @@ def run_job(job: JobConfig, fresh: bool = False, log: Log = print) -> RunSummary
     return summary
 
 
+def evaluate_checkpoint(
+    job: JobConfig, checkpoint: Path | None = None, split: str = "test", model: str = "student"
+) -> ModelScore:
+    """``raydistill evaluate``: score a weights file (default: this run's ``model``) on a split."""
+    spec = job.student if model == "student" else job.teacher
+    if checkpoint is None:
+        student_weights = stage_dir(job.run_dir, "student") / "model.pt"
+        checkpoint = teacher_weights_path(job) if model == "teacher" else student_weights
+    if not Path(checkpoint).is_file():
+        raise JobError(f"no weights at {checkpoint}: train the job first or pass --checkpoint")
+    splits = load_splits(job.data)
+    if split not in splits:
+        raise JobError(f"unknown split '{split}' (one of {sorted(splits)})")
+    num_classes = splits["train"].num_classes
+    weights = load_weights(build_model(spec, num_classes, load=False), Path(checkpoint), model)
+    return score(f"{model} ({Path(checkpoint).name}, {split})", weights, splits[split])
+
+
 def write_summary(summary: RunSummary) -> None:
     (summary.run_dir / SUMMARY_FILE).write_text(summary.table() + "\n")
     (summary.run_dir / METRICS_FILE).write_text(

@@ -46,3 +46,21 @@ def test_teacher_checkpoint_of_another_model_is_refused(write_job, tmp_path):
     job = load_job(write_job())
     with pytest.raises(JobError, match="does not fit the teacher"):
         check_pair(job, other, load_digits_arrays().inputs[0], 10)
+
+
+def test_cli_evaluate_scores_a_checkpoint(write_job, teacher_file, tmp_path):
+    from click.testing import CliRunner
+
+    from raydistill.cli import main
+
+    job_file = write_job()
+    runner = CliRunner()
+    ok = runner.invoke(
+        main, ["evaluate", str(job_file), "--model", "teacher", "--checkpoint", str(teacher_file)]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "teacher (teacher.pt, test): accuracy" in ok.output and "65,834 parameters" in ok.output
+    missing = runner.invoke(main, ["evaluate", str(job_file)])
+    assert missing.exit_code == 2 and "train the job first" in missing.output
+    wrong = runner.invoke(main, ["evaluate", str(job_file), "--checkpoint", str(teacher_file)])
+    assert wrong.exit_code == 2 and "does not fit" in wrong.output
