@@ -117,11 +117,15 @@ def make_balancer(job: JobConfig, train: LabelledArrays, log: Log = print) -> Cl
     return balancer
 
 
-def _run_or_reuse(spec: StageSpec, datasets: dict, log: Log) -> StageResult:
-    done = finished_stage(spec.job.run_dir, spec.role)
+def _already_trained(job: JobConfig, role: Role, log: Log) -> StageResult | None:
+    """A stage an earlier run finished: reused before any data or teacher work is done."""
+    done = finished_stage(job.run_dir, role)
     if done is not None:
-        log(f"[{spec.role}] already trained ({done.weights}); use --fresh to retrain")
-        return done
+        log(f"[{role}] already trained ({done.weights}); use --fresh to retrain")
+    return done
+
+
+def _train(spec: StageSpec, datasets: dict, log: Log) -> StageResult:
     log(
         f"[{spec.role}] training {spec.model.model} for up to {spec.train.epochs} epochs "
         f"on {spec.job.scaling.workers} workers"
@@ -134,6 +138,8 @@ def fit_teacher(job: JobConfig, splits: dict[str, LabelledArrays], log: Log) -> 
     if job.teacher.checkpoint is not None:
         log(f"[teacher] using checkpoint {job.teacher.checkpoint}")
         return Path(job.teacher.checkpoint)
+    if (done := _already_trained(job, "teacher", log)) is not None:
+        return done.weights
     spec = StageSpec(
         role="teacher",
         job=job,
@@ -143,7 +149,7 @@ def fit_teacher(job: JobConfig, splits: dict[str, LabelledArrays], log: Log) -> 
         distill=False,
         balancer=make_balancer(job, splits["train"], log),
     )
-    return _run_or_reuse(spec, training_datasets(job, splits), log).weights
+    return _train(spec, training_datasets(job, splits), log).weights
 
 
 def check_pair(
@@ -182,6 +188,8 @@ def fit_student(
     log: Log,
 ) -> StageResult:
     """Train the student, distilled (``role='student'``) or alone (``role='baseline'``)."""
+    if (done := _already_trained(job, role, log)) is not None:
+        return done
     num_classes = splits["train"].num_classes
     datasets = training_datasets(job, splits)
     shapes: tuple[dict, dict] = ({}, {})
@@ -219,7 +227,7 @@ def fit_student(
         balancer=make_balancer(job, splits["train"], log),
         teacher_weights=str(teacher_weights) if distill else None,
     )
-    return _run_or_reuse(spec, datasets, log)
+    return _train(spec, datasets, log)
 
 
 def run_teacher(job: JobConfig, fresh: bool = False, log: Log = print) -> Path:
