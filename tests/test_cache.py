@@ -61,7 +61,7 @@ def test_cache_written_once_reused_and_trained_from(ray_address, write_job):
     # a job asking for another codec is refused, naming what differs
     other = load_job(write_job({**changes, "cache.codec": "fp16"}, name="cached"))
     with pytest.raises(JobError, match=r"made for another job: differs in .*codec.kind"):
-        run_job(other, log=print)
+        run_cache(other, log=print)
 
     # a damaged file is reported, never read as whole
     victim = next((job.cache_dir / "val").glob("*.parquet"))
