@@ -24,7 +24,13 @@ from raydistill.teacher.cache import ensure_cache, job_codec, read_cache
 from raydistill.teacher.codec import LogitCodec
 from raydistill.teacher.pool import attach_teacher
 from raydistill.train.spec import Role, StageSpec
-from raydistill.train.stage import StageResult, finished_stage, run_stage, stage_dir
+from raydistill.train.stage import (
+    WEIGHTS_FILE,
+    StageResult,
+    finished_stage,
+    run_stage,
+    stage_dir,
+)
 
 Log = Callable[[str], None]
 JOB_FILE = "job.yaml"
@@ -93,7 +99,7 @@ def teacher_weights_path(job: JobConfig) -> Path:
     """The teacher's weights: the job's checkpoint, or the teacher stage's output."""
     if job.teacher.checkpoint is not None:
         return Path(job.teacher.checkpoint)
-    return stage_dir(job.run_dir, "teacher") / "model.pt"
+    return stage_dir(job.run_dir, "teacher") / WEIGHTS_FILE
 
 
 def make_balancer(job: JobConfig, train: LabelledArrays, log: Log = print) -> ClassBalancer | None:
@@ -292,7 +298,7 @@ def evaluate_checkpoint(
     """``raydistill evaluate``: score a weights file (default: this run's ``model``) on a split."""
     spec = job.student if model == "student" else job.teacher
     if checkpoint is None:
-        student_weights = stage_dir(job.run_dir, "student") / "model.pt"
+        student_weights = stage_dir(job.run_dir, "student") / WEIGHTS_FILE
         checkpoint = teacher_weights_path(job) if model == "teacher" else student_weights
     if not Path(checkpoint).is_file():
         raise JobError(f"no weights at {checkpoint}: train the job first or pass --checkpoint")
