@@ -15,6 +15,7 @@ from raydistill.config import (
     TeacherConfig,
     TeacherPoolConfig,
     TrainConfig,
+    TuneConfig,
     load_job,
 )
 from raydistill.distill import (
@@ -30,6 +31,7 @@ from raydistill.distill import (
 )
 from raydistill.models import build_model, load_weights, save_weights
 from raydistill.pipeline import RunSummary, run_job, run_teacher
+from raydistill.tune.search import TemperatureSearch, TuneSummary, run_tune
 
 __version__ = "0.1.0"
 
@@ -48,7 +50,10 @@ __all__ = [
     "Schedule",
     "TeacherConfig",
     "TeacherPoolConfig",
+    "TemperatureSearch",
     "TrainConfig",
+    "TuneConfig",
+    "TuneSummary",
     "build_adapter",
     "build_model",
     "feature_loss",
@@ -57,6 +62,7 @@ __all__ = [
     "load_weights",
     "run_job",
     "run_teacher",
+    "run_tune",
     "sample_weights",
     "save_weights",
     "soft_target_loss",

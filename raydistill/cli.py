@@ -111,6 +111,35 @@ def train(job_file: str, overrides: tuple[str, ...], fresh: bool, baseline: bool
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @_set_option
+@click.option("--resume", is_flag=True, help="Continue an interrupted search of this job.")
+@click.option(
+    "--fresh", is_flag=True, help="Delete this job's earlier search first (teacher and cache kept)."
+)
+@_clean_errors
+def tune(job_file: str, overrides: tuple[str, ...], resume: bool, fresh: bool) -> None:
+    """Search the job's tune.space with Ray Tune; every trial reads one teacher pass."""
+    from raydistill.tune.search import run_tune
+
+    if resume and fresh:
+        raise click.UsageError("--resume and --fresh contradict each other")
+    summary = run_tune(_load(job_file, overrides), resume=resume, fresh=fresh, log=click.echo)
+    click.echo("")
+    click.echo(summary.table())
+    click.echo(
+        f"\nbest: {summary.best.trial_id} {summary.metric} {summary.best.best_value:.4f} "
+        f"({', '.join(f'{k}={v}' for k, v in summary.best_params.items())})"
+    )
+    click.echo(
+        f"teacher forward passes: {summary.teacher_forward_passes} for {len(summary.rows)} "
+        f"trials ({'cache built by this run' if summary.cache_built else 'cache reused'})"
+    )
+    click.echo(f"best job: {summary.best_job}  (run it: raydistill train {summary.best_job})")
+    click.echo(f"results: {summary.tune_dir}")
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@_set_option
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights file to score.")
 @click.option("--split", default="test", show_default=True, help="train, val or test.")
 @click.option(

@@ -19,6 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raydistill.data.augment import AugmentOp, RandomCrop
 from raydistill.distill.schedules import Schedule, ScheduleLike
 from raydistill.distill.weighting import WeightingKind
+from raydistill.tune.space import (
+    Dimension,
+    SpaceError,
+    frozen_reason,
+    parse_dimension,
+    qualify,
+    set_path,
+)
 
 
 class JobError(ValueError):
@@ -284,6 +292,71 @@ class OutputConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1)
 
 
+class TuneConfig(_Section):
+    """``raydistill tune``: a search over job fields, every trial reading one teacher pass.
+
+    ``space`` maps job key paths to distributions (see :mod:`raydistill.tune.space`)::
+
+        space:
+          temperature.start: uniform(1, 10)
+          alpha: choice([0.5, {kind: linear, start: 0.9, end: 0.1}])
+    """
+
+    space: dict[str, Any] = Field(
+        default_factory=dict,
+        description="job key path -> uniform/loguniform/quniform/randint/choice/grid expression",
+    )
+    num_samples: int = Field(8, ge=1, description="trials (with grid: samples per grid point)")
+    max_concurrent_trials: int = Field(2, ge=1)
+    scheduler: Literal["asha", "fifo"] = Field(
+        "asha", description="asha: stop poor trials early; fifo: run every trial to the end"
+    )
+    grace_period: int = Field(2, ge=1, description="asha: epochs every trial gets")
+    reduction_factor: float = Field(2.0, gt=1, description="asha: 1/r of trials go on per rung")
+    search: Literal["random", "grid"] = Field(
+        "random", description="random: sample the space; grid needs only grid()/choice() entries"
+    )
+    metric: Literal["val_acc", "val_loss", "val_ce"] = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    epochs: int | None = Field(None, ge=1, description="per trial; null: train.epochs")
+    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers of each trial")
+    shared_teacher: bool = Field(
+        True,
+        description="true: one teacher pass (the cache) serves every trial; false: each trial"
+        " runs its own teacher pass, as single-process frameworks do (for comparison)",
+    )
+
+    @property
+    def trials(self) -> int:
+        """Trials the search runs: ``num_samples`` times each combination of grid values."""
+        grid = 1
+        for dim in self.dimensions:
+            if dim.kind == "grid" or (self.search == "grid" and dim.kind == "choice"):
+                grid *= len(dim.args)
+        return self.num_samples * grid
+
+    @property
+    def dimensions(self) -> list[Dimension]:
+        """The parsed space, with ``distill.`` prefixed where it was left out."""
+        top, inner = set(JobConfig.model_fields), set(DistillConfig.model_fields)
+        dims = []
+        for key, spec in self.space.items():
+            dim = parse_dimension(key, spec)
+            path = qualify(dim.path, top, inner)
+            dims.append(Dimension(path, dim.kind, dim.args))
+        return dims
+
+    @field_validator("space")
+    @classmethod
+    def _parses(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, spec in value.items():
+            try:
+                parse_dimension(key, spec)
+            except SpaceError as exc:
+                raise _KeyedError(f"tune.space.{key}", str(exc).split(": ", 1)[1]) from None
+        return value
+
+
 class JobConfig(_Section):
     """A whole distillation job, as written in ``jobs/*.yaml``."""
 
@@ -297,6 +370,7 @@ class JobConfig(_Section):
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    tune: TuneConfig | None = Field(None, description="the search run by `raydistill tune`")
 
     @model_validator(mode="after")
     def _schedule_ranges(self) -> JobConfig:
@@ -308,6 +382,35 @@ class JobConfig(_Section):
         if min(alphas) < 0 or max(alphas) > 1:
             bad = min(alphas) if min(alphas) < 0 else max(alphas)
             raise _KeyedError("distill.alpha", f"must stay within [0, 1], reaches {bad:g}")
+        return self
+
+    @model_validator(mode="after")
+    def _space_fits_job(self) -> JobConfig:
+        """Every searched field exists, may vary between trials, and each bound of its
+        distribution gives a valid job."""
+        if self.tune is None:
+            return self
+        if not self.tune.space:
+            raise _KeyedError("tune.space", "is empty: name at least one job field to search")
+        base = self.model_dump(mode="json", exclude={"tune"})
+        for dim in self.tune.dimensions:
+            key = f"tune.space.{dim.key}"
+            reason = frozen_reason(dim.path)
+            if reason is None and dim.path == ("seed",) and self.data.augment is not None:
+                reason = "seed picks the augmented views the shared teacher pass labelled"
+            if reason is not None:
+                raise _KeyedError(key, reason)
+            for value in dim.corners():
+                try:
+                    JobConfig.model_validate(_set_key(base, dim.path, value, key))
+                except ValidationError as exc:
+                    why = format_validation_error(exc, "").split("\n")[0].removeprefix(": ")
+                    message = f"{dim} gives {value!r}, which the job refuses: {why}"
+                    raise _KeyedError(key, message) from None
+        if self.tune.search == "grid":
+            loose = [d.key for d in self.tune.dimensions if d.kind not in ("grid", "choice")]
+            if loose:
+                raise _KeyedError("tune.search", f"grid cannot enumerate {', '.join(loose)}")
         return self
 
     @property
@@ -344,6 +447,13 @@ class _KeyedError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+
+
+def _set_key(raw: dict[str, Any], path: tuple[str, ...], value: Any, key: str) -> dict[str, Any]:
+    try:
+        return set_path(raw, path, value)
+    except SpaceError as exc:
+        raise _KeyedError(key, str(exc).split(": ", 1)[1]) from None
 
 
 # ---------------------------------------------------------------- loading and overrides

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from raydistill.distill.taps import feature_shapes
 from raydistill.evaluate import ModelScore, score
 from raydistill.models.specs import build_model, load_weights
 from raydistill.runtime import ray_session
-from raydistill.teacher.cache import ensure_cache, job_codec, read_cache
+from raydistill.teacher.cache import ensure_cache, job_codec, read_cache, read_manifest
 from raydistill.teacher.codec import LogitCodec
 from raydistill.teacher.pool import attach_teacher
 from raydistill.train.spec import Role, StageSpec
@@ -131,12 +132,36 @@ def _already_trained(job: JobConfig, role: Role, log: Log) -> StageResult | None
     return done
 
 
-def _train(spec: StageSpec, datasets: dict, log: Log) -> StageResult:
+def _train(
+    spec: StageSpec, datasets: dict, log: Log, callbacks: list[Any] | None = None
+) -> StageResult:
     log(
-        f"[{spec.role}] training {spec.model.model} for up to {spec.train.epochs} epochs "
+        f"[{spec.name}] training {spec.model.model} for up to {spec.train.epochs} epochs "
         f"on {spec.job.scaling.workers} workers"
     )
-    return run_stage(spec, datasets, spec.job.run_dir)
+    return run_stage(spec, datasets, spec.job.run_dir, callbacks)
+
+
+def teacher_pass_rows(job: JobConfig, splits: dict[str, LabelledArrays]) -> int:
+    """Rows of one teacher pass: every augmented view of train, and val."""
+    views = job.data.augment.views if job.data.augment is not None else 1
+    return len(splits["train"]) * views + len(splits["val"])
+
+
+def planned_teacher_passes(job: JobConfig, splits: dict[str, LabelledArrays]) -> int:
+    """Teacher forward passes (samples) the distilled student stage of ``job`` will run:
+    none when it reads a finished cache, one pass with ``once``, one per epoch with
+    ``per_epoch`` (fewer if it stops early), plus a frozen copy's per-worker passes when the
+    workers compute features themselves."""
+    rows = teacher_pass_rows(job, splits)
+    mode = job.distill.teacher_pass
+    if mode == "cache":
+        passes = 0 if read_manifest(job.cache_dir) is not None else rows
+    else:
+        passes = rows * (job.train.epochs if mode == "per_epoch" else 1)
+    if job.distill.feature_layers and job.distill.features_from == "worker":
+        passes += rows * job.train.epochs
+    return passes
 
 
 def fit_teacher(job: JobConfig, splits: dict[str, LabelledArrays], log: Log) -> Path:
@@ -192,21 +217,34 @@ def fit_student(
     role: Role,
     teacher_weights: Path | None,
     log: Log,
+    callbacks: list[Any] | None = None,
+    label: str | None = None,
+    cached: dict[str, Any] | None = None,
+    shapes: tuple[dict, dict] | None = None,
 ) -> StageResult:
-    """Train the student, distilled (``role='student'``) or alone (``role='baseline'``)."""
+    """Train the student, distilled (``role='student'``) or alone (``role='baseline'``).
+
+    ``callbacks`` go to the stage's Ray Train run; ``label`` prefixes its progress lines;
+    ``cached`` are the teacher cache's datasets already read (tune reads them once for every
+    trial) for a job with ``teacher_pass: cache``; ``shapes`` is :func:`check_pair`'s result
+    when the caller already ran it."""
     if (done := _already_trained(job, role, log)) is not None:
         return done
     num_classes = splits["train"].num_classes
     datasets = training_datasets(job, splits)
-    shapes: tuple[dict, dict] = ({}, {})
     codec = LogitCodec()
     distill = role == "student"
-    if distill:
+    if not distill:
+        shapes = ({}, {})
+    else:
         assert teacher_weights is not None
-        shapes = check_pair(job, teacher_weights, splits["train"].inputs[0], num_classes)
+        if shapes is None:
+            shapes = check_pair(job, teacher_weights, splits["train"].inputs[0], num_classes)
         if job.distill.teacher_pass == "cache":
-            manifest = ensure_cache(job, teacher_weights, splits, log)
-            datasets, codec = read_cache(job.cache_dir, manifest), job_codec(job)
+            if cached is None:
+                manifest = ensure_cache(job, teacher_weights, splits, log)
+                cached = read_cache(job.cache_dir, manifest)
+            datasets, codec = cached, job_codec(job)
         else:
             datasets = {
                 k: attach_teacher(ds, job, teacher_weights, num_classes)
@@ -232,8 +270,9 @@ def fit_student(
         codec=codec,
         balancer=make_balancer(job, splits["train"], log),
         teacher_weights=str(teacher_weights) if distill else None,
+        label=label,
     )
-    return _train(spec, datasets, log)
+    return _train(spec, datasets, log, callbacks)
 
 
 def run_teacher(job: JobConfig, fresh: bool = False, log: Log = print) -> Path:

@@ -26,8 +26,9 @@ TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 
 
 @contextmanager
-def ray_session(job: JobConfig) -> Iterator[None]:
-    """Use the Ray already initialised, join ``RAY_ADDRESS``, or start a local Ray for the job."""
+def ray_session(job: JobConfig, cpus: int | None = None) -> Iterator[None]:
+    """Use the Ray already initialised, join ``RAY_ADDRESS``, or start a local Ray for the job
+    with at least ``cpus`` (default: :func:`planned_cpus`) logical CPUs."""
     import ray
 
     if ray.is_initialized():
@@ -41,7 +42,7 @@ def ray_session(job: JobConfig) -> Iterator[None]:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
-        cpus = max(os.cpu_count() or 1, planned_cpus(job))
+        cpus = max(os.cpu_count() or 1, cpus or planned_cpus(job))
         # The dashboard (loopback only) serves the State API that Train's placement-group
         # cleaner polls; without it every run logs a flood of warnings.
         ray.init(

@@ -17,6 +17,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
+# Test-only models (module:factory specs) that the driver and the cluster's workers import.
+HELPERS = ROOT / "tests" / "helpers"
+sys.path.insert(0, str(HELPERS))
 
 
 def _free_port() -> int:
@@ -61,7 +64,13 @@ def ray_address() -> Iterator[str]:
 
     # A loopback-only test cluster: no token auth, on both sides (ray-notes: Jobs).
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    env = {**os.environ, "RAY_TMPDIR": str(temp_dir), TRAIN_POLL_ENV: TRAIN_POLL_S}
+    python_path = os.pathsep.join(p for p in (str(HELPERS), os.environ.get("PYTHONPATH")) if p)
+    env = {
+        **os.environ,
+        "RAY_TMPDIR": str(temp_dir),
+        TRAIN_POLL_ENV: TRAIN_POLL_S,
+        "PYTHONPATH": python_path,
+    }
     subprocess.run(
         [
             RAY,

@@ -117,6 +117,14 @@ class Schedule(BaseModel):
             return float(self.start + (self.end - self.start) * progress)
         return float(self.end + (self.start - self.end) * (1 + math.cos(math.pi * progress)) / 2)
 
+    def describe(self) -> str:
+        """Short text for tables and legends: ``0.5``, ``linear 0.9->0.1``, ``step 5-0.5/10``."""
+        if self.kind == "constant":
+            return f"{self.start:g}"
+        if self.kind == "step":
+            return f"step {self.start:g}{self.step:+g}/{self.every}"
+        return f"{self.kind} {self.start:g}->{self.end:g}"
+
     def values(self, total_epochs: int) -> list[float]:
         """The value at each epoch ``0 .. total_epochs - 1``."""
         return [self.value(epoch, total_epochs) for epoch in range(total_epochs)]

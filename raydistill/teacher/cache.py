@@ -183,15 +183,17 @@ def ensure_cache(
 def read_cache(directory: Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     """The cached splits as Ray datasets (call :func:`verify_cache` first).
 
-    A cache that fits comfortably in Ray's object store is read from disk once and held there,
-    so epochs do not pay Parquet reads; a larger one streams from disk every epoch.
+    A cache that fits comfortably in Ray's object store is read by this process with pyarrow
+    and put there once: epochs (and every tune trial) then read memory, and no read tasks are
+    spawned (on a small machine, starting their worker processes costs tens of seconds). A
+    larger cache streams from disk every epoch.
     """
+    import pyarrow.parquet as pq
     import ray
     import ray.data
 
-    datasets = {split: ray.data.read_parquet(str(directory / split)) for split in SPLITS}
     store = ray.available_resources().get("object_store_memory", 0.0)
     # Parquet compresses: budget a few times its size once decoded.
     if manifest is not None and 4 * manifest["parquet_bytes"] < 0.3 * store:
-        datasets = {split: ds.materialize() for split, ds in datasets.items()}
-    return datasets
+        return {split: ray.data.from_arrow(pq.read_table(directory / split)) for split in SPLITS}
+    return {split: ray.data.read_parquet(str(directory / split)) for split in SPLITS}

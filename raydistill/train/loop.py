@@ -184,7 +184,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         best_student = state["best_student"]
         start_epoch = int(state["epoch"]) + 1
         if rank == 0:
-            _say(f"[{spec.role}] resumed from the checkpoint of epoch {start_epoch}")
+            _say(f"[{spec.name}] resumed from the checkpoint of epoch {start_epoch}")
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -272,7 +272,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report(metrics)
         if stopped_early and rank == 0:
             _say(
-                f"[{spec.role}] early stop at epoch {epoch + 1}: {tracker.monitor} has not "
+                f"[{spec.name}] early stop at epoch {epoch + 1}: {tracker.monitor} has not "
                 f"improved for {tracker.bad_epochs} epochs (best {tracker.best:.4f} at epoch "
                 f"{tracker.best_epoch + 1})"
             )
@@ -283,7 +283,7 @@ def _print_progress(spec: StageSpec, m: dict[str, float], elapsed: float) -> Non
     eta = elapsed * (total - epoch)
     kd = f" T={m['temperature']:.2f} alpha={m['alpha']:.2f}" if spec.distill else ""
     _say(
-        f"[{spec.role}] epoch {epoch}/{total} loss {m['train_loss']:.4f} "
+        f"[{spec.name}] epoch {epoch}/{total} loss {m['train_loss']:.4f} "
         f"val_loss {m['val_loss']:.4f} val_acc {m['val_acc']:.4f}{kd} lr {m['lr']:.2e} "
         f"{m['samples_per_s']:.0f} samples/s eta {math.ceil(eta)}s"
     )

@@ -31,6 +31,11 @@ class StageSpec:
     codec: LogitCodec = field(default_factory=LogitCodec)  # how teacher logits arrive in rows
     balancer: ClassBalancer | None = None  # resamples each training batch toward balance
     teacher_weights: str | None = None  # for a frozen teacher copy in each worker
+    label: str | None = None  # prefix of progress lines (a tune trial's id); default: role
+
+    @property
+    def name(self) -> str:
+        return self.label or self.role
 
     @property
     def feature_pairs(self) -> list[tuple[str, str]]:

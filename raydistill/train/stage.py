@@ -65,11 +65,17 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return None
 
 
-def run_stage(spec: StageSpec, datasets: dict[str, ray.data.Dataset], run_dir: Path) -> StageResult:
+def run_stage(
+    spec: StageSpec,
+    datasets: dict[str, ray.data.Dataset],
+    run_dir: Path,
+    callbacks: list[Any] | None = None,
+) -> StageResult:
     """Train one stage with a ``TorchTrainer``; rerunning resumes from its last checkpoint.
 
     Ray Train restores a run whose ``RunConfig(name, storage_path)`` matches an earlier one, so a
-    stable per-stage name makes resume automatic.
+    stable per-stage name makes resume automatic. ``callbacks`` are Ray Train ``UserCallback``s
+    (a tune trial forwards each epoch's report to Tune with one).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -91,6 +97,7 @@ def run_stage(spec: StageSpec, datasets: dict[str, ray.data.Dataset], run_dir: P
             storage_path=str(run_dir),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.job.output.keep_checkpoints),
             failure_config=FailureConfig(max_failures=scaling.max_failures),
+            callbacks=callbacks or None,
         ),
         datasets=datasets,
     )

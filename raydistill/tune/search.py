@@ -1,0 +1,328 @@
+"""``raydistill tune``: a Ray Tune search whose trials all read one teacher pass.
+
+The driver trains (or finds) the teacher, builds (or reuses) the teacher cache once, then runs
+Ray Tune: each trial is a distributed student training on the cache (see :mod:`.trial`), ASHA
+stops poor trials early. At the end the run's ``tune/`` directory holds the results table, the
+plots and ``best.yaml``, a complete job that ``raydistill train`` runs as is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raydistill.config import JobConfig, JobError, TuneConfig, job_from_dict
+from raydistill.tune.results import TrialRow, collect_rows, results_markdown, write_plots
+from raydistill.tune.space import apply_params
+from raydistill.tune.trial import TEACHER_PASSES, TrialContext, run_trial
+
+Log = Callable[[str], None]
+TUNE_DIR = "tune"
+BEST_JOB = "best.yaml"
+RESULTS_CSV = "results.csv"
+RESULTS_MD = "results.md"
+SUMMARY_JSON = "summary.json"
+TRIAL_CPUS = 0.1  # the trial function only drives its TorchTrainer (a zero request is refused)
+
+
+@dataclass
+class TuneSummary:
+    """What a search produced: one row per trial, the best trial and its job, and the cost."""
+
+    tune_dir: Path
+    rows: list[TrialRow]
+    best: TrialRow
+    best_job: Path
+    metric: str
+    mode: str
+    teacher_forward_passes: int
+    cache_built: bool
+    seconds: float
+    plots: list[Path] = field(default_factory=list)
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        return self.best.params
+
+    def table(self) -> str:
+        """The results as Markdown, best first."""
+        return results_markdown(self.rows, self.metric, self.mode)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "mode": self.mode,
+            "trials": len(self.rows),
+            "best": self.best.as_dict(),
+            "best_job": str(self.best_job),
+            "teacher_forward_passes": self.teacher_forward_passes,
+            "cache_built_by_this_run": self.cache_built,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def planned_tune_cpus(job: JobConfig) -> int:
+    """Logical CPUs a search needs at once: concurrent trials, each its workers (and its own
+    teacher pool when trials do not share the teacher), plus the cache pass's pool."""
+    from raydistill.runtime import planned_cpus
+
+    assert job.tune is not None
+    s, t = job.scaling, job.tune
+    per_trial = TRIAL_CPUS + t.workers_per_trial * s.cpus_per_worker
+    if not t.shared_teacher:
+        per_trial += 2 * s.teacher_pool.max_actors * s.teacher_pool.num_cpus
+    return max(planned_cpus(job), math.ceil(t.max_concurrent_trials * per_trial + 2))
+
+
+def _base_job(job: JobConfig) -> dict[str, Any]:
+    """The resolved job as a dict, paths absolute: trials run in their own directories."""
+    raw = job.model_dump(mode="json")
+    if job.data.path is not None:
+        raw["data"]["path"] = str(Path(job.data.path).expanduser().resolve())
+    raw["output"]["storage_path"] = str(job.run_dir.parent)
+    raw["cache"]["path"] = str(job.cache_dir)
+    return raw
+
+
+def best_job(job: JobConfig, params: dict[str, Any], teacher_weights: Path) -> dict[str, Any]:
+    """The tuned job: the original with the best trial's parameters, the trained teacher named
+    by its weights, no tune section, and a name of its own (so its run does not reuse the
+    search's student)."""
+    raw = apply_params(_base_job(job), params)
+    raw["name"] = f"{job.name}-tuned"
+    raw["teacher"]["checkpoint"] = str(teacher_weights.resolve())
+    raw.pop("tune", None)
+    job_from_dict(raw, "the tuned job")  # it must load back
+    return raw
+
+
+def _param_space(settings: TuneConfig) -> dict[str, Any]:
+    from ray import tune
+
+    space = {}
+    for dim in settings.dimensions:
+        domain = dim.to_tune()
+        if settings.search == "grid" and dim.kind == "choice":
+            domain = tune.grid_search(list(dim.args))
+        space[dim.key] = domain
+    return space
+
+
+def _tuner(job: JobConfig, context: TrialContext, tune_dir: Path, resume: bool) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    settings = context.settings
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, context=context), {"CPU": TRIAL_CPUS}
+    )
+    if resume:
+        return tune.Tuner.restore(
+            str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    epochs = settings.epochs or job.train.epochs
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epochs_done",
+            # ASHA stops a trial that reaches max_t at once, killing it before it saves its
+            # student; one more than the last epoch lets finished trials end on their own.
+            max_t=epochs + 1,
+            grace_period=min(settings.grace_period, epochs),
+            reduction_factor=settings.reduction_factor,
+        )
+        if settings.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=_param_space(settings),
+        tune_config=tune.TuneConfig(
+            metric=settings.metric,
+            mode=settings.mode,
+            num_samples=settings.num_samples,
+            scheduler=scheduler,
+            # The job's seed fixes the sampled trials: a rerun searches the same points. (Tune
+            # ignores TuneConfig.max_concurrent_trials once a generator is given.)
+            search_alg=BasicVariantGenerator(
+                random_state=job.seed, max_concurrent=settings.max_concurrent_trials
+            ),
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=str(tune_dir.parent),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=max(job.scaling.max_failures, 0)),
+        ),
+    )
+
+
+def _check_resume(tune_dir: Path, resume: bool) -> None:
+    from ray import tune
+
+    started = tune_dir.exists() and tune.Tuner.can_restore(str(tune_dir))
+    if resume and not started:
+        raise JobError(f"--resume: no search to continue in {tune_dir}")
+    if not resume and started:
+        raise JobError(
+            f"a search already ran in {tune_dir}: pass --resume to continue it or --fresh to "
+            "start over"
+        )
+
+
+def run_tune(
+    job: JobConfig, resume: bool = False, fresh: bool = False, log: Log = print
+) -> TuneSummary:
+    """``raydistill tune``: search the job's ``tune.space``; returns the table and best job.
+
+    ``resume`` continues an interrupted search (finished trials are kept); ``fresh`` deletes
+    an earlier search of this job first (the teacher and its cache are kept).
+    """
+    from raydistill.data.sources import load_splits
+    from raydistill.pipeline import check_pair, fit_teacher, prepare_run_dir
+    from raydistill.runtime import ray_session
+    from raydistill.teacher.cache import ensure_cache, read_cache, read_manifest
+
+    if job.tune is None:
+        raise JobError("the job has no tune section: add tune.space (see jobs/digits-tune.yaml)")
+    settings = job.tune
+    run_dir = prepare_run_dir(job, False, log)
+    tune_dir = run_dir / TUNE_DIR
+    if fresh and tune_dir.exists():
+        log(f"--fresh: removing {tune_dir}")
+        shutil.rmtree(tune_dir)
+    splits = load_splits(job.data)
+    started = time.perf_counter()
+    with ray_session(job, cpus=planned_tune_cpus(job)):
+        _check_resume(tune_dir, resume)
+        weights = fit_teacher(job, splits, log)
+        # one probe of the pair here, not one per trial: a mismatch fails before any trial
+        shapes = check_pair(job, weights, splits["train"].inputs[0], splits["train"].num_classes)
+        passes, built, cached = 0, False, None
+        if settings.shared_teacher:
+            built = read_manifest(job.cache_dir) is None
+            manifest = ensure_cache(job, weights, splits, log)
+            passes = manifest["teacher_forward_passes"] if built else 0
+            cached = read_cache(job.cache_dir, manifest)
+        context = TrialContext(
+            _base_job(job), str(weights.resolve()), str(tune_dir), settings, cached, shapes
+        )
+        dims = ", ".join(f"{d.key} ~ {d}" for d in settings.dimensions)
+        log(
+            f"[tune] {'resuming' if resume else 'starting'} {settings.trials} trial(s), "
+            f"{settings.max_concurrent_trials} at a time, {settings.scheduler} on "
+            f"{settings.metric} ({settings.mode}): {dims}"
+        )
+        grid = _tuner(job, context, tune_dir, resume).fit()
+    rows = collect_rows(grid, settings.metric, settings.mode, settings.epochs or job.train.epochs)
+    if not rows or all(r.best_value is None for r in rows):
+        errors = [str(r.error) for r in grid if r.error is not None]
+        raise RuntimeError(
+            "no trial reported a result" + (f"; first error: {errors[0]}" if errors else "")
+        )
+    passes += sum(int(r.last.get(TEACHER_PASSES, 0)) for r in rows)
+    best = min(
+        (r for r in rows if r.best_value is not None),
+        key=lambda r: -r.best_value if settings.mode == "max" else r.best_value,
+    )
+    best_raw = best_job(job, best.params, weights)
+    best_path = tune_dir / BEST_JOB
+    header = (
+        f"# {job.name} tuned by `raydistill tune`: best trial {best.trial_id}, "
+        f"{settings.metric} {best.best_value:.4f}\n"
+    )
+    best_path.write_text(header + yaml.safe_dump(best_raw, sort_keys=False))
+    summary = TuneSummary(
+        tune_dir=tune_dir,
+        rows=rows,
+        best=best,
+        best_job=best_path,
+        metric=settings.metric,
+        mode=settings.mode,
+        teacher_forward_passes=passes,
+        cache_built=built,
+        seconds=time.perf_counter() - started,
+    )
+    (tune_dir / RESULTS_MD).write_text(summary.table() + "\n")
+    _write_csv(rows, tune_dir / RESULTS_CSV)
+    summary.plots = write_plots(rows, context, tune_dir, settings.metric)
+    (tune_dir / SUMMARY_JSON).write_text(json.dumps(summary.as_dict(), indent=1))
+    return summary
+
+
+def _write_csv(rows: list[TrialRow], path: Path) -> None:
+    import csv
+
+    records = [r.as_dict() for r in rows]
+    columns = list(dict.fromkeys(k for rec in records for k in rec))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(records)
+
+
+@dataclass
+class TemperatureSearchResult:
+    """The best temperature (and alpha schedule) found, with the full search summary."""
+
+    temperature: float
+    alpha: Any
+    summary: TuneSummary
+
+    @property
+    def table(self) -> str:
+        return self.summary.table()
+
+
+class TemperatureSearch:
+    """The classic convenience: search a job's distillation temperature (and alpha).
+
+    ``job`` is a :class:`JobConfig` or a job YAML path. The temperature is drawn from
+    ``uniform(*temperatures)`` (a constant schedule); ``alphas``, when given, is a list of
+    constants or schedule mappings chosen from. Other ``tune`` settings (``scheduler``,
+    ``max_concurrent_trials``, ``epochs``, ``workers_per_trial``, ...) pass as keywords::
+
+        result = TemperatureSearch("jobs/digits.yaml", temperatures=(1, 10)).run(trials=20)
+        result.temperature, print(result.table)
+    """
+
+    def __init__(
+        self,
+        job: JobConfig | str | Path,
+        temperatures: tuple[float, float] = (1.0, 10.0),
+        alphas: list[Any] | None = None,
+        **settings: Any,
+    ) -> None:
+        from raydistill.config import load_job
+
+        base = job if isinstance(job, JobConfig) else load_job(job)
+        space: dict[str, Any] = {"distill.temperature": {"uniform": list(temperatures)}}
+        if alphas is not None:
+            space["distill.alpha"] = {"choice": list(alphas)}
+        raw = base.model_dump(mode="json")
+        raw["tune"] = {**settings, "space": space}
+        self.job = job_from_dict(raw, "TemperatureSearch")
+
+    def run(
+        self, trials: int = 20, resume: bool = False, fresh: bool = False, log: Log = print
+    ) -> TemperatureSearchResult:
+        """Run ``trials`` trials; the best trial's temperature and alpha come back."""
+        assert self.job.tune is not None
+        self.job.tune.num_samples = trials
+        summary = run_tune(self.job, resume=resume, fresh=fresh, log=log)
+        best = job_from_dict(yaml.safe_load(summary.best_job.read_text()), str(summary.best_job))
+        return TemperatureSearchResult(
+            temperature=best.distill.temperature.start,
+            alpha=best.distill.alpha.start
+            if best.distill.alpha.kind == "constant"
+            else best.distill.alpha,
+            summary=summary,
+        )

@@ -1,0 +1,133 @@
+"""`raydistill tune` on a real local Ray: trials share one teacher pass, ASHA stops poor trials,
+an interrupted search resumes, the best job it writes trains as is, and a second search of the
+same job (through the Python API) runs no teacher at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from counting_teacher import samples_labelled
+
+from raydistill.config import job_from_dict, load_job
+from raydistill.data.sources import load_splits
+from raydistill.pipeline import run_job, run_teacher, teacher_pass_rows
+from raydistill.tune.search import TemperatureSearch, run_tune
+
+pytestmark = pytest.mark.slow
+
+HELPERS = Path(__file__).resolve().parent / "helpers"
+ROOT = Path(__file__).resolve().parents[1]
+TRIAL_EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def teacher_weights(ray_address, tmp_path_factory) -> Path:
+    """A digits teacher trained once for this module's searches."""
+    root = tmp_path_factory.mktemp("tune-teacher")
+    raw = yaml.safe_load((ROOT / "jobs" / "digits.yaml").read_text())
+    raw["teacher"]["train"]["epochs"] = 3
+    raw["output"] = {"storage_path": str(root / "runs")}
+    return run_teacher(job_from_dict(raw), log=print)
+
+
+def _tune_job(write_job, tmp_path: Path, name: str, weights: Path) -> tuple[Path, Path]:
+    """A search over temperature and two learning rates (one hopeless, so ASHA has something
+    to stop), with a teacher that counts every sample it labels."""
+    counts = tmp_path / f"{name}-counts"
+    counts.mkdir()
+    changes = {
+        "teacher.model": "counting_teacher:counting_cnn",
+        "teacher.args": {"width": 32, "count_dir": str(counts)},
+        "teacher.checkpoint": str(weights),
+        "distill.teacher_pass": "cache",
+        "train.epochs": 20,
+        "train.baseline": False,
+        "tune": {
+            "space": {"temperature.start": "uniform(1, 8)", "train.lr": "grid([0.01, 0.00001])"},
+            "num_samples": 2,  # x 2 grid points: 4 trials
+            "max_concurrent_trials": 2,
+            "scheduler": "asha",
+            "grace_period": 1,
+            "epochs": TRIAL_EPOCHS,
+            "workers_per_trial": 1,
+        },
+    }
+    return write_job(changes, name=name), counts
+
+
+def _finished_trials(tune_dir: Path) -> list[Path]:
+    return sorted((tune_dir / "trials").glob("*/student/model.pt"))
+
+
+def test_interrupted_search_resumes_over_one_teacher_pass(
+    ray_address, write_job, tmp_path, teacher_weights
+):
+    job_file, counts = _tune_job(write_job, tmp_path, "tune", teacher_weights)
+    job = load_job(job_file)
+    tune_dir = job.run_dir / "tune"
+    cli = [str(Path(sys.executable).with_name("raydistill")), "tune", str(job_file)]
+    env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONPATH": str(HELPERS)}
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(
+        cli, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while not _finished_trials(tune_dir) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    os.killpg(first.pid, signal.SIGKILL)  # the driver dies mid-search
+    first.wait()
+    finished = _finished_trials(tune_dir)
+    assert finished, "no trial finished before the kill"
+    stamps = {p: p.stat().st_mtime for p in finished}
+
+    summary = run_tune(job, resume=True, log=print)
+
+    # Every trial of the search is there once, finished or stopped by ASHA.
+    assert len(summary.rows) == 4
+    assert len({r.trial_id for r in summary.rows}) == 4
+    assert all(r.best_value is not None and r.error is None for r in summary.rows)
+    assert {r.epochs_run for r in summary.rows} <= set(range(1, TRIAL_EPOCHS + 1))
+    assert any(r.status == "stopped early" for r in summary.rows), summary.table()
+    stopped = [r for r in summary.rows if r.status == "stopped early"]
+    assert all(r.params["train.lr"] == 0.00001 for r in stopped), summary.table()
+    # Trials finished before the kill were not trained again.
+    assert {p: p.stat().st_mtime for p in finished} == stamps
+
+    # One teacher pass over train and val served every trial (plus one one-sample probe of the
+    # teacher/student pair per driver run); no trial ran the teacher.
+    splits = load_splits(job.data)
+    assert samples_labelled(counts) == teacher_pass_rows(job, splits) + 2
+    assert summary.teacher_forward_passes == 0  # the resumed run reused the cache
+    assert all(r.last["teacher_forward_passes"] == 0 for r in summary.rows)
+
+    # The table, plots and the best job are written; the best job trains as is.
+    for name in ("results.md", "results.csv", "search.png", "curves.png", "summary.json"):
+        assert (tune_dir / name).is_file(), name
+    assert json.loads((tune_dir / "summary.json").read_text())["trials"] == 4
+    best = load_job(summary.best_job, ["train.epochs=1"])
+    assert best.tune is None and best.name == "tune-tuned"
+    assert best.train.lr == summary.best_params["train.lr"] == 0.01
+    assert best.distill.temperature.start == summary.best_params["distill.temperature.start"]
+    result = run_job(best, log=print)
+    assert result.score("student (distilled)").accuracy > 0.1
+
+    # The Python convenience, as a second search of the same job: the teacher and its cache are
+    # reused, so it costs no teacher pass at all.
+    labelled = samples_labelled(counts)
+    found = TemperatureSearch(
+        job, temperatures=(1, 8), epochs=1, scheduler="fifo", workers_per_trial=1
+    ).run(trials=2, fresh=True)
+    assert 1 <= found.temperature <= 8
+    assert found.alpha == job.distill.alpha.start  # not searched: the job's own
+    assert len(found.summary.rows) == 2 and "| trial |" in found.table
+    assert found.summary.teacher_forward_passes == 0 and not found.summary.cache_built
+    assert samples_labelled(counts) == labelled + 1  # only the pair probe
