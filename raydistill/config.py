@@ -80,7 +80,8 @@ class AugmentConfig(_Section):
     views: int = Field(4, ge=1, description="augmented copies of the training set")
     ops: list[AugmentOp] = Field(
         default_factory=lambda: [RandomCrop(padding=1)],
-        description="applied in order: random_crop, hflip, random_erasing, gaussian_noise",
+        description="applied in order: random_crop, hflip, random_erasing, gaussian_noise,"
+        " normalize",
     )
 
 

@@ -62,3 +62,18 @@ def test_augment_parses_from_the_job_and_rejects_non_images():
         DataConfig.model_validate({"augment": {"ops": [{"op": "rotate"}]}})
     with pytest.raises(ValueError, match=r"expects images \[N, C, H, W\]"):
         augment_batch(np.zeros((2, 64), np.float32), np.arange(2), 0, 0, [RandomCrop()])
+
+
+def test_normalize_per_channel_and_bad_settings():
+    from raydistill.data.augment import Normalize
+
+    images = np.stack([np.full((2, 3, 3), 2.0, np.float32), np.full((2, 3, 3), 4.0, np.float32)])
+    out = augment_batch(images, np.arange(2), 0, 0, [Normalize(mean=[1.0, 2.0], std=[0.5, 2.0])])
+    assert np.allclose(out[0, 0], 2.0) and np.allclose(out[0, 1], 0.0)
+    assert np.allclose(out[1, 0], 6.0) and np.allclose(out[1, 1], 1.0)
+    single = augment_batch(images, np.arange(2), 0, 0, [Normalize(mean=[2.0], std=[2.0])])
+    assert np.allclose(single[1], 1.0)
+    with pytest.raises(ValueError, match="3 mean values for 2-channel images"):
+        augment_batch(images, np.arange(2), 0, 0, [Normalize(mean=[0, 0, 0])])
+    with pytest.raises(ValueError, match="greater than 0"):
+        DataConfig.model_validate({"augment": {"ops": [{"op": "normalize", "std": [0.0]}]}})

@@ -47,8 +47,28 @@ class GaussianNoise(_Op):
     std: float = Field(0.05, ge=0)
 
 
+class Normalize(_Op):
+    """``(x - mean[c]) / std[c]`` per channel; one value each applies to every channel."""
+
+    op: Literal["normalize"] = "normalize"
+    mean: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    std: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [1.0], min_length=1)
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        channels = image.shape[0]
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, channels):
+                raise ValueError(
+                    f"normalize: {len(values)} {name} values for {channels}-channel images"
+                )
+        shape = (-1, 1, 1)
+        mean = np.asarray(self.mean, np.float32).reshape(shape)
+        return (image - mean) / np.asarray(self.std, np.float32).reshape(shape)
+
+
 AugmentOp = Annotated[
-    RandomCrop | HorizontalFlip | RandomErasing | GaussianNoise, Field(discriminator="op")
+    RandomCrop | HorizontalFlip | RandomErasing | GaussianNoise | Normalize,
+    Field(discriminator="op"),
 ]
 
 
@@ -74,6 +94,8 @@ def _one(image: np.ndarray, ops: Sequence[AugmentOp], rng: np.random.Generator) 
                 out[:, y : y + eh, x : x + ew] = 0.0
         elif isinstance(op, GaussianNoise):
             out = out + rng.normal(0.0, op.std, size=out.shape).astype(np.float32)
+        elif isinstance(op, Normalize):
+            out = op.apply(out)
     return np.ascontiguousarray(out, dtype=np.float32)
 
 

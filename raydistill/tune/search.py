@@ -201,8 +201,8 @@ def run_tune(
         shutil.rmtree(tune_dir)
     splits = load_splits(job.data)
     started = time.perf_counter()
+    _check_resume(tune_dir, resume)  # before Ray starts: a wrong flag fails at once
     with ray_session(job, cpus=planned_tune_cpus(job)):
-        _check_resume(tune_dir, resume)
         weights = fit_teacher(job, splits, log)
         # one probe of the pair here, not one per trial: a mismatch fails before any trial
         shapes = check_pair(job, weights, splits["train"].inputs[0], splits["train"].num_classes)
