@@ -196,3 +196,18 @@ def test_teacher_passes_a_trial_makes_depend_on_how_it_gets_the_teacher(tmp_path
         update={"distill": job.distill.model_copy(update={"teacher_pass": "per_epoch"})}
     )
     assert planned_teacher_passes(per_epoch, splits) == 3 * rows
+
+
+def test_temperature_search_builds_the_tune_section(tmp_path):
+    from raydistill.tune.search import TemperatureSearch
+
+    job = load_job(ROOT / "jobs" / "digits.yaml")
+    search = TemperatureSearch(job, temperatures=(2, 6), alphas=[0.5, 0.9], epochs=3)
+    dims = {d.key: d for d in search.job.tune.dimensions}
+    assert str(dims["distill.temperature"]) == "uniform(2, 6)"
+    assert dims["distill.alpha"].args == (0.5, 0.9)
+    assert search.job.tune.epochs == 3 and search.job.train == job.train
+    with pytest.raises(JobError, match=r"distill\.temperature: must stay > 0"):
+        TemperatureSearch(job, temperatures=(0, 6))
+    with pytest.raises(JobError, match="unknown key"):
+        TemperatureSearch(job, shceduler="fifo")
