@@ -92,19 +92,23 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def results_markdown(rows: list[TrialRow], metric: str, mode: str) -> str:
-    """One line per trial, best first: parameters, best metric, epochs run, status."""
-    ranked = sorted(
+def ranked(rows: list[TrialRow], mode: str) -> list[TrialRow]:
+    """Trials best first by their best value of the metric; trials without one last."""
+    return sorted(
         rows,
         key=lambda r: (
             r.best_value is None,
             -(r.best_value or 0.0) if mode == "max" else (r.best_value or 0.0),
         ),
     )
+
+
+def results_markdown(rows: list[TrialRow], metric: str, mode: str) -> str:
+    """One line per trial, best first: parameters, best metric, epochs run, status."""
     params = list(dict.fromkeys(k for r in rows for k in r.params))
     head = ["trial", *params, f"best {metric}", "epochs", "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in ranked:
+    for r in ranked(rows, mode):
         best = "-" if r.best_value is None else f"{r.best_value:.4f}"
         cells = [r.trial_id, *(_cell(r.params.get(p, "")) for p in params), best]
         lines.append("| " + " | ".join([*cells, str(r.epochs_run), r.status]) + " |")

@@ -20,7 +20,13 @@ from typing import Any
 import yaml
 
 from raydistill.config import JobConfig, JobError, TuneConfig, job_from_dict
-from raydistill.tune.results import TrialRow, collect_rows, results_markdown, write_plots
+from raydistill.tune.results import (
+    TrialRow,
+    collect_rows,
+    ranked,
+    results_markdown,
+    write_plots,
+)
 from raydistill.tune.space import apply_params
 from raydistill.tune.trial import TEACHER_PASSES, TrialContext, run_trial
 
@@ -229,10 +235,7 @@ def run_tune(
             "no trial reported a result" + (f"; first error: {errors[0]}" if errors else "")
         )
     passes += sum(int(r.last.get(TEACHER_PASSES, 0)) for r in rows)
-    best = min(
-        (r for r in rows if r.best_value is not None),
-        key=lambda r: -r.best_value if settings.mode == "max" else r.best_value,
-    )
+    best = ranked(rows, settings.mode)[0]
     best_raw = best_job(job, best.params, weights)
     best_path = tune_dir / BEST_JOB
     header = (
