@@ -68,7 +68,7 @@ def collect_rows(grid: Any, metric: str, mode: str, max_epochs: int) -> list[Tri
         rows.append(
             TrialRow(
                 trial_id=trial_id,
-                params={k: v for k, v in (result.config or {}).items()},
+                params=dict(result.config or {}),
                 history=history,
                 metric=metric,
                 mode=mode,

@@ -21,6 +21,7 @@ import yaml
 
 from raydistill.config import JobConfig, JobError, TuneConfig, job_from_dict
 from raydistill.tune.results import (
+    EPOCHS_DONE,
     TrialRow,
     collect_rows,
     ranked,
@@ -110,6 +111,11 @@ def best_job(job: JobConfig, params: dict[str, Any], teacher_weights: Path) -> d
     return raw
 
 
+def _trial_epochs(job: JobConfig) -> int:
+    assert job.tune is not None
+    return job.tune.epochs or job.train.epochs
+
+
 def _param_space(settings: TuneConfig) -> dict[str, Any]:
     from ray import tune
 
@@ -135,10 +141,10 @@ def _tuner(job: JobConfig, context: TrialContext, tune_dir: Path, resume: bool) 
         return tune.Tuner.restore(
             str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-    epochs = settings.epochs or job.train.epochs
+    epochs = _trial_epochs(job)
     scheduler = (
         ASHAScheduler(
-            time_attr="epochs_done",
+            time_attr=EPOCHS_DONE,
             # ASHA stops a trial that reaches max_t at once, killing it before it saves its
             # student; one more than the last epoch lets finished trials end on their own.
             max_t=epochs + 1,
@@ -228,7 +234,7 @@ def run_tune(
             f"{settings.metric} ({settings.mode}): {dims}"
         )
         grid = _tuner(job, context, tune_dir, resume).fit()
-    rows = collect_rows(grid, settings.metric, settings.mode, settings.epochs or job.train.epochs)
+    rows = collect_rows(grid, settings.metric, settings.mode, _trial_epochs(job))
     if not rows or all(r.best_value is None for r in rows):
         errors = [str(r.error) for r in grid if r.error is not None]
         raise RuntimeError(

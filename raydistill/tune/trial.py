@@ -89,7 +89,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     job = context.job(dict(config), trial_id)
     splits = load_splits(job.data)
     shared = context.cached if job.distill.teacher_pass == "cache" else None
-    passes = 0 if shared is not None else planned_teacher_passes(job, splits)
+    passes = planned_teacher_passes(job, splits)  # 0 when the shared cache is read
     # A search resumed after its driver died restarts the trials Tune had not seen end. Their
     # Ray Train runs resume from their own checkpoints; Tune is first told the epochs it
     # missed (or, if the training ended, all of them), so its scheduler and table see them.
