@@ -108,6 +108,23 @@ def train(job_file: str, overrides: tuple[str, ...], fresh: bool, baseline: bool
     click.echo(f"\nrun directory: {summary.run_dir}")
 
 
+@main.command("make-coco")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--train", "train_images", default=200, show_default=True, help="Training images.")
+@click.option("--val", "val_images", default=50, show_default=True, help="Validation images.")
+@click.option("--size", default=96, show_default=True, help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True)
+def make_coco(directory: str, train_images: int, val_images: int, size: int, seed: int) -> None:
+    """Draw a small COCO-format detection dataset (3 shape classes on textured backgrounds)
+    into DIRECTORY: train/, val/ and their instances JSON files, for trying detection jobs."""
+    from raydistill.detection.synthetic import write_shapes_coco
+
+    for split, (images, instances) in write_shapes_coco(
+        directory, train_images, val_images, size, seed
+    ).items():
+        click.echo(f"{split}: images {images}, annotations {instances}")
+
+
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @_set_option

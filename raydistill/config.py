@@ -85,6 +85,37 @@ class AugmentConfig(_Section):
     )
 
 
+class CocoSplitPaths(_Section):
+    """One COCO-format split: an image folder and its instances JSON (local paths or URIs)."""
+
+    images: str
+    annotations: str
+
+    @model_validator(mode="after")
+    def _exist(self) -> CocoSplitPaths:
+        for key in ("images", "annotations"):
+            value = getattr(self, key)
+            if "://" not in value and not Path(value).expanduser().exists():
+                raise _KeyedError(key, f"not found: {value}")
+        return self
+
+
+class CocoConfig(_Section):
+    """COCO-format detection data (``data.source: coco``, ``task: detection``)."""
+
+    train: CocoSplitPaths
+    val: CocoSplitPaths
+    test: CocoSplitPaths | None = Field(None, description="null: report on val")
+    image_size: int = Field(
+        512,
+        ge=32,
+        description="longest image side in pixels: images shrink to it before they travel,"
+        " and teacher and student both resize to it (so proposals carry over)",
+    )
+    flip: bool = Field(True, description="mirror half the training images each epoch (seeded)")
+    min_box_size: float = Field(1.0, ge=0, description="boxes thinner than this (px) are dropped")
+
+
 class DataConfig(_Section):
     """Where the examples come from.
 
@@ -96,7 +127,7 @@ class DataConfig(_Section):
     names.
     """
 
-    source: Literal["digits", "npz", "parquet", "jsonl", "image_folder"] = Field(
+    source: Literal["digits", "npz", "parquet", "jsonl", "image_folder", "coco"] = Field(
         "digits", description="digits: scikit-learn's bundled 8x8 handwritten digits"
     )
     path: str | None = Field(None, description="file or directory for npz/parquet sources")
@@ -111,10 +142,14 @@ class DataConfig(_Section):
     shuffle_buffer: int = Field(512, ge=0, description="rows in each worker's shuffle buffer")
     balance: BalanceConfig | None = Field(None, description="null: classes as they come")
     augment: AugmentConfig | None = Field(None, description="null: no augmentation")
+    coco: CocoConfig | None = Field(None, description="source coco: the splits' paths")
 
     @model_validator(mode="after")
     def _path_for_files(self) -> DataConfig:
-        if self.source != "digits":
+        if self.source == "coco":
+            if self.coco is None:
+                raise _KeyedError("data.coco", "source 'coco' needs data.coco: {train, val}")
+        elif self.source != "digits":
             if self.path is None:
                 raise _KeyedError("data.path", f"source '{self.source}' needs a path")
             if "://" not in self.path and not Path(self.path).expanduser().exists():
@@ -177,6 +212,26 @@ class FeaturePair(_Section):
     teacher: str
 
 
+class DetectionDistillConfig(_Section):
+    """Detection terms (``task: detection``): the detector's own losses are the hard loss;
+    ``alpha`` mixes the box head's classification loss with soft targets on shared proposals."""
+
+    logit_kd: bool = Field(
+        True, description="soft targets: the teacher's box-head logits on the student's proposals"
+    )
+    imitation_weight: float = Field(1.0, ge=0, description="FPN feature imitation; 0: off")
+    levels: dict[str, str] | None = Field(
+        None, description="student FPN level -> teacher level; null: pair levels of equal stride"
+    )
+    foreground: Literal["none", "gt", "gt+teacher"] = Field(
+        "gt+teacher",
+        description="where imitation weighs more: ground-truth boxes, plus the teacher's own"
+        " confident boxes",
+    )
+    foreground_weight: float = Field(4.0, ge=0, description="extra weight of foreground cells")
+    teacher_box_score: float = Field(0.5, gt=0, lt=1, description="teacher boxes kept above it")
+
+
 class DistillConfig(_Section):
     """The distillation objective: alpha * soft + (1 - alpha) * hard + feature_weight * feature.
 
@@ -203,6 +258,7 @@ class DistillConfig(_Section):
     feature_dtype: Literal["float32", "float16"] = Field(
         "float32", description="dtype of features shipped by the pool (and cached)"
     )
+    detection: DetectionDistillConfig = Field(default_factory=DetectionDistillConfig)
     teacher_pass: Literal["once", "per_epoch", "cache"] = Field(
         "once",
         description="once: the teacher pool labels the data once per stage and its outputs stay"
@@ -363,6 +419,9 @@ class JobConfig(_Section):
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
+    task: Literal["classification", "detection"] = Field(
+        "classification", description="detection: COCO-format data, torchvision detectors, mAP"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig
     student: StudentConfig
@@ -372,6 +431,31 @@ class JobConfig(_Section):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     tune: TuneConfig | None = Field(None, description="the search run by `raydistill tune`")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _detection_temperature(cls, raw: Any) -> Any:
+        """Detection heads distil best at a low temperature (1-3): 2 unless the job says."""
+        if isinstance(raw, dict) and raw.get("task") == "detection":
+            distill = raw.get("distill") or {}
+            if isinstance(distill, dict) and "temperature" not in distill:
+                raw = {**raw, "distill": {**distill, "temperature": 2.0}}
+        return raw
+
+    @model_validator(mode="after")
+    def _task_fits_data(self) -> JobConfig:
+        detection = self.task == "detection"
+        if detection != (self.data.source == "coco"):
+            raise _KeyedError(
+                "task", "detection reads data.source: coco, and coco data needs task: detection"
+            )
+        if detection and self.tune is not None:
+            raise _KeyedError("tune", "tuning detection jobs is not supported yet")
+        if detection and self.distill.feature_layers:
+            raise _KeyedError(
+                "distill.feature_layers", "detection pairs FPN levels: use distill.detection.levels"
+            )
+        return self
 
     @model_validator(mode="after")
     def _schedule_ranges(self) -> JobConfig:

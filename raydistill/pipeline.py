@@ -275,8 +275,17 @@ def fit_student(
     return _train(spec, datasets, log, callbacks)
 
 
+def _classification_only(job: JobConfig, command: str) -> None:
+    if job.task != "classification":
+        raise JobError(
+            f"`raydistill {command}` does not support task: {job.task} yet; `raydistill train` "
+            "trains its teacher first (detection teachers run inside the train workers)"
+        )
+
+
 def run_teacher(job: JobConfig, fresh: bool = False, log: Log = print) -> Path:
     """``raydistill teacher``: train (or find) the teacher; returns its weights file."""
+    _classification_only(job, "teacher")
     prepare_run_dir(job, fresh, log)
     splits = load_splits(job.data)
     with ray_session(job):
@@ -287,6 +296,7 @@ def run_cache(job: JobConfig, fresh: bool = False, log: Log = print) -> dict:
     """``raydistill cache``: the teacher (trained if needed) runs once over train and val and
     its outputs are written as Parquet; returns the cache manifest. ``fresh`` rebuilds only the
     cache."""
+    _classification_only(job, "cache")
     prepare_run_dir(job, False, log)
     splits = load_splits(job.data)
     with ray_session(job):
@@ -296,7 +306,13 @@ def run_cache(job: JobConfig, fresh: bool = False, log: Log = print) -> dict:
 
 def run_job(job: JobConfig, fresh: bool = False, log: Log = print) -> RunSummary:
     """``raydistill train``: teacher stage if needed, the student (distilled unless
-    ``distill.enabled`` is false), the baseline when ``train.baseline``, then the test table."""
+    ``distill.enabled`` is false), the baseline when ``train.baseline``, then the test table.
+    A ``task: detection`` job returns a :class:`~raydistill.detection.pipeline.DetectionSummary`
+    (COCO mAP instead of accuracy)."""
+    if job.task == "detection":
+        from raydistill.detection.pipeline import run_detection_job
+
+        return run_detection_job(job, fresh, log)  # type: ignore[return-value]
     run_dir = prepare_run_dir(job, fresh, log)
     splits = load_splits(job.data)
     log(
@@ -335,6 +351,7 @@ def evaluate_checkpoint(
     job: JobConfig, checkpoint: Path | None = None, split: str = "test", model: str = "student"
 ) -> ModelScore:
     """``raydistill evaluate``: score a weights file (default: this run's ``model``) on a split."""
+    _classification_only(job, "evaluate")
     spec = job.student if model == "student" else job.teacher
     if checkpoint is None:
         student_weights = stage_dir(job.run_dir, "student") / WEIGHTS_FILE

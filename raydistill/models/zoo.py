@@ -6,6 +6,7 @@ Each factory takes ``num_classes`` and returns logits of shape [N, num_classes].
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,3 +68,66 @@ def digits_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32) -> 
 
 def mlp(num_classes: int = 10, in_features: int = 64, hidden: Sequence[int] = (32,)) -> MLP:
     return MLP(num_classes=num_classes, in_features=in_features, hidden=hidden)
+
+
+def small_detector(
+    num_classes: int,
+    backbone: str = "mobilenet_v3_small",
+    fpn_channels: int = 64,
+    head_width: int = 128,
+    min_size: int = 320,
+    max_size: int = 320,
+    proposals_per_image: int = 128,
+    **kwargs: Any,
+) -> nn.Module:
+    """A torchvision Faster R-CNN with a light backbone and head, for CPU-sized runs.
+
+    ``backbone``: ``mobilenet_v3_small``/``mobilenet_v3_large`` (FPN on the last two stages) or
+    ``resnet18``/``resnet34``/``resnet50`` (FPN on all four). The box head is a two-layer MLP of
+    ``head_width`` on 7x7 pooled maps of ``fpn_channels``, trained on ``proposals_per_image``
+    sampled proposals; other ``kwargs`` go to ``torchvision.models.detection.FasterRCNN``.
+    Randomly initialised (pretrained weights come from checkpoint files).
+    """
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    if backbone.startswith("mobilenet"):
+        body = mobilenet_backbone(
+            backbone_name=backbone, weights=None, fpn=True, trainable_layers=6
+        )
+    elif backbone.startswith("resnet"):
+        body = resnet_fpn_backbone(backbone_name=backbone, weights=None, trainable_layers=5)
+    else:
+        raise ValueError(f"small_detector: unknown backbone '{backbone}'")
+    # Swap the FPN's 256 output channels for fpn_channels by rebuilding its convolutions.
+    if fpn_channels != body.out_channels:
+        from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+
+        in_channels = [block[0].in_channels for block in body.fpn.inner_blocks]
+        body.fpn = FeaturePyramidNetwork(in_channels, fpn_channels, extra_blocks=LastLevelMaxPool())
+        body.out_channels = fpn_channels
+    levels = [k for k in body.body.return_layers.values()] + ["pool"]
+    sizes = tuple((16 * 2**i,) for i in range(len(levels)))
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(levels))
+    return FasterRCNN(
+        body,
+        num_classes=None,  # the predictor below fixes it
+        min_size=min_size,
+        max_size=max_size,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign([k for k in levels if k != "pool"], 7, 2),
+        box_head=TwoMLPHead(fpn_channels * 49, head_width),
+        box_predictor=_predictor(head_width, num_classes),
+        box_batch_size_per_image=proposals_per_image,
+        rpn_batch_size_per_image=proposals_per_image,
+        **kwargs,
+    )
+
+
+def _predictor(width: int, num_classes: int) -> nn.Module:
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+    return FastRCNNPredictor(width, num_classes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,12 +71,16 @@ def run_stage(
     datasets: dict[str, ray.data.Dataset],
     run_dir: Path,
     callbacks: list[Any] | None = None,
+    loop: Callable[[dict[str, Any]], None] = train_loop_per_worker,
+    loop_config: dict[str, Any] | None = None,
 ) -> StageResult:
     """Train one stage with a ``TorchTrainer``; rerunning resumes from its last checkpoint.
 
     Ray Train restores a run whose ``RunConfig(name, storage_path)`` matches an earlier one, so a
     stable per-stage name makes resume automatic. ``callbacks`` are Ray Train ``UserCallback``s
-    (a tune trial forwards each epoch's report to Tune with one).
+    (a tune trial forwards each epoch's report to Tune with one). ``loop`` is the per-worker
+    function (the task's: classification by default) and ``loop_config`` extra entries of its
+    config.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -84,9 +89,13 @@ def run_stage(
     previous = latest_checkpoint(stage_dir(run_dir, spec.role))
     resources: dict[str, Any] = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        loop,
         # Ray's own restore wins when it has one; otherwise the loop starts from `resume_from`.
-        train_loop_config={"spec": spec, "resume_from": str(previous) if previous else None},
+        train_loop_config={
+            "spec": spec,
+            "resume_from": str(previous) if previous else None,
+            **(loop_config or {}),
+        },
         scaling_config=ScalingConfig(
             num_workers=scaling.workers,
             use_gpu=scaling.use_gpu,
