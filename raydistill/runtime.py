@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from raydistill.config import JobConfig
+from raydistill.config import JobConfig, JobError
 
 
 def planned_cpus(job: JobConfig) -> int:
@@ -31,6 +31,7 @@ def ray_session(job: JobConfig, cpus: int | None = None) -> Iterator[None]:
     with at least ``cpus`` (default: :func:`planned_cpus`) logical CPUs."""
     import ray
 
+    global _STARTED_HERE
     if ray.is_initialized():
         yield
         return
@@ -48,11 +49,39 @@ def ray_session(job: JobConfig, cpus: int | None = None) -> Iterator[None]:
         ray.init(
             num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True
         )
+        _STARTED_HERE = True
     quiet_data()
     try:
         yield
     finally:
+        _STARTED_HERE = False
         ray.shutdown()
+
+
+_STARTED_HERE = False  # a local Ray this process started: no autoscaler will add nodes
+
+
+def check_worker_resources(job: JobConfig, log: Callable[[str], None] = print) -> None:
+    """Fail fast when no node could ever host a train worker (a GPU job on a laptop would
+    otherwise wait forever). On a joined cluster an autoscaler may still add such nodes, so the
+    gap is only reported."""
+    import ray
+
+    s = job.scaling
+    need = {"CPU": s.cpus_per_worker, **({"GPU": 1.0} if s.use_gpu else {}),
+            **s.resources_per_worker}
+    have = ray.cluster_resources()
+    missing = {k: v for k, v in need.items() if have.get(k, 0.0) < v}
+    if not missing:
+        return
+    what = ", ".join(f"{k}: {v:g}" for k, v in missing.items())
+    hint = (
+        "set scaling.use_gpu: false to train on CPUs" if "GPU" in missing
+        else "start Ray with those resources or change scaling.resources_per_worker"
+    )
+    if _STARTED_HERE:
+        raise JobError(f"scaling: each train worker needs {what}, which this Ray lacks; {hint}")
+    log(f"warning: no node offers {what} per train worker yet; waiting for the autoscaler")
 
 
 def quiet_data() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raydistill.models.specs import build_model, save_weights
+from raydistill.runtime import check_worker_resources
 from raydistill.train.loop import train_loop_per_worker
 from raydistill.train.spec import StageSpec
 from raydistill.train.state import STATE_FILE, load_state
@@ -86,6 +87,7 @@ def run_stage(
     from ray.train.torch import TorchTrainer
 
     scaling = spec.job.scaling
+    check_worker_resources(spec.job)
     previous = latest_checkpoint(stage_dir(run_dir, spec.role))
     resources: dict[str, Any] = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
     trainer = TorchTrainer(
