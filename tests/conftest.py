@@ -84,34 +84,36 @@ def ray_address() -> Iterator[str]:
         TRAIN_POLL_ENV: TRAIN_POLL_S,
         "PYTHONPATH": python_path,
     }
-    subprocess.run(
-        [
-            RAY,
-            "start",
-            "--head",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=8",
-            # custom resources, as on a cluster with teacher nodes and student nodes
-            '--resources={"teacher": 4, "student": 4}',
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard_port}",
-            f"--temp-dir={temp_dir}",
-            "--disable-usage-stats",
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=120,
-    )
-    address = f"127.0.0.1:{port}"
-    _HEAD["dashboard"] = f"http://127.0.0.1:{dashboard_port}"
-    os.environ["RAY_ADDRESS"] = address
-    ray.init(address=address, log_to_driver=True)
-    from raydistill.runtime import quiet_data
-
-    quiet_data()
+    # Everything from `ray start` on sits inside the try: a start that fails or times out
+    # still gets its half-started processes stopped.
     try:
+        subprocess.run(
+            [
+                RAY,
+                "start",
+                "--head",
+                f"--port={port}",
+                "--node-ip-address=127.0.0.1",
+                "--num-cpus=8",
+                # custom resources, as on a cluster with teacher nodes and student nodes
+                '--resources={"teacher": 4, "student": 4}',
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard_port}",
+                f"--temp-dir={temp_dir}",
+                "--disable-usage-stats",
+            ],
+            check=True,
+            env=env,
+            capture_output=True,
+            timeout=300,  # a busy shared machine can take minutes
+        )
+        address = f"127.0.0.1:{port}"
+        _HEAD["dashboard"] = f"http://127.0.0.1:{dashboard_port}"
+        os.environ["RAY_ADDRESS"] = address
+        ray.init(address=address, log_to_driver=True)
+        from raydistill.runtime import quiet_data
+
+        quiet_data()
         yield address
     finally:
         ray.shutdown()

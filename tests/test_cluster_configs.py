@@ -264,3 +264,38 @@ def test_a_file_without_node_types_is_refused(tmp_path):
     bad.write_text("a: [")
     with pytest.raises(JobError, match="cannot read cluster config"):
         load_node_types(bad)
+
+
+# scaling.workers: [min, max] (elastic Ray Train)
+
+
+def test_elastic_workers_parse_and_round_trip(tmp_path):
+    from raydistill.runtime import planned_cpus
+
+    job = load_job(ROOT / "jobs" / "digits.yaml", ["scaling.workers=[1, 4]"])
+    assert job.scaling.workers == [1, 4]
+    assert (job.scaling.min_workers, job.scaling.max_workers) == (1, 4)
+    assert planned_cpus(job) == 4 * 1 + 1 * 0.5 * 2 + 2  # sized for max workers
+    saved = tmp_path / "job.yaml"
+    saved.write_text(job.to_yaml())
+    assert "workers:\n  - 1\n  - 4" in saved.read_text() or "workers: [1, 4]" in saved.read_text()
+    assert load_job(saved) == job
+    fixed = load_job(ROOT / "jobs" / "digits.yaml")
+    assert fixed.scaling.workers == 2 and fixed.scaling.min_workers == fixed.scaling.max_workers
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("[3, 1]", "[min, max] needs 1 <= min <= max (got [3, 1])"),
+        ("[0, 2]", "[min, max] needs 1 <= min <= max (got [0, 2])"),
+        ("[1, 2, 3]", "must be a number of workers or [min, max]"),
+        ("two", "must be a number of workers or [min, max]"),
+        ("0", "Input should be greater than or equal to 1 (got 0)"),
+    ],
+)
+def test_bad_worker_counts_are_one_clear_error(value, why):
+    with pytest.raises(JobError) as err:
+        load_job(ROOT / "jobs" / "digits.yaml", [f"scaling.workers={value}"])
+    assert str(err.value).count("\n") == 0
+    assert f"scaling.workers: {why}" in str(err.value)

@@ -88,7 +88,10 @@ def run_stage(
         # Ray's own restore wins when it has one; otherwise the loop starts from `resume_from`.
         train_loop_config={"spec": spec, "resume_from": str(previous) if previous else None},
         scaling_config=ScalingConfig(
-            num_workers=scaling.workers,
+            # [min, max] becomes (min, max): Ray Train's elastic training
+            num_workers=scaling.workers
+            if isinstance(scaling.workers, int)
+            else (scaling.min_workers, scaling.max_workers),
             use_gpu=scaling.use_gpu,
             resources_per_worker=resources,
         ),
