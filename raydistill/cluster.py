@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from raydistill.config import JobConfig, JobError
+from raydistill.config import JobConfig, JobError, ScalingConfig
 
 Resources = dict[str, float]
 
@@ -23,14 +23,15 @@ Resources = dict[str, float]
 _K8S_GPUS = ("nvidia.com/gpu", "amd.com/gpu")
 
 
-def job_requests(job: JobConfig) -> dict[str, Resources]:
+def job_requests(job: JobConfig | ScalingConfig) -> dict[str, Resources]:
     """What one teacher actor and one train worker ask Ray for (logical CPUs, GPUs, custom).
 
     Mirrors :func:`raydistill.teacher.pool.attach_teacher` and Ray Train's ``ScalingConfig``
     (``use_gpu`` adds one GPU per worker unless ``resources_per_worker`` names ``GPU``). Train
-    workers also train the teacher when the job has no teacher checkpoint.
+    workers also train the teacher when the job has no teacher checkpoint. Only the job's
+    ``scaling`` section matters, so that section alone is accepted too.
     """
-    s = job.scaling
+    s = job.scaling if isinstance(job, JobConfig) else job
     pool = s.teacher_pool
     actor: Resources = {"CPU": pool.num_cpus, "GPU": pool.num_gpus, **pool.resources}
     worker: Resources = {"CPU": s.cpus_per_worker, **s.resources_per_worker}
@@ -48,7 +49,7 @@ def fits(request: Resources, node: Resources) -> bool:
     return all(node.get(key, 0.0) >= amount for key, amount in request.items())
 
 
-def unplaceable(job: JobConfig, node_types: dict[str, Resources]) -> list[str]:
+def unplaceable(job: JobConfig | ScalingConfig, node_types: dict[str, Resources]) -> list[str]:
     """One line per request of ``job`` that no node type can hold (empty: everything fits)."""
     problems = []
     for what, request in job_requests(job).items():

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from raydistill.cluster import fits, job_requests, load_node_types, node_types, unplaceable
-from raydistill.config import JobError, load_job
+from raydistill.config import JobError, ScalingConfig, load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -154,8 +154,10 @@ def test_some_job_asks_for_the_custom_resources():
 def test_every_job_fits_every_cluster(config, job_file):
     types = load_node_types(config)
     offered = set().union(*(t.keys() for t in types.values()))
-    assert _custom(yaml.safe_load(job_file.read_text())) <= offered
-    assert unplaceable(load_job(job_file), types) == []
+    raw = yaml.safe_load(job_file.read_text())
+    assert _custom(raw) <= offered
+    # The scaling section alone: loading the whole job would need its data on this machine.
+    assert unplaceable(ScalingConfig.model_validate(raw.get("scaling") or {}), types) == []
 
 
 @pytest.mark.parametrize("path", LAUNCHER, ids=lambda p: p.name)
