@@ -4,6 +4,7 @@ The Python API mirrors the YAML job: ``JobConfig`` is the job, ``Distiller`` the
 in any PyTorch loop, ``run_job`` what ``raydistill train`` runs.
 """
 
+from raydistill.cluster import job_requests, load_node_types, unplaceable
 from raydistill.config import (
     DataConfig,
     DistillConfig,
@@ -58,7 +59,9 @@ __all__ = [
     "build_model",
     "feature_loss",
     "hard_loss",
+    "job_requests",
     "load_job",
+    "load_node_types",
     "load_weights",
     "run_job",
     "run_teacher",
@@ -66,4 +69,5 @@ __all__ = [
     "sample_weights",
     "save_weights",
     "soft_target_loss",
+    "unplaceable",
 ]

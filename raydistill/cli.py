@@ -51,12 +51,29 @@ def main() -> None:
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @_set_option
+@click.option(
+    "--cluster",
+    "clusters",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Also check that the job's actors and workers fit a node type of this cluster config "
+    "(Ray launcher YAML or KubeRay manifest; repeatable).",
+)
 @_clean_errors
-def validate(job_file: str, overrides: tuple[str, ...]) -> None:
+def validate(job_file: str, overrides: tuple[str, ...], clusters: tuple[str, ...]) -> None:
     """Check a job and print it fully resolved (every default filled in)."""
     job = _load(job_file, overrides)
+    problems = []
+    if clusters:
+        from raydistill.cluster import load_node_types, unplaceable
+
+        for config in clusters:
+            problems += [f"{config}: {p}" for p in unplaceable(job, load_node_types(config))]
+    if problems:
+        raise JobError("\n".join(problems))
     click.echo(job.to_yaml(), nl=False)
-    click.echo(f"# ok: {job_file} is a valid job; runs go to {job.run_dir}", err=True)
+    fit = f"; it fits {', '.join(clusters)}" if clusters else ""
+    click.echo(f"# ok: {job_file} is a valid job; runs go to {job.run_dir}{fit}", err=True)
 
 
 @main.command()

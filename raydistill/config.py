@@ -324,7 +324,11 @@ class TeacherPoolConfig(_Section):
 
 
 class ScalingConfig(_Section):
-    workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
+    workers: int | list[int] = Field(
+        2,
+        description="Ray Train workers (DDP); [min, max]: elastic, starts with as many as the "
+        "cluster holds (at least min) and grows toward max as nodes join",
+    )
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = Field(
@@ -332,6 +336,33 @@ class ScalingConfig(_Section):
     )
     max_failures: int = Field(0, ge=-1, description="worker failures survived; -1: unlimited")
     teacher_pool: TeacherPoolConfig = Field(default_factory=TeacherPoolConfig)
+
+    @field_validator("workers", mode="plain")
+    @classmethod
+    def _workers(cls, value: Any) -> int | list[int]:
+        # One clear message instead of pydantic's per-branch union errors.
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ValueError("Input should be greater than or equal to 1")
+            return value
+        if (
+            isinstance(value, list | tuple)
+            and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            low, high = value
+            if low < 1 or high < low:
+                raise ValueError(f"[min, max] needs 1 <= min <= max (got [{low}, {high}])")
+            return [low, high]
+        raise ValueError(f"must be a number of workers or [min, max] (got {value!r})")
+
+    @property
+    def min_workers(self) -> int:
+        return self.workers if isinstance(self.workers, int) else self.workers[0]
+
+    @property
+    def max_workers(self) -> int:
+        return self.workers if isinstance(self.workers, int) else self.workers[1]
 
 
 class CacheConfig(_Section):

@@ -137,9 +137,14 @@ def _train(
 ) -> StageResult:
     log(
         f"[{spec.name}] training {spec.model.model} for up to {spec.train.epochs} epochs "
-        f"on {spec.job.scaling.workers} workers"
+        f"on {_workers(spec.job)} workers"
     )
     return run_stage(spec, datasets, spec.job.run_dir, callbacks)
+
+
+def _workers(job: JobConfig) -> str:
+    s = job.scaling
+    return str(s.workers) if isinstance(s.workers, int) else f"{s.min_workers}-{s.max_workers}"
 
 
 def teacher_pass_rows(job: JobConfig, splits: dict[str, LabelledArrays]) -> int:

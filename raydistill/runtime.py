@@ -19,7 +19,7 @@ def planned_cpus(job: JobConfig) -> int:
     """
     s = job.scaling
     pool = s.teacher_pool.max_actors * s.teacher_pool.num_cpus * 2
-    return math.ceil(s.workers * s.cpus_per_worker + pool + 2)
+    return math.ceil(s.max_workers * s.cpus_per_worker + pool + 2)
 
 
 TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"

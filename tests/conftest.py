@@ -22,24 +22,37 @@ HELPERS = ROOT / "tests" / "helpers"
 sys.path.insert(0, str(HELPERS))
 
 
+# Filled by the `ray_address` fixture: the head's dashboard (and Jobs API) URL.
+_HEAD: dict[str, str] = {}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _stop_cluster(temp_dir: Path) -> None:
+def _stop_cluster(temp_dir: Path, gcs_port: int) -> None:
     """Stop only this session's Ray processes (``ray stop`` would stop every Ray on the machine,
     including a user's running jobs)."""
     import psutil
 
-    ours = []
+    # The Ray client server names only the GCS address; the dashboard and runtime-env agents
+    # name nothing of ours and are found as children of the raylet, before it stops.
+    gcs = ("--address=", "--gcs-address=")
+    found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if any(str(temp_dir) in part for part in proc.info["cmdline"] or ()):
-                ours.append(proc)
+            args = proc.info["cmdline"] or ()
+            if any(
+                str(temp_dir) in a or (a.startswith(gcs) and a.endswith(f":{gcs_port}"))
+                for a in args
+            ):
+                found[proc.pid] = proc
+                found.update((child.pid, child) for child in proc.children(recursive=True))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+    ours = list(found.values())
     for proc in ours:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
@@ -59,7 +72,7 @@ def ray_address() -> Iterator[str]:
     import ray
 
     temp_dir = Path(tempfile.mkdtemp(prefix="rd-ray-", dir="/tmp"))
-    port = _free_port()
+    port, dashboard_port = _free_port(), _free_port()
     from raydistill.runtime import TRAIN_POLL_ENV, TRAIN_POLL_S
 
     # A loopback-only test cluster: no token auth, on both sides (ray-notes: Jobs).
@@ -71,39 +84,48 @@ def ray_address() -> Iterator[str]:
         TRAIN_POLL_ENV: TRAIN_POLL_S,
         "PYTHONPATH": python_path,
     }
-    subprocess.run(
-        [
-            RAY,
-            "start",
-            "--head",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=8",
-            # custom resources, as on a cluster with teacher nodes and student nodes
-            '--resources={"teacher": 4, "student": 4}',
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={_free_port()}",
-            f"--temp-dir={temp_dir}",
-            "--disable-usage-stats",
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=120,
-    )
-    address = f"127.0.0.1:{port}"
-    os.environ["RAY_ADDRESS"] = address
-    ray.init(address=address, log_to_driver=True)
-    from raydistill.runtime import quiet_data
-
-    quiet_data()
+    # Everything from `ray start` on sits inside the try: a start that fails or times out
+    # still gets its half-started processes stopped.
     try:
+        subprocess.run(
+            [
+                RAY,
+                "start",
+                "--head",
+                f"--port={port}",
+                "--node-ip-address=127.0.0.1",
+                "--num-cpus=8",
+                # custom resources, as on a cluster with teacher nodes and student nodes
+                '--resources={"teacher": 4, "student": 4}',
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard_port}",
+                f"--temp-dir={temp_dir}",
+                "--disable-usage-stats",
+            ],
+            check=True,
+            env=env,
+            capture_output=True,
+            timeout=300,  # a busy shared machine can take minutes
+        )
+        address = f"127.0.0.1:{port}"
+        _HEAD["dashboard"] = f"http://127.0.0.1:{dashboard_port}"
+        os.environ["RAY_ADDRESS"] = address
+        ray.init(address=address, log_to_driver=True)
+        from raydistill.runtime import quiet_data
+
+        quiet_data()
         yield address
     finally:
         ray.shutdown()
         os.environ.pop("RAY_ADDRESS", None)
-        _stop_cluster(temp_dir)
+        _stop_cluster(temp_dir, port)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_dashboard(ray_address: str) -> str:
+    """The session head's dashboard URL (loopback), where ``ray job submit --address`` points."""
+    return _HEAD["dashboard"]
 
 
 @pytest.fixture

@@ -237,6 +237,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "lr": optimizer.param_groups[0]["lr"],
             "samples_per_s": n / elapsed,
             "epoch_s": elapsed,
+            "workers": ctx.get_world_size(),  # changes when elastic training resizes
             "class_counts": counts,
         }
         metrics.update(_validate(module, core, spec, val_shard))

@@ -99,7 +99,10 @@ def run_stage(
             **(loop_config or {}),
         },
         scaling_config=ScalingConfig(
-            num_workers=scaling.workers,
+            # [min, max] becomes (min, max): Ray Train's elastic training
+            num_workers=scaling.workers
+            if isinstance(scaling.workers, int)
+            else (scaling.min_workers, scaling.max_workers),
             use_gpu=scaling.use_gpu,
             resources_per_worker=resources,
         ),
