@@ -166,5 +166,40 @@ def evaluate(
     )
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["torchscript", "onnx", "safetensors", "hf"]),
+    required=True,
+    help="torchscript (torch.jit.load), onnx (onnxruntime), safetensors (weights + spec), "
+    "hf (Hugging Face students only).",
+)
+@click.option(
+    "--stage",
+    type=click.Choice(["student", "baseline", "teacher"]),
+    default="student",
+    show_default=True,
+    help="Which of the run's models to export.",
+)
+@click.option(
+    "--output", "-o", type=click.Path(), help="Where to write (default: RUN_DIR/export/)."
+)
+@_clean_errors
+def export(run_dir: str, fmt: str, stage: str, output: str | None) -> None:
+    """Write a run's trained student (or --stage) in a deployable format, checked by loading
+    it back."""
+    from raydistill.export import export_run
+
+    result = export_run(run_dir, fmt, stage, output)  # type: ignore[arg-type]
+    check = (
+        f"max |logit difference| vs PyTorch {result.max_abs_diff:.2e}"
+        if result.max_abs_diff == result.max_abs_diff
+        else "not reloaded"
+    )
+    click.echo(f"{result.stage} -> {result.path} ({result.size_bytes:,} bytes, {fmt}; {check})")
+
+
 if __name__ == "__main__":
     main()
