@@ -168,6 +168,19 @@ def evaluate(
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@_clean_errors
+def report(run_dir: str) -> None:
+    """Write report.md and report.html (comparison table, curves, schedules, per-class
+    accuracy, tune results, the resolved job) for a run directory."""
+    from raydistill.report import write_report
+
+    files = write_report(run_dir)
+    click.echo(f"report: {files.markdown}")
+    click.echo(f"report: {files.html} ({len(files.plots)} plots embedded)")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option(
     "--format",
     "fmt",

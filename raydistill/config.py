@@ -291,6 +291,9 @@ class CacheConfig(_Section):
 class OutputConfig(_Section):
     storage_path: Path = Field(Path("runs"), description="runs go to storage_path/name/")
     keep_checkpoints: int = Field(2, ge=1)
+    report: bool = Field(
+        True, description="write report.md and report.html (table, plots) at the end of train"
+    )
 
 
 class TuneConfig(_Section):
