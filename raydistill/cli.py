@@ -214,5 +214,28 @@ def export(run_dir: str, fmt: str, stage: str, output: str | None) -> None:
     click.echo(f"{result.stage} -> {result.path} ({result.size_bytes:,} bytes, {fmt}; {check})")
 
 
+@main.command("check-teacher")
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@_set_option
+@click.option("--split", default="val", show_default=True, help="Split the teacher is scored on.")
+@click.option("--strict", is_flag=True, help="Exit with code 1 when a rule of thumb is broken.")
+@_clean_errors
+def check_teacher_command(
+    job_file: str, overrides: tuple[str, ...], split: str, strict: bool
+) -> None:
+    """Before training a student: the teacher's accuracy against student.target, its inference
+    cost against the student's, and the feature layers' shapes and adapters."""
+    from raydistill.check import check_teacher
+
+    result = check_teacher(_load(job_file, overrides), split)
+    for line in result.lines():
+        click.echo(line, err=line.startswith(("warning:", "error:")))
+    if result.problems:
+        sys.exit(2)
+    if strict and result.warnings:
+        sys.exit(1)
+    click.echo("ok" if not result.warnings else f"{len(result.warnings)} warning(s)")
+
+
 if __name__ == "__main__":
     main()

@@ -171,6 +171,14 @@ class TeacherConfig(ModelSpec):
 class StudentConfig(ModelSpec):
     """The student (``checkpoint``, when set, initialises its weights)."""
 
+    target: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="accuracy the student should reach; `raydistill check-teacher` checks the"
+        " teacher leaves headroom above it",
+    )
+
 
 class FeaturePair(_Section):
     student: str
