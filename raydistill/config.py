@@ -302,6 +302,9 @@ class OutputConfig(_Section):
     report: bool = Field(
         True, description="write report.md and report.html (table, plots) at the end of train"
     )
+    tensorboard: bool = Field(
+        False, description="write each epoch's metrics as TensorBoard events (run dir/tensorboard)"
+    )
 
 
 class TuneConfig(_Section):

@@ -149,6 +149,12 @@ def _train(
         f"[{spec.name}] training {spec.model.model} for up to {spec.train.epochs} epochs "
         f"on {spec.job.scaling.workers} workers"
     )
+    if spec.job.output.tensorboard:
+        from raydistill.tracking import TensorBoardLogger, tensorboard_dir
+
+        events = tensorboard_dir(spec.job.run_dir, spec.name)
+        callbacks = [*(callbacks or []), TensorBoardLogger(events)]
+        log(f"[{spec.name}] TensorBoard events: {events}")
     return run_stage(spec, datasets, spec.job.run_dir, callbacks)
 
 
