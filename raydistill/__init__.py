@@ -4,6 +4,7 @@ The Python API mirrors the YAML job: ``JobConfig`` is the job, ``Distiller`` the
 in any PyTorch loop, ``run_job`` what ``raydistill train`` runs.
 """
 
+from raydistill.check import TeacherCheck, check_teacher
 from raydistill.config import (
     DataConfig,
     DistillConfig,
@@ -29,8 +30,10 @@ from raydistill.distill import (
     sample_weights,
     soft_target_loss,
 )
+from raydistill.export import ExportResult, export_run, load_safetensors
 from raydistill.models import build_model, load_weights, save_weights
 from raydistill.pipeline import RunSummary, run_job, run_teacher
+from raydistill.report import write_report
 from raydistill.tune.search import TemperatureSearch, TuneSummary, run_tune
 
 __version__ = "0.1.0"
@@ -40,6 +43,7 @@ __all__ = [
     "DistillConfig",
     "DistillLoss",
     "Distiller",
+    "ExportResult",
     "FeatureTap",
     "JobConfig",
     "JobError",
@@ -48,6 +52,7 @@ __all__ = [
     "RunSummary",
     "ScalingConfig",
     "Schedule",
+    "TeacherCheck",
     "TeacherConfig",
     "TeacherPoolConfig",
     "TemperatureSearch",
@@ -56,9 +61,12 @@ __all__ = [
     "TuneSummary",
     "build_adapter",
     "build_model",
+    "check_teacher",
+    "export_run",
     "feature_loss",
     "hard_loss",
     "load_job",
+    "load_safetensors",
     "load_weights",
     "run_job",
     "run_teacher",
@@ -66,4 +74,5 @@ __all__ = [
     "sample_weights",
     "save_weights",
     "soft_target_loss",
+    "write_report",
 ]
