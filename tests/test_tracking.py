@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import struct
 from pathlib import Path
@@ -71,3 +72,28 @@ def test_the_callback_travels_to_the_controller_without_its_writer(tmp_path):
     copy.close()
     logger.close()
     assert [s for s, _ in read_scalars(tmp_path / "a")["alpha"]] == [1, 2]
+
+
+def test_progress_lines_inside_long_epochs_only():
+    from raydistill.train.loop import StepProgress
+
+    progress = StepProgress("student", total_epochs=5, every_s=30)
+    progress.start(epoch=0, now=100.0)
+    # steps of 64 samples, one per second: a line once 30 s have passed, none before
+    lines = [progress.update(step, 64, 100.0 + step + 1) for step in range(40)]
+    printed = [line for line in lines if line is not None]
+    assert len(printed) == 1 and lines.index(printed[0]) == 29  # step 30 ends at t=130
+    assert printed[0] == "[student] epoch 1/5 step 30: 1920 samples, 64 samples/s (worker 0)"
+    progress.finish()  # the first epoch saw 40 * 64 = 2560 samples
+
+    progress.start(epoch=1, now=200.0)
+    lines = [progress.update(s, 128, 200.0 + s + 1, " T=4.00 alpha=0.90") for s in range(30)]
+    # twice the rate: past the previous epoch's 2560 samples already, so nothing left
+    assert lines[-1] == (
+        "[student] epoch 2/5 step 30: 3840 samples, 128 samples/s (worker 0) T=4.00 alpha=0.90,"
+        " epoch eta 0s"
+    )
+    progress.finish()
+    progress.start(epoch=2, now=300.0)
+    # the second epoch's 3840 samples at 64 per 31 s: 3776 left
+    assert progress.update(0, 64, 331.0).endswith(f"epoch eta {math.ceil(3776 / (64 / 31))}s")
