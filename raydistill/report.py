@@ -276,7 +276,7 @@ def plot_per_class(scores: list[ModelScore], path: Path) -> Path:
     """Grouped bars: accuracy of each class for every scored model."""
     plt = _pyplot()
     classes = max(len(s.per_class) for s in scores)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * classes * len(scores)), 3.8))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.4 * classes * len(scores))), 3.8))
     width = 0.8 / len(scores)
     for i, s in enumerate(scores):
         xs = [c + (i - (len(scores) - 1) / 2) * width for c in range(len(s.per_class))]
