@@ -237,8 +237,10 @@ def plot_curves(summary: RunSummary, path: Path) -> Path:
         ("validation accuracy", None, "val_acc"),
     ]
     for ax, (title, train_key, val_key) in zip(axes, panels, strict=True):
-        for i, (role, stage) in enumerate(summary.stages.items()):
-            color = f"C{i}"
+        # the table's order and colours, however the run collected its stages
+        ordered = [r for r in STAGE_NAMES if r in summary.stages]
+        for i, role in enumerate(ordered):
+            stage, color = summary.stages[role], f"C{i}"
             if train_key:
                 ax.plot(*_series(stage.history, train_key), color=color, label=f"{role} train")
             ax.plot(
