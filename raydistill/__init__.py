@@ -4,6 +4,7 @@ The Python API mirrors the YAML job: ``JobConfig`` is the job, ``Distiller`` the
 in any PyTorch loop, ``run_job`` what ``raydistill train`` runs.
 """
 
+from raydistill.check import TeacherCheck, check_teacher
 from raydistill.cluster import job_requests, load_node_types, unplaceable
 from raydistill.config import (
     DataConfig,
@@ -30,8 +31,10 @@ from raydistill.distill import (
     sample_weights,
     soft_target_loss,
 )
+from raydistill.export import ExportResult, export_run, load_safetensors
 from raydistill.models import build_model, load_weights, save_weights
 from raydistill.pipeline import RunSummary, run_job, run_teacher
+from raydistill.report import write_report
 from raydistill.tune.search import TemperatureSearch, TuneSummary, run_tune
 
 __version__ = "0.1.0"
@@ -41,6 +44,7 @@ __all__ = [
     "DistillConfig",
     "DistillLoss",
     "Distiller",
+    "ExportResult",
     "FeatureTap",
     "JobConfig",
     "JobError",
@@ -49,6 +53,7 @@ __all__ = [
     "RunSummary",
     "ScalingConfig",
     "Schedule",
+    "TeacherCheck",
     "TeacherConfig",
     "TeacherPoolConfig",
     "TemperatureSearch",
@@ -57,11 +62,14 @@ __all__ = [
     "TuneSummary",
     "build_adapter",
     "build_model",
+    "check_teacher",
+    "export_run",
     "feature_loss",
     "hard_loss",
     "job_requests",
     "load_job",
     "load_node_types",
+    "load_safetensors",
     "load_weights",
     "run_job",
     "run_teacher",
@@ -70,4 +78,5 @@ __all__ = [
     "save_weights",
     "soft_target_loss",
     "unplaceable",
+    "write_report",
 ]

@@ -200,5 +200,76 @@ def evaluate(
     )
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@_clean_errors
+def report(run_dir: str) -> None:
+    """Write report.md and report.html (comparison table, curves, schedules, per-class
+    accuracy, tune results, the resolved job) for a run directory."""
+    from raydistill.report import write_report
+
+    files = write_report(run_dir)
+    click.echo(f"report: {files.markdown}")
+    click.echo(f"report: {files.html} ({len(files.plots)} plots embedded)")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["torchscript", "onnx", "safetensors", "hf"]),
+    required=True,
+    help="torchscript (torch.jit.load), onnx (onnxruntime), safetensors (weights + spec), "
+    "hf (Hugging Face students only).",
+)
+@click.option(
+    "--stage",
+    type=click.Choice(["student", "baseline", "teacher"]),
+    default="student",
+    show_default=True,
+    help="Which of the run's models to export.",
+)
+@click.option(
+    "--output", "-o", type=click.Path(), help="Where to write (default: RUN_DIR/export/)."
+)
+@_clean_errors
+def export(run_dir: str, fmt: str, stage: str, output: str | None) -> None:
+    """Write a run's trained student (or --stage) in a deployable format, checked by loading
+    it back."""
+    from raydistill.export import export_run
+
+    result = export_run(run_dir, fmt, stage, output)  # type: ignore[arg-type]
+    check = (
+        f"max |logit difference| vs PyTorch {result.max_abs_diff:.2e}"
+        if result.max_abs_diff == result.max_abs_diff
+        else "not reloaded"
+    )
+    click.echo(f"{result.stage} -> {result.path} ({result.size_bytes:,} bytes, {fmt}; {check})")
+
+
+@main.command("check-teacher")
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@_set_option
+@click.option("--split", default="val", show_default=True, help="Split the teacher is scored on.")
+@click.option("--strict", is_flag=True, help="Exit with code 1 when a rule of thumb is broken.")
+@_clean_errors
+def check_teacher_command(
+    job_file: str, overrides: tuple[str, ...], split: str, strict: bool
+) -> None:
+    """Before training a student: the teacher's accuracy against student.target, its inference
+    cost against the student's, and the feature layers' shapes and adapters."""
+    from raydistill.check import check_teacher
+
+    result = check_teacher(_load(job_file, overrides), split)
+    for line in result.lines():
+        click.echo(line, err=line.startswith(("warning:", "error:")))
+    if result.problems:
+        sys.exit(2)
+    if strict and result.warnings:
+        sys.exit(1)
+    click.echo("ok" if not result.warnings else f"{len(result.warnings)} warning(s)")
+
+
 if __name__ == "__main__":
     main()

@@ -206,6 +206,14 @@ class TeacherConfig(ModelSpec):
 class StudentConfig(ModelSpec):
     """The student (``checkpoint``, when set, initialises its weights)."""
 
+    target: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="accuracy the student should reach; `raydistill check-teacher` checks the"
+        " teacher leaves headroom above it",
+    )
+
 
 class FeaturePair(_Section):
     student: str
@@ -378,6 +386,12 @@ class CacheConfig(_Section):
 class OutputConfig(_Section):
     storage_path: Path = Field(Path("runs"), description="runs go to storage_path/name/")
     keep_checkpoints: int = Field(2, ge=1)
+    report: bool = Field(
+        True, description="write report.md and report.html (table, plots) at the end of train"
+    )
+    tensorboard: bool = Field(
+        False, description="write each epoch's metrics as TensorBoard events (run dir/tensorboard)"
+    )
 
 
 class TuneConfig(_Section):

@@ -1,10 +1,12 @@
-"""Scoring a trained model on a split: accuracy, size, per-sample CPU latency."""
+"""Scoring a trained model on a split: accuracy (overall and per class), size, CPU latency at
+batch 1 and throughput at batch 64."""
 
 from __future__ import annotations
 
+import io
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -12,6 +14,8 @@ from torch import nn
 
 from raydistill.data.arrays import LabelledArrays
 from raydistill.models.specs import count_parameters
+
+THROUGHPUT_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -22,13 +26,19 @@ class ModelScore:
     accuracy: float  # share of correct predictions on the split, in [0, 1]
     parameters: int
     latency_ms: float  # median CPU latency of one sample (batch 1, one thread), milliseconds
+    size_bytes: int = 0  # the weights as a file on disk (serialized state dict), bytes
+    throughput: float = 0.0  # samples per second at batch THROUGHPUT_BATCH, one CPU thread
+    per_class: tuple[float, ...] = field(default=())  # accuracy of each class, in [0, 1]
 
-    def as_dict(self) -> dict[str, float | int | str]:
+    def as_dict(self) -> dict[str, float | int | str | list[float]]:
         return {
             "name": self.name,
             "accuracy": self.accuracy,
             "parameters": self.parameters,
             "latency_ms": self.latency_ms,
+            "size_bytes": self.size_bytes,
+            "throughput": self.throughput,
+            "per_class": list(self.per_class),
         }
 
 
@@ -47,6 +57,22 @@ def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 512) -> np.n
 
 def accuracy(model: nn.Module, data: LabelledArrays) -> float:
     return float((predict(model, data.inputs) == data.labels).mean()) if len(data) else float("nan")
+
+
+def per_class_accuracy(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Share of correct predictions within each true class [num_classes]; NaN for a class
+    absent from ``labels``."""
+    correct = np.bincount(labels[predictions == labels], minlength=num_classes)
+    total = np.bincount(labels, minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, correct / np.maximum(total, 1), np.nan)
+
+
+def weights_bytes(model: nn.Module) -> int:
+    """Bytes the model's weights take as a file (``torch.save`` of its state dict)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
 
 
 @torch.no_grad()
@@ -69,10 +95,48 @@ def latency_ms(model: nn.Module, example: np.ndarray, runs: int = 50, warmup: in
     return statistics.median(times) * 1000
 
 
+@torch.no_grad()
+def throughput(
+    model: nn.Module,
+    inputs: np.ndarray,
+    batch_size: int = THROUGHPUT_BATCH,
+    budget_s: float = 1.0,
+    max_runs: int = 20,
+) -> float:
+    """Samples per second of forward passes at ``batch_size`` (inputs [N, ...] repeated up to
+    the batch), on one CPU thread: the median of at least 3 timed batches, more while the time
+    ``budget_s`` (seconds) lasts."""
+    model.eval()
+    repeats = -(-batch_size // max(len(inputs), 1))
+    batch = np.concatenate([inputs] * repeats)[:batch_size]
+    x = torch.from_numpy(np.array(batch, dtype=np.float32))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model(x)  # warm-up
+        times: list[float] = []
+        while len(times) < 3 or (sum(times) < budget_s and len(times) < max_runs):
+            started = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+    return batch_size / statistics.median(times)
+
+
 def score(name: str, model: nn.Module, data: LabelledArrays) -> ModelScore:
+    """Accuracy and per-class accuracy on ``data``, parameters, weights size, latency at
+    batch 1 and throughput at batch 64 (CPU, one thread)."""
+    predictions = predict(model, data.inputs)
+    correct = predictions == data.labels
     return ModelScore(
         name=name,
-        accuracy=accuracy(model, data),
+        accuracy=float(correct.mean()) if len(data) else float("nan"),
         parameters=count_parameters(model),
         latency_ms=latency_ms(model, data.inputs[0]),
+        size_bytes=weights_bytes(model),
+        throughput=throughput(model, data.inputs[:THROUGHPUT_BATCH]),
+        per_class=tuple(
+            float(v) for v in per_class_accuracy(predictions, data.labels, data.num_classes)
+        ),
     )

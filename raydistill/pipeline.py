@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raydistill.config import JobConfig, JobError
+from raydistill.config import JobConfig, JobError, load_job
 from raydistill.data.arrays import LabelledArrays
 from raydistill.data.balance import ClassBalancer
 from raydistill.data.sources import load_splits, training_datasets
@@ -35,6 +35,11 @@ from raydistill.train.stage import (
 
 Log = Callable[[str], None]
 JOB_FILE = "job.yaml"
+STAGE_NAMES = {
+    "teacher": "teacher",
+    "student": "student (distilled)",
+    "baseline": "baseline (student alone)",
+}
 SUMMARY_FILE = "summary.md"
 METRICS_FILE = "metrics.json"
 
@@ -63,6 +68,10 @@ class RunSummary:
                 f"| {s.name} | {100 * s.accuracy:.2f}% | {s.parameters:,} | "
                 f"{s.latency_ms:.3f} ms | {epochs} |"
             )
+        return "\n".join(rows + [""] + [f"- {n}" for n in self.notes()])
+
+    def notes(self) -> list[str]:
+        """The trade-off in words: size, speed and points against the teacher and baseline."""
         names = {s.name: s for s in self.scores}
         notes = []
         teacher, student = names.get("teacher"), names.get("student (distilled)")
@@ -78,7 +87,7 @@ class RunSummary:
                 f"distillation bought {100 * (student.accuracy - alone.accuracy):+.2f} points "
                 "over the same student trained alone"
             )
-        return "\n".join(rows + [""] + [f"- {n}" for n in notes])
+        return notes
 
 
 def prepare_run_dir(job: JobConfig, fresh: bool, log: Log) -> Path:
@@ -96,11 +105,12 @@ def prepare_run_dir(job: JobConfig, fresh: bool, log: Log) -> Path:
     return run_dir
 
 
-def teacher_weights_path(job: JobConfig) -> Path:
-    """The teacher's weights: the job's checkpoint, or the teacher stage's output."""
+def teacher_weights_path(job: JobConfig, run_dir: Path | None = None) -> Path:
+    """The teacher's weights: the job's checkpoint, or the teacher stage's output in
+    ``run_dir`` (default: the job's run directory)."""
     if job.teacher.checkpoint is not None:
         return Path(job.teacher.checkpoint)
-    return stage_dir(job.run_dir, "teacher") / WEIGHTS_FILE
+    return stage_dir(run_dir or job.run_dir, "teacher") / WEIGHTS_FILE
 
 
 def make_balancer(job: JobConfig, train: LabelledArrays, log: Log = print) -> ClassBalancer | None:
@@ -139,6 +149,12 @@ def _train(
         f"[{spec.name}] training {spec.model.model} for up to {spec.train.epochs} epochs "
         f"on {_workers(spec.job)} workers"
     )
+    if spec.job.output.tensorboard:
+        from raydistill.tracking import TensorBoardLogger, tensorboard_dir
+
+        events = tensorboard_dir(spec.job.run_dir, spec.name)
+        callbacks = [*(callbacks or []), TensorBoardLogger(events)]
+        log(f"[{spec.name}] TensorBoard events: {events}")
     return run_stage(spec, datasets, spec.job.run_dir, callbacks)
 
 
@@ -189,13 +205,14 @@ def fit_teacher(job: JobConfig, splits: dict[str, LabelledArrays], log: Log) -> 
 
 
 def check_pair(
-    job: JobConfig, teacher_weights: Path, example: np.ndarray, num_classes: int
+    job: JobConfig, teacher_weights: Path | None, example: np.ndarray, num_classes: int
 ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
     """One dry forward of teacher and student on one sample: outputs must match; feature shapes
-    (without the batch dim) size the adapters."""
-    teacher = load_weights(
-        build_model(job.teacher, num_classes, load=False), teacher_weights, what="the teacher"
-    )
+    (without the batch dim) size the adapters. Without ``teacher_weights`` the teacher keeps its
+    initial weights (shapes do not depend on them)."""
+    teacher = build_model(job.teacher, num_classes, load=False)
+    if teacher_weights is not None:
+        load_weights(teacher, teacher_weights, what="the teacher")
     student = build_model(job.student, num_classes)
     x = torch.from_numpy(np.array(example[None], dtype=np.float32))
     with torch.no_grad():
@@ -335,21 +352,58 @@ def run_job(job: JobConfig, fresh: bool = False, log: Log = print) -> RunSummary
             teacher_weights = fit_teacher(job, splits, log)
         for role in roles:
             summary.stages[role] = fit_student(job, splits, role, teacher_weights, log)
+    if teacher_weights is not None and "teacher" not in summary.stages:
+        if done := finished_stage(run_dir, "teacher"):
+            summary.stages["teacher"] = done
+    summary.scores = score_run(job, splits, teacher_weights, summary.stages)
+    write_summary(summary)
+    if job.output.report:
+        from raydistill.report import write_report
+
+        files = write_report(run_dir, summary)
+        log(f"report: {files.markdown} and {files.html}")
+    return summary
+
+
+def score_run(
+    job: JobConfig,
+    splits: dict[str, LabelledArrays],
+    teacher_weights: Path | None,
+    stages: dict[str, StageResult],
+) -> list[ModelScore]:
+    """Test-split scores in table order: the teacher (when it has weights), then the distilled
+    student and the baseline among ``stages``."""
     num_classes = splits["train"].num_classes
     test = splits["test"]
+    scores = []
     if teacher_weights is not None:
         teacher = build_model(job.teacher, num_classes, load=False)
         load_weights(teacher, teacher_weights, what="the teacher")
-        summary.scores.append(score("teacher", teacher, test))
-        if "teacher" not in summary.stages and (done := finished_stage(run_dir, "teacher")):
-            summary.stages["teacher"] = done
-    names = {"student": "student (distilled)", "baseline": "baseline (student alone)"}
-    for role in roles:
-        student = build_model(job.student, num_classes, load=False)
-        load_weights(student, summary.stages[role].weights, what=f"the {role}")
-        summary.scores.append(score(names[role], student, test))
-    write_summary(summary)
-    return summary
+        scores.append(score(STAGE_NAMES["teacher"], teacher, test))
+    for role in ("student", "baseline"):
+        if role in stages:
+            student = build_model(job.student, num_classes, load=False)
+            load_weights(student, stages[role].weights, what=f"the {role}")
+            scores.append(score(STAGE_NAMES[role], student, test))
+    return scores
+
+
+def summarize_run(run_dir: Path) -> tuple[JobConfig, RunSummary]:
+    """The job and the test-split table of a run directory as an earlier run left it (its
+    finished stages are scored again, on this machine)."""
+    run_dir = Path(run_dir).resolve()
+    if not (run_dir / JOB_FILE).is_file():
+        raise JobError(f"{run_dir}: not a run directory (no {JOB_FILE}; run raydistill train)")
+    job = load_job(run_dir / JOB_FILE)
+    summary = RunSummary(run_dir)
+    for role in ("teacher", "student", "baseline"):
+        if (done := finished_stage(run_dir, role)) is not None:
+            summary.stages[role] = done
+    teacher = teacher_weights_path(job, run_dir)
+    summary.scores = score_run(
+        job, load_splits(job.data), teacher if teacher.is_file() else None, summary.stages
+    )
+    return job, summary
 
 
 def evaluate_checkpoint(

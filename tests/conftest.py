@@ -147,3 +147,12 @@ def write_job(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A small real run directory (digits; teacher, distilled student and baseline trained
+    in-process for 3 epochs, no Ray); returns its job, whose ``run_dir`` holds the run."""
+    from tiny_run import build_tiny_run
+
+    return build_tiny_run(tmp_path_factory.mktemp("tiny-run"), epochs=3)

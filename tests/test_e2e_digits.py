@@ -31,7 +31,7 @@ def _checkpoints(stage_dir: Path) -> list[Path]:
 
 
 def test_digits_job_end_to_end(ray_address, write_job):
-    job = load_job(write_job(SHORT, name="e2e"))
+    job = load_job(write_job({**SHORT, "output.tensorboard": True}, name="e2e"))
     summary = run_job(job, log=print)
 
     run_dir = job.run_dir
@@ -55,6 +55,16 @@ def test_digits_job_end_to_end(ray_address, write_job):
     assert summary.score("student (distilled)").accuracy > 0.5  # chance is 0.1
     assert summary.score("teacher").parameters > 5 * summary.score("student (distilled)").parameters
     assert "| teacher |" in (run_dir / "summary.md").read_text()
+
+    # train ends with the report; its table is the run's own scores
+    report = (run_dir / "report.md").read_text()
+    for score in summary.scores:
+        assert f"| {score.name} | {100 * score.accuracy:.2f}% |" in report
+    assert (run_dir / "report.html").is_file() and (run_dir / "report" / "schedules.png").is_file()
+    # TensorBoard events, one directory per stage, written by the Train controller
+    for role in ("teacher", "student", "baseline"):
+        events = list((run_dir / "tensorboard" / role).glob("events.out.tfevents.*"))
+        assert events and events[0].stat().st_size > 0, role
 
     # A finished job reruns instantly from its saved stages.
     again = run_job(job, log=print)

@@ -25,6 +25,46 @@ from raydistill.train.optim import BestTracker, build_lr_scheduler, build_optimi
 from raydistill.train.spec import StageSpec
 from raydistill.train.state import load_state, save_state
 
+PROGRESS_EVERY_S = 30.0  # inside an epoch, a progress line at most this often (seconds)
+
+
+class StepProgress:
+    """Plain progress lines inside long epochs, for terminals and CI logs alike.
+
+    Short epochs print nothing here (the per-epoch line says it all); an epoch running longer
+    than ``every_s`` seconds gets a line every ``every_s`` with the step, the samples this
+    worker has trained on, its samples/s and, from the second epoch on, the epoch's ETA (the
+    previous epoch's sample count at the current rate).
+    """
+
+    def __init__(self, name: str, total_epochs: int, every_s: float = PROGRESS_EVERY_S) -> None:
+        self.name, self.total_epochs, self.every_s = name, total_epochs, every_s
+        self.previous_samples: int | None = None
+        self.epoch, self.started, self.last, self.samples = 0, 0.0, 0.0, 0
+
+    def start(self, epoch: int, now: float) -> None:
+        self.epoch, self.started, self.last, self.samples = epoch, now, now, 0
+
+    def update(self, step: int, samples: int, now: float, schedule: str = "") -> str | None:
+        """Count a step's ``samples``; the line to print when one is due (``now`` in seconds,
+        ``schedule`` e.g. ``" T=4.00 alpha=0.90"``)."""
+        self.samples += samples
+        if now - self.last < self.every_s:
+            return None
+        self.last = now
+        rate = self.samples / max(now - self.started, 1e-9)
+        eta = ""
+        if self.previous_samples:
+            left = max(self.previous_samples - self.samples, 0)
+            eta = f", epoch eta {math.ceil(left / rate)}s"
+        return (
+            f"[{self.name}] epoch {self.epoch + 1}/{self.total_epochs} step {step + 1}: "
+            f"{self.samples} samples, {rate:.0f} samples/s (worker 0){schedule}{eta}"
+        )
+
+    def finish(self) -> None:
+        self.previous_samples = self.samples
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the epoch, step and batch rows."""
@@ -189,6 +229,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     stopped_early = False
+    progress = StepProgress(spec.name, train.epochs)
     for epoch in range(start_epoch, train.epochs):
         if stopped_early:
             break
@@ -198,6 +239,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         sums = torch.zeros(5, dtype=torch.float64)  # loss, soft, hard, feature (x n), n
         seed = spec.job.seed * 1_000_003 + epoch * 101 + rank
         class_counts = torch.zeros(spec.num_classes, dtype=torch.float64)
+        progress.start(epoch, started)
+        schedule = f" T={core.temperature:.2f} alpha={core.alpha:.2f}" if spec.distill else ""
         for step, raw in enumerate(_batches(train_shard, spec, seed)):
             batch = _rows_for_epoch(raw, spec, epoch, rank, step)
             class_counts += torch.bincount(batch[LABEL].cpu(), minlength=spec.num_classes)
@@ -222,6 +265,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 [parts["loss"] * n, parts["soft"] * n, parts["hard"] * n, parts["feature"] * n, n],
                 dtype=torch.float64,
             )
+            line = progress.update(step, n, time.perf_counter(), schedule)
+            if line is not None and rank == 0:
+                _say(line)
+        progress.finish()
         totals = _all_sum(sums).tolist()
         counts = [int(c) for c in _all_sum(class_counts).tolist()]
         n = max(totals[4], 1.0)

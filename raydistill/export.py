@@ -1,0 +1,190 @@
+"""``raydistill export``: a run's trained student (or teacher, or baseline) in a deployable format.
+
+Formats:
+
+* ``torchscript``: ``torch.jit.trace`` of the model, loadable with ``torch.jit.load`` without
+  raydistill or the model's code.
+* ``onnx``: ONNX with a dynamic batch dimension (input ``input`` [N, ...], output ``logits``
+  [N, C]), runnable with onnxruntime. Written by PyTorch's TorchScript-based exporter
+  (``dynamo=False``): the newer exporter needs ``onnxscript``, which is not a dependency.
+* ``safetensors``: the weights (no code, no pickle) with the model spec, its args and the class
+  count in the file's metadata, so :func:`load_safetensors` rebuilds the model from it alone.
+* ``hf``: ``save_pretrained`` of a Hugging Face ``transformers`` student; refused for others.
+
+Every export is loaded back and run on a few test inputs; the largest absolute difference from
+the PyTorch model's logits is returned (and printed by the CLI).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+from torch import nn
+
+from raydistill.config import JobError, ModelSpec, load_job
+from raydistill.data.sources import load_splits
+from raydistill.models.specs import build_model, load_weights
+from raydistill.pipeline import JOB_FILE, teacher_weights_path
+from raydistill.train.stage import WEIGHTS_FILE, stage_dir
+
+ExportFormat = Literal["torchscript", "onnx", "safetensors", "hf"]
+FORMATS: tuple[str, ...] = get_args(ExportFormat)
+EXPORT_DIR = "export"
+_SUFFIX = {"torchscript": ".torchscript.pt", "onnx": ".onnx", "safetensors": ".safetensors"}
+_META_MODEL, _META_ARGS, _META_CLASSES = "raydistill.model", "raydistill.args", "num_classes"
+CHECK_ROWS = 8  # test inputs the export is checked on (more than the traced batch of 2)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """One written export and how closely it reproduces the PyTorch model."""
+
+    path: Path
+    format: str
+    stage: str
+    size_bytes: int
+    max_abs_diff: float  # largest |export logits - PyTorch logits| over CHECK_ROWS test inputs
+
+
+def _run_model(run_dir: Path, stage: str) -> tuple[nn.Module, ModelSpec, int, np.ndarray]:
+    """The stage's trained model (eval mode), its spec, class count and a few test inputs."""
+    if not (run_dir / JOB_FILE).is_file():
+        raise JobError(f"{run_dir}: not a run directory (no {JOB_FILE}; run raydistill train)")
+    job = load_job(run_dir / JOB_FILE)
+    if stage == "teacher":
+        spec: ModelSpec = job.teacher
+        weights = teacher_weights_path(job, run_dir)
+    elif stage in ("student", "baseline"):
+        spec, weights = job.student, stage_dir(run_dir, stage) / WEIGHTS_FILE
+    else:
+        raise JobError(f"unknown stage '{stage}' (one of teacher, student, baseline)")
+    if not weights.is_file():
+        raise JobError(f"{run_dir}: the {stage} has no trained weights ({weights} is missing)")
+    splits = load_splits(job.data)
+    num_classes = splits["train"].num_classes
+    model = load_weights(build_model(spec, num_classes, load=False), weights, f"the {stage}")
+    return model.eval(), spec, num_classes, splits["test"].inputs[:CHECK_ROWS]
+
+
+def _as_tensor(inputs: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(inputs, dtype=np.float32))
+
+
+def write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Trace ``model`` on ``example`` [N, ...] and save it."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes about Python control flow
+        traced = torch.jit.trace(model, example, check_trace=False)
+    traced.save(str(path))
+
+
+def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """ONNX with input ``input`` [N, ...] and output ``logits`` [N, C], batch dim dynamic."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notice for dynamo=False
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+
+
+def write_safetensors(model: nn.Module, spec: ModelSpec, num_classes: int, path: Path) -> None:
+    """The weights, with what :func:`load_safetensors` needs to rebuild the model."""
+    from safetensors.torch import save_model
+
+    metadata = {
+        _META_MODEL: spec.model,
+        _META_ARGS: json.dumps(spec.args),
+        _META_CLASSES: str(num_classes),
+    }
+    save_model(model, str(path), metadata=metadata)
+
+
+def load_safetensors(path: Path | str) -> nn.Module:
+    """Rebuild the model a ``safetensors`` export names (spec, args, classes) and load its
+    weights; returns it in eval mode."""
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if _META_MODEL not in meta:
+        raise JobError(f"{path}: no raydistill metadata (not written by raydistill export)")
+    spec = ModelSpec(model=meta[_META_MODEL], args=json.loads(meta.get(_META_ARGS, "{}")))
+    model = build_model(spec, int(meta[_META_CLASSES]), load=False)
+    load_model(model, str(path))
+    return model.eval()
+
+
+def _hf_save(model: nn.Module, spec: ModelSpec, path: Path) -> None:
+    if not hasattr(model, "save_pretrained"):
+        raise JobError(
+            f"--format hf writes Hugging Face transformers models (save_pretrained); this "
+            f"student, '{spec.model}', is a {type(model).__name__}: use torchscript, onnx or "
+            "safetensors"
+        )
+    model.save_pretrained(str(path))
+
+
+@torch.no_grad()
+def _max_diff(fmt: str, path: Path, model: nn.Module, inputs: np.ndarray) -> float:
+    """Load the export back with its own runtime and compare logits with the PyTorch model."""
+    x = _as_tensor(inputs)
+    expected = model(x).numpy()
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates jit.load
+            got = torch.jit.load(str(path)).eval()(x).numpy()
+    elif fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"input": x.numpy()})[0]
+    elif fmt == "safetensors":
+        got = load_safetensors(path)(x).numpy()
+    else:
+        return float("nan")  # hf: transformers' own loading is the check
+    return float(np.abs(got - expected).max())
+
+
+def export_run(
+    run_dir: Path | str,
+    format: ExportFormat,
+    stage: str = "student",
+    output: Path | str | None = None,
+) -> ExportResult:
+    """``raydistill export``: write the run's ``stage`` model in ``format`` (default location:
+    ``<run dir>/export/<stage>.<ext>``), load it back and measure the largest logit difference."""
+    if format not in FORMATS:
+        raise JobError(f"unknown export format '{format}' (one of {', '.join(FORMATS)})")
+    run_dir = Path(run_dir).resolve()
+    model, spec, num_classes, inputs = _run_model(run_dir, stage)
+    suffix = _SUFFIX.get(format, "-hf")
+    path = Path(output) if output is not None else run_dir / EXPORT_DIR / f"{stage}{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = _as_tensor(inputs[:2])
+    if format == "torchscript":
+        write_torchscript(model, example, path)
+    elif format == "onnx":
+        write_onnx(model, example, path)
+    elif format == "safetensors":
+        write_safetensors(model, spec, num_classes, path)
+    else:
+        _hf_save(model, spec, path)
+    size = (
+        sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        if path.is_dir()
+        else path.stat().st_size
+    )
+    return ExportResult(path, format, stage, size, _max_diff(format, path, model, inputs))

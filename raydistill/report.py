@@ -1,0 +1,431 @@
+"""``raydistill report``: a run directory as ``report.md`` and a self-contained ``report.html``.
+
+The report puts the decision in one place: the comparison table (accuracy lost, size saved,
+speed gained), the training curves and the temperature/alpha schedules as they ran, per-class
+accuracy of teacher and students, a tune search's results when the run has one, and the job as
+resolved. PNG plots go to ``<run dir>/report/``; the Markdown links them, the HTML embeds them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from raydistill.config import JobError
+from raydistill.evaluate import THROUGHPUT_BATCH, ModelScore
+from raydistill.pipeline import JOB_FILE, STAGE_NAMES, RunSummary, summarize_run
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+PLOTS_DIR = "report"
+TUNE_DIR = "tune"  # where raydistill tune writes results.md, search.png, curves.png
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What :func:`write_report` wrote."""
+
+    markdown: Path
+    html: Path
+    plots: list[Path]
+
+
+# ------------------------------------------------------------------ a tiny document model
+# Blocks are rendered twice (Markdown and HTML), so the two files always say the same thing.
+
+
+@dataclass(frozen=True)
+class _Heading:
+    level: int
+    text: str
+
+
+@dataclass(frozen=True)
+class _Para:
+    text: str
+
+
+@dataclass(frozen=True)
+class _Bullets:
+    items: list[str]
+
+
+@dataclass(frozen=True)
+class _Table:
+    header: list[str]
+    rows: list[list[str]]
+    right: frozenset[int] = frozenset()  # right-aligned (numeric) columns
+
+
+@dataclass(frozen=True)
+class _Code:
+    text: str
+
+
+@dataclass(frozen=True)
+class _Image:
+    path: Path
+    alt: str
+
+
+_Block = _Heading | _Para | _Bullets | _Table | _Code | _Image
+
+
+def _markdown(blocks: Sequence[_Block], base: Path) -> str:
+    out: list[str] = []
+    for b in blocks:
+        if isinstance(b, _Heading):
+            out.append(f"{'#' * b.level} {b.text}")
+        elif isinstance(b, _Para):
+            out.append(b.text)
+        elif isinstance(b, _Bullets):
+            out.append("\n".join(f"- {item}" for item in b.items))
+        elif isinstance(b, _Table):
+            align = ["---:" if i in b.right else "---" for i in range(len(b.header))]
+            lines = [b.header, align, *b.rows]
+            out.append("\n".join("| " + " | ".join(cells) + " |" for cells in lines))
+        elif isinstance(b, _Code):
+            out.append(f"```yaml\n{b.text.rstrip()}\n```")
+        else:
+            out.append(f"![{b.alt}]({b.path.relative_to(base).as_posix()})")
+    return "\n\n".join(out) + "\n"
+
+
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+    "color:#222}table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;"
+    "padding:4px 8px}th{background:#f3f3f3}td.r{text-align:right}pre{background:#f6f6f6;"
+    "padding:1em;overflow:auto}img{max-width:100%}"
+)
+
+
+def _html(blocks: Sequence[_Block], title: str) -> str:
+    esc = html.escape
+    out = [
+        "<!DOCTYPE html>",
+        f'<html><head><meta charset="utf-8"><title>{esc(title)}</title>',
+        f"<style>{_CSS}</style></head><body>",
+    ]
+    for b in blocks:
+        if isinstance(b, _Heading):
+            out.append(f"<h{b.level}>{esc(b.text)}</h{b.level}>")
+        elif isinstance(b, _Para):
+            out.append(f"<p>{esc(b.text)}</p>")
+        elif isinstance(b, _Bullets):
+            out.append("<ul>" + "".join(f"<li>{esc(i)}</li>" for i in b.items) + "</ul>")
+        elif isinstance(b, _Table):
+            head = "".join(f"<th>{esc(h)}</th>" for h in b.header)
+            body = "".join(
+                "<tr>"
+                + "".join(
+                    f'<td class="r">{esc(c)}</td>' if i in b.right else f"<td>{esc(c)}</td>"
+                    for i, c in enumerate(row)
+                )
+                + "</tr>"
+                for row in b.rows
+            )
+            out.append(f"<table><tr>{head}</tr>{body}</table>")
+        elif isinstance(b, _Code):
+            out.append(f"<pre>{esc(b.text)}</pre>")
+        else:
+            # embedded, so the page is one file that can be mailed or attached to a CI run
+            data = base64.b64encode(b.path.read_bytes()).decode()
+            out.append(f'<img alt="{esc(b.alt)}" src="data:image/png;base64,{data}">')
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------ the comparison table
+
+
+def human_bytes(n: int) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.2f}x" if math.isfinite(value) else "-"
+
+
+def comparison_table(summary: RunSummary) -> _Table:
+    """One row per scored model: accuracy, points vs the teacher, parameters, size on disk,
+    latency at batch 1, throughput at batch 64, and the speedups over the teacher."""
+    teacher = next((s for s in summary.scores if s.name == STAGE_NAMES["teacher"]), None)
+    roles = {name: role for role, name in STAGE_NAMES.items()}
+    rows = []
+    for s in summary.scores:
+        stage = summary.stages.get(roles.get(s.name, ""))
+        rows.append(
+            [
+                s.name,
+                f"{100 * s.accuracy:.2f}%",
+                f"{100 * (s.accuracy - teacher.accuracy):+.2f}" if teacher else "-",
+                f"{s.parameters:,}",
+                human_bytes(s.size_bytes),
+                f"{s.latency_ms:.3f} ms",
+                f"{s.throughput:,.0f}/s",
+                _ratio(teacher.latency_ms / s.latency_ms) if teacher else "-",
+                _ratio(s.throughput / teacher.throughput) if teacher else "-",
+                str(stage.epochs_run) if stage else "-",
+            ]
+        )
+    header = [
+        "model",
+        "test accuracy",
+        "vs teacher (points)",
+        "parameters",
+        "size on disk",
+        "latency / sample (batch 1)",
+        f"throughput (batch {THROUGHPUT_BATCH})",
+        "speedup (batch 1)",
+        f"speedup (batch {THROUGHPUT_BATCH})",
+        "epochs",
+    ]
+    return _Table(header, rows, frozenset(range(1, len(header))))
+
+
+def _size_note(scores: list[ModelScore]) -> list[str]:
+    names = {s.name: s for s in scores}
+    teacher, student = names.get(STAGE_NAMES["teacher"]), names.get(STAGE_NAMES["student"])
+    if not (teacher and student and student.size_bytes):
+        return []
+    return [
+        f"student on disk: {human_bytes(student.size_bytes)}, "
+        f"{teacher.size_bytes / student.size_bytes:.1f}x smaller than the teacher; "
+        f"{student.throughput / teacher.throughput:.1f}x the teacher's throughput at batch "
+        f"{THROUGHPUT_BATCH}"
+    ]
+
+
+# ------------------------------------------------------------------ plots
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    rows = [h for h in history if key in h]
+    return [int(h["epoch"]) + 1 for h in rows], [float(h[key]) for h in rows]
+
+
+def plot_curves(summary: RunSummary, path: Path) -> Path:
+    """Per stage: the stage's objective, the cross entropy with the labels (comparable across
+    stages) and validation accuracy, per epoch; solid: train, dashed: validation."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    panels = [
+        ("objective", "train_loss", "val_loss"),
+        ("cross entropy with labels", "train_hard", "val_ce"),
+        ("validation accuracy", None, "val_acc"),
+    ]
+    for ax, (title, train_key, val_key) in zip(axes, panels, strict=True):
+        # the table's order and colours, however the run collected its stages
+        ordered = [r for r in STAGE_NAMES if r in summary.stages]
+        for i, role in enumerate(ordered):
+            stage, color = summary.stages[role], f"C{i}"
+            if train_key:
+                ax.plot(*_series(stage.history, train_key), color=color, label=f"{role} train")
+            ax.plot(
+                *_series(stage.history, val_key),
+                color=color,
+                linestyle="--" if train_key else "-",
+                label=f"{role} val",
+                marker="." if not train_key else None,
+            )
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize="x-small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_schedules(history: list[dict[str, Any]], path: Path) -> Path:
+    """Temperature, alpha and learning rate per epoch, as the distilled student's run logged
+    them (not as configured: a resumed or early-stopped run shows what really happened)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    for ax, key in zip(axes, ("temperature", "alpha", "lr"), strict=True):
+        ax.plot(*_series(history, key), marker=".")
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_per_class(scores: list[ModelScore], path: Path) -> Path:
+    """Grouped bars: accuracy of each class for every scored model."""
+    plt = _pyplot()
+    classes = max(len(s.per_class) for s in scores)
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.4 * classes * len(scores))), 3.8))
+    width = 0.8 / len(scores)
+    for i, s in enumerate(scores):
+        xs = [c + (i - (len(scores) - 1) / 2) * width for c in range(len(s.per_class))]
+        ax.bar(xs, [100 * v for v in s.per_class], width=width, label=s.name)
+    ax.set_xticks(range(classes))
+    ax.set_xlabel("class")
+    ax.set_ylabel("test accuracy (%)")
+    low = min((100 * v for s in scores for v in s.per_class if math.isfinite(v)), default=0)
+    ax.set_ylim(max(0.0, low - 5), 100.5)  # differences between models are a few points
+    ax.legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------ sections
+
+
+def _per_class_table(scores: list[ModelScore]) -> _Table:
+    classes = max(len(s.per_class) for s in scores)
+    rows = []
+    for c in range(classes):
+        cells = [str(c)]
+        for s in scores:
+            v = s.per_class[c] if c < len(s.per_class) else float("nan")
+            cells.append(f"{100 * v:.1f}%" if math.isfinite(v) else "-")
+        rows.append(cells)
+    return _Table(["class", *(s.name for s in scores)], rows, frozenset(range(1, len(scores) + 1)))
+
+
+def _schedule_table(history: list[dict[str, Any]], most: int = 12) -> _Table:
+    """Temperature, alpha and learning rate as logged; long runs show every k-th epoch and
+    the last."""
+    every = max(1, math.ceil(len(history) / (most - 1))) if len(history) > most else 1
+    picked = [h for i, h in enumerate(history) if i % every == 0 or i == len(history) - 1]
+    rows = [
+        [
+            str(int(h["epoch"]) + 1),
+            f"{float(h.get('temperature', float('nan'))):.3f}",
+            f"{float(h.get('alpha', float('nan'))):.3f}",
+            f"{float(h.get('lr', float('nan'))):.2e}",
+        ]
+        for h in picked
+    ]
+    return _Table(["epoch", "temperature", "alpha", "lr"], rows, frozenset({0, 1, 2, 3}))
+
+
+def _markdown_table(text: str) -> _Table | None:
+    """A Markdown table written by another part of raydistill, read back for the HTML page."""
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("|")]
+    if len(lines) < 2:
+        return None
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return _Table(cells[0], cells[2:])
+
+
+def _tune_section(run_dir: Path) -> list[_Block]:
+    """A tune search's results table and the plots ``raydistill tune`` already drew."""
+    tune_dir = run_dir / TUNE_DIR
+    results = tune_dir / "results.md"
+    if not results.is_file():
+        return []
+    blocks: list[_Block] = [_Heading(2, "Hyperparameter search (raydistill tune)")]
+    table = _markdown_table(results.read_text())
+    if table is not None:
+        blocks.append(table)
+    summary_file = tune_dir / "summary.json"
+    if summary_file.is_file():
+        info = json.loads(summary_file.read_text())
+        passes = info.get("teacher_forward_passes")
+        if passes is not None:
+            blocks.append(_Para(f"Teacher forward passes for the whole search: {passes:,}."))
+    if (tune_dir / "best.yaml").is_file():
+        blocks.append(
+            _Para(f"Best job: {TUNE_DIR}/best.yaml (raydistill train {tune_dir / 'best.yaml'}).")
+        )
+    for name, alt in (("search.png", "metric vs searched parameters"), ("curves.png", "trials")):
+        if (tune_dir / name).is_file():
+            blocks.append(_Image(tune_dir / name, alt))
+    return blocks
+
+
+def _resolve_run_dir(run_dir: Path) -> Path:
+    """The run directory, also when given its ``tune/`` folder."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir.name == TUNE_DIR and not (run_dir / JOB_FILE).is_file():
+        return run_dir.parent
+    return run_dir
+
+
+def write_report(run_dir: Path | str, summary: RunSummary | None = None) -> ReportFiles:
+    """Write ``report.md``, ``report.html`` and the PNG plots of a run directory.
+
+    ``summary`` is the table ``raydistill train`` just computed; without it the run's finished
+    stages are scored again on the test split (:func:`raydistill.pipeline.summarize_run`).
+    """
+    run_dir = _resolve_run_dir(Path(run_dir))
+    if summary is None:
+        _, summary = summarize_run(run_dir)
+    if not (run_dir / JOB_FILE).is_file():
+        raise JobError(f"{run_dir}: not a run directory (no {JOB_FILE}; run raydistill train)")
+    job_text = (run_dir / JOB_FILE).read_text()
+    plots_dir = run_dir / PLOTS_DIR
+    plots_dir.mkdir(exist_ok=True)
+    name = run_dir.name
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    blocks: list[_Block] = [
+        _Heading(1, f"raydistill report: {name}"),
+        _Para(f"Run directory {run_dir}, report written {stamp}."),
+        _Heading(2, "Teacher vs student"),
+    ]
+    plots: list[Path] = []
+    if summary.scores:
+        blocks.append(comparison_table(summary))
+        blocks.append(
+            _Para(
+                "Accuracy on the job's test split. Size: the weights as a file. Latency: median "
+                f"of one sample; throughput: batches of {THROUGHPUT_BATCH}; both on one CPU "
+                "thread of the machine that wrote this report. Speedups are over the teacher."
+            )
+        )
+        notes = summary.notes() + _size_note(summary.scores)
+        if notes:
+            blocks.append(_Bullets(notes))
+    else:
+        blocks.append(_Para("No trained model in this run directory yet."))
+    if summary.stages:
+        blocks.append(_Heading(2, "Training curves"))
+        plots.append(plot_curves(summary, plots_dir / "curves.png"))
+        blocks.append(_Image(plots[-1], "training and validation curves per stage"))
+    distilled = summary.stages.get("student")
+    if distilled is not None and distilled.history:
+        blocks.append(_Heading(2, "Temperature and alpha as they ran"))
+        plots.append(plot_schedules(distilled.history, plots_dir / "schedules.png"))
+        blocks.append(_Image(plots[-1], "temperature, alpha and learning rate per epoch"))
+        blocks.append(_schedule_table(distilled.history))
+    scored = [s for s in summary.scores if s.per_class]
+    if scored:
+        blocks.append(_Heading(2, "Per-class accuracy (test split)"))
+        plots.append(plot_per_class(scored, plots_dir / "per_class.png"))
+        blocks += [_Image(plots[-1], "per-class accuracy"), _per_class_table(scored)]
+    blocks += _tune_section(run_dir)
+    blocks += [_Heading(2, "The job as resolved"), _Code(job_text)]
+
+    markdown = run_dir / REPORT_MD
+    markdown.write_text(_markdown(blocks, run_dir))
+    page = run_dir / REPORT_HTML
+    page.write_text(_html(blocks, f"raydistill report: {name}"))
+    return ReportFiles(markdown, page, plots)
