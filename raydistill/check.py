@@ -25,7 +25,12 @@ from raydistill.data.sources import load_splits
 from raydistill.distill.adapters import build_adapter
 from raydistill.evaluate import THROUGHPUT_BATCH, accuracy, latency_ms, throughput
 from raydistill.models.specs import build_model, count_parameters, load_weights
-from raydistill.pipeline import check_pair, teacher_pass_rows, teacher_weights_path
+from raydistill.pipeline import (
+    check_pair,
+    require_classification,
+    teacher_pass_rows,
+    teacher_weights_path,
+)
 
 HEADROOM = 1.2  # the teacher should make at most 1/HEADROOM of the errors the target allows
 MAX_SLOWDOWN = 5.0  # teacher seconds per sample over the student's before warning
@@ -166,6 +171,7 @@ def check_teacher(job: JobConfig, split: str = "val") -> TeacherCheck:
     The teacher's accuracy is measured on ``split`` when it has weights (the job's checkpoint
     or a trained teacher stage); costs and feature shapes are measured either way.
     """
+    require_classification(job, "check-teacher")
     splits = load_splits(job.data)
     if split not in splits:
         raise JobError(f"unknown split '{split}' (one of {sorted(splits)})")

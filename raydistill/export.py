@@ -30,7 +30,7 @@ from torch import nn
 from raydistill.config import JobError, ModelSpec, load_job
 from raydistill.data.sources import load_splits
 from raydistill.models.specs import build_model, load_weights
-from raydistill.pipeline import JOB_FILE, teacher_weights_path
+from raydistill.pipeline import JOB_FILE, require_classification, teacher_weights_path
 from raydistill.train.stage import WEIGHTS_FILE, stage_dir
 
 ExportFormat = Literal["torchscript", "onnx", "safetensors", "hf"]
@@ -57,6 +57,7 @@ def _run_model(run_dir: Path, stage: str) -> tuple[nn.Module, ModelSpec, int, np
     if not (run_dir / JOB_FILE).is_file():
         raise JobError(f"{run_dir}: not a run directory (no {JOB_FILE}; run raydistill train)")
     job = load_job(run_dir / JOB_FILE)
+    require_classification(job, "export")
     if stage == "teacher":
         spec: ModelSpec = job.teacher
         weights = teacher_weights_path(job, run_dir)

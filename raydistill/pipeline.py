@@ -297,17 +297,18 @@ def fit_student(
     return _train(spec, datasets, log, callbacks)
 
 
-def _classification_only(job: JobConfig, command: str) -> None:
+def require_classification(job: JobConfig, command: str) -> None:
+    """Commands that do not handle other tasks yet say so in one line."""
     if job.task != "classification":
         raise JobError(
             f"`raydistill {command}` does not support task: {job.task} yet; `raydistill train` "
-            "trains its teacher first (detection teachers run inside the train workers)"
+            "runs every stage of it and writes its table to summary.md and metrics.json"
         )
 
 
 def run_teacher(job: JobConfig, fresh: bool = False, log: Log = print) -> Path:
     """``raydistill teacher``: train (or find) the teacher; returns its weights file."""
-    _classification_only(job, "teacher")
+    require_classification(job, "teacher")
     prepare_run_dir(job, fresh, log)
     splits = load_splits(job.data)
     with ray_session(job):
@@ -318,7 +319,7 @@ def run_cache(job: JobConfig, fresh: bool = False, log: Log = print) -> dict:
     """``raydistill cache``: the teacher (trained if needed) runs once over train and val and
     its outputs are written as Parquet; returns the cache manifest. ``fresh`` rebuilds only the
     cache."""
-    _classification_only(job, "cache")
+    require_classification(job, "cache")
     prepare_run_dir(job, False, log)
     splits = load_splits(job.data)
     with ray_session(job):
@@ -395,6 +396,7 @@ def summarize_run(run_dir: Path) -> tuple[JobConfig, RunSummary]:
     if not (run_dir / JOB_FILE).is_file():
         raise JobError(f"{run_dir}: not a run directory (no {JOB_FILE}; run raydistill train)")
     job = load_job(run_dir / JOB_FILE)
+    require_classification(job, "report")
     summary = RunSummary(run_dir)
     for role in ("teacher", "student", "baseline"):
         if (done := finished_stage(run_dir, role)) is not None:
@@ -410,7 +412,7 @@ def evaluate_checkpoint(
     job: JobConfig, checkpoint: Path | None = None, split: str = "test", model: str = "student"
 ) -> ModelScore:
     """``raydistill evaluate``: score a weights file (default: this run's ``model``) on a split."""
-    _classification_only(job, "evaluate")
+    require_classification(job, "evaluate")
     spec = job.student if model == "student" else job.teacher
     if checkpoint is None:
         student_weights = stage_dir(job.run_dir, "student") / WEIGHTS_FILE
