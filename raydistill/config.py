@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raydistill.data.augment import AugmentOp, RandomCrop
+from raydistill.distill.losses import DistillMethod, FeatureLossKind
 from raydistill.distill.schedules import Schedule, ScheduleLike
 from raydistill.distill.weighting import WeightingKind
 from raydistill.tune.space import (
@@ -177,8 +178,19 @@ class FeaturePair(_Section):
     teacher: str
 
 
+class DKDConfig(_Section):
+    """Decoupled KD's own weights (Zhao et al. 2022; their defaults: alpha 1, beta 8)."""
+
+    alpha: float = Field(1.0, ge=0, description="weight of the target-class term (TCKD)")
+    beta: float = Field(8.0, ge=0, description="weight of the non-target-class term (NCKD)")
+
+
 class DistillConfig(_Section):
     """The distillation objective: alpha * soft + (1 - alpha) * hard + feature_weight * feature.
+
+    ``soft`` is Hinton's KD term (``method: kd``) or decoupled KD (``method: dkd``:
+    ``dkd.alpha * TCKD + dkd.beta * NCKD``, both times T^2). ``feature`` compares tapped features
+    by ``feature_loss``: mse, at (attention transfer, feature maps only) or cosine.
 
     ``temperature`` and ``alpha`` take a number or a schedule
     (``{kind: step, start: 5.0, step: -0.5, every: 10, floor: 1.0}``; kinds: constant, linear,
@@ -192,7 +204,17 @@ class DistillConfig(_Section):
         default_factory=list,
         description="layer names (same on both sides) or {student: ..., teacher: ...} pairs",
     )
+    method: DistillMethod = Field(
+        "kd", description="kd: soft targets (Hinton); dkd: decoupled KD with its own weights"
+    )
+    dkd: DKDConfig = Field(default_factory=DKDConfig, description="used by method: dkd")
     feature_weight: float = Field(0.0, ge=0)
+    feature_loss: FeatureLossKind = Field(
+        "mse",
+        description="mse: adapted features; at: attention maps sum_c |A|^p (Zagoruyko &"
+        " Komodakis), feature maps only; cosine: 1 - cosine similarity",
+    )
+    attention_p: float = Field(2.0, gt=0, description="feature_loss at: the exponent p")
     feature_grad_scale: float = Field(1.0, ge=0)
     weighting: WeightingKind = Field("none", description="dynamic per-sample soft-loss weights")
     features_from: Literal["pool", "worker"] = Field(
