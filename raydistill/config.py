@@ -94,13 +94,26 @@ class DataConfig(_Section):
     ``label_column`` from a file or directory at ``path`` (local or any pyarrow filesystem URI);
     ``jsonl`` does the same for JSON lines (inputs as nested lists).
     ``image_folder`` reads ``path/<class name>/*.{png,jpg,...}``; classes are the sorted folder
-    names.
+    names. ``fashion_mnist`` reads the four standard idx(.gz) files from ``path`` (default
+    ``/usr/share/datasets/fashion-mnist/``, Debian package ``dataset-fashion-mnist``) and keeps
+    their train/test parts: val is cut from train (``split.val``), ``split.test`` is unused.
     """
 
-    source: Literal["digits", "npz", "parquet", "jsonl", "image_folder"] = Field(
+    source: Literal["digits", "npz", "parquet", "jsonl", "image_folder", "fashion_mnist"] = Field(
         "digits", description="digits: scikit-learn's bundled 8x8 handwritten digits"
     )
-    path: str | None = Field(None, description="file or directory for npz/parquet sources")
+    path: str | None = Field(
+        None,
+        description="file or directory for npz/parquet/jsonl/image_folder; fashion_mnist: the"
+        " idx directory (null: /usr/share/datasets/fashion-mnist/)",
+    )
+    subset: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="keep this share of the rows (stratified, seeded by split.seed) before"
+        " splitting; with fashion_mnist, of train and of test; null: all",
+    )
     input_column: str = "input"
     label_column: str = "label"
     image_size: tuple[int, int] | None = Field(
@@ -115,7 +128,9 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _path_for_files(self) -> DataConfig:
-        if self.source != "digits":
+        # fashion_mnist has a default directory; its files are checked when read, so that a job
+        # validates on a machine without the dataset installed.
+        if self.source not in ("digits", "fashion_mnist"):
             if self.path is None:
                 raise _KeyedError("data.path", f"source '{self.source}' needs a path")
             if "://" not in self.path and not Path(self.path).expanduser().exists():
