@@ -321,8 +321,8 @@ class Distiller(nn.Module):
             )
         # Attention maps are summed over channels, so only the spatial size has to match: no
         # 1x1 projection (which would let the adapter, not the student, learn the attention).
-        c = int(student_shape[0])
-        return ConvAdapter(c, c, tuple(student_shape[1:]), tuple(teacher_shape[1:]))  # type: ignore[arg-type]
+        c, h, w = (int(d) for d in student_shape)
+        return ConvAdapter(c, c, (h, w), (int(teacher_shape[1]), int(teacher_shape[2])))
 
     def forward(self, inputs: Inputs) -> tuple[Tensor, dict[str, Tensor]]:
         """Run the student.
