@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raydistill.data.augment import AugmentOp, RandomCrop
+from raydistill.distill.losses import DistillMethod, FeatureLossKind
 from raydistill.distill.schedules import Schedule, ScheduleLike
 from raydistill.distill.weighting import WeightingKind
 from raydistill.tune.space import (
@@ -124,13 +125,28 @@ class DataConfig(_Section):
     ``label_column`` from a file or directory at ``path`` (local or any pyarrow filesystem URI);
     ``jsonl`` does the same for JSON lines (inputs as nested lists).
     ``image_folder`` reads ``path/<class name>/*.{png,jpg,...}``; classes are the sorted folder
-    names.
+    names. ``fashion_mnist`` reads the four standard idx(.gz) files from ``path`` (default
+    ``/usr/share/datasets/fashion-mnist/``, Debian package ``dataset-fashion-mnist``) and keeps
+    their train/test parts: val is cut from train (``split.val``), ``split.test`` is unused.
     """
 
-    source: Literal["digits", "npz", "parquet", "jsonl", "image_folder", "coco"] = Field(
+    source: Literal[
+        "digits", "npz", "parquet", "jsonl", "image_folder", "fashion_mnist", "coco"
+    ] = Field(
         "digits", description="digits: scikit-learn's bundled 8x8 handwritten digits"
     )
-    path: str | None = Field(None, description="file or directory for npz/parquet sources")
+    path: str | None = Field(
+        None,
+        description="file or directory for npz/parquet/jsonl/image_folder; fashion_mnist: the"
+        " idx directory (null: /usr/share/datasets/fashion-mnist/)",
+    )
+    subset: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="keep this share of the rows (stratified, seeded by split.seed) before"
+        " splitting; with fashion_mnist, of train and of test; null: all",
+    )
     input_column: str = "input"
     label_column: str = "label"
     image_size: tuple[int, int] | None = Field(
@@ -149,7 +165,9 @@ class DataConfig(_Section):
         if self.source == "coco":
             if self.coco is None:
                 raise _KeyedError("data.coco", "source 'coco' needs data.coco: {train, val}")
-        elif self.source != "digits":
+        # fashion_mnist has a default directory; its files are checked when read, so that a job
+        # validates on a machine without the dataset installed.
+        elif self.source not in ("digits", "fashion_mnist"):
             if self.path is None:
                 raise _KeyedError("data.path", f"source '{self.source}' needs a path")
             if "://" not in self.path and not Path(self.path).expanduser().exists():
@@ -240,8 +258,19 @@ class DetectionDistillConfig(_Section):
     teacher_box_score: float = Field(0.5, gt=0, lt=1, description="teacher boxes kept above it")
 
 
+class DKDConfig(_Section):
+    """Decoupled KD's own weights (Zhao et al. 2022; their defaults: alpha 1, beta 8)."""
+
+    alpha: float = Field(1.0, ge=0, description="weight of the target-class term (TCKD)")
+    beta: float = Field(8.0, ge=0, description="weight of the non-target-class term (NCKD)")
+
+
 class DistillConfig(_Section):
     """The distillation objective: alpha * soft + (1 - alpha) * hard + feature_weight * feature.
+
+    ``soft`` is Hinton's KD term (``method: kd``) or decoupled KD (``method: dkd``:
+    ``dkd.alpha * TCKD + dkd.beta * NCKD``, both times T^2). ``feature`` compares tapped features
+    by ``feature_loss``: mse, at (attention transfer, feature maps only) or cosine.
 
     ``temperature`` and ``alpha`` take a number or a schedule
     (``{kind: step, start: 5.0, step: -0.5, every: 10, floor: 1.0}``; kinds: constant, linear,
@@ -255,7 +284,17 @@ class DistillConfig(_Section):
         default_factory=list,
         description="layer names (same on both sides) or {student: ..., teacher: ...} pairs",
     )
+    method: DistillMethod = Field(
+        "kd", description="kd: soft targets (Hinton); dkd: decoupled KD with its own weights"
+    )
+    dkd: DKDConfig = Field(default_factory=DKDConfig, description="used by method: dkd")
     feature_weight: float = Field(0.0, ge=0)
+    feature_loss: FeatureLossKind = Field(
+        "mse",
+        description="mse: adapted features; at: attention maps sum_c |A|^p (Zagoruyko &"
+        " Komodakis), feature maps only; cosine: 1 - cosine similarity",
+    )
+    attention_p: float = Field(2.0, gt=0, description="feature_loss at: the exponent p")
     feature_grad_scale: float = Field(1.0, ge=0)
     weighting: WeightingKind = Field("none", description="dynamic per-sample soft-loss weights")
     features_from: Literal["pool", "worker"] = Field(

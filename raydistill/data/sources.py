@@ -12,6 +12,7 @@ from raydistill.config import AugmentConfig, DataConfig, JobConfig, JobError
 from raydistill.data.arrays import LabelledArrays, split_arrays
 from raydistill.data.augment import VIEW, augment_batch
 from raydistill.data.digits import load_digits_arrays
+from raydistill.data.idx import IdxError, load_fashion_mnist
 
 if TYPE_CHECKING:
     import ray.data
@@ -82,6 +83,15 @@ def _read_image_folder(data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
 
 def load_arrays(data: DataConfig) -> LabelledArrays:
     """All rows of the job's source, checked: float32 inputs, labels in range(num_classes)."""
+    if data.source == "fashion_mnist":
+        try:
+            parts = load_fashion_mnist(data.path)
+        except IdxError as exc:
+            raise JobError(f"data: {exc}") from None
+        inputs = np.concatenate([parts["train"].inputs, parts["test"].inputs])
+        return LabelledArrays(
+            inputs, np.concatenate([parts["train"].labels, parts["test"].labels]), 10
+        )
     if data.source == "digits":
         arrays = load_digits_arrays()
         if data.num_classes is None or data.num_classes == arrays.num_classes:
@@ -103,10 +113,45 @@ def load_arrays(data: DataConfig) -> LabelledArrays:
         raise JobError(f"data ({data.path}): {exc}") from None
 
 
+def subsample(arrays: LabelledArrays, share: float | None, seed: int) -> LabelledArrays:
+    """A stratified, seeded ``share`` of the rows (in their original order); all for None/1."""
+    if share is None or share >= 1:
+        return arrays
+    from sklearn.model_selection import train_test_split
+
+    keep = max(arrays.num_classes, round(share * len(arrays)))
+    if keep >= len(arrays):
+        return arrays
+    index, _ = train_test_split(
+        np.arange(len(arrays)), train_size=keep, random_state=seed, stratify=arrays.labels
+    )
+    return arrays.take(np.sort(index))
+
+
 def load_splits(data: DataConfig) -> dict[str, LabelledArrays]:
     """The job's train/val/test splits as arrays."""
-    arrays = load_arrays(data)
-    return split_arrays(arrays, data.split.val, data.split.test, data.split.seed)
+    seed = data.split.seed
+    if data.source == "fashion_mnist":
+        try:
+            parts = load_fashion_mnist(data.path)
+        except IdxError as exc:
+            raise JobError(f"data: {exc}") from None
+        from sklearn.model_selection import train_test_split
+
+        train = subsample(parts["train"], data.subset, seed)
+        train_idx, val_idx = train_test_split(
+            np.arange(len(train)),
+            test_size=data.split.val,
+            random_state=seed,
+            stratify=train.labels,
+        )
+        return {
+            "train": train.take(np.sort(train_idx)),
+            "val": train.take(np.sort(val_idx)),
+            "test": subsample(parts["test"], data.subset, seed),
+        }
+    arrays = subsample(load_arrays(data), data.subset, seed)
+    return split_arrays(arrays, data.split.val, data.split.test, seed)
 
 
 def to_arrow(arrays: LabelledArrays) -> pa.Table:

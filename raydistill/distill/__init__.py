@@ -9,7 +9,14 @@ from raydistill.distill.adapters import (
 )
 from raydistill.distill.distiller import Distiller, DistillLoss
 from raydistill.distill.losses import (
+    DistillMethod,
+    FeatureLossKind,
+    attention_loss,
+    attention_map,
     combine,
+    cosine_feature_loss,
+    dkd_loss,
+    dkd_terms,
     feature_loss,
     hard_loss,
     scale_grad,
@@ -22,7 +29,9 @@ from raydistill.distill.weighting import WeightingKind, sample_weights
 __all__ = [
     "ConvAdapter",
     "DistillLoss",
+    "DistillMethod",
     "Distiller",
+    "FeatureLossKind",
     "FeatureTap",
     "LinearAdapter",
     "PoolLinearAdapter",
@@ -30,8 +39,13 @@ __all__ = [
     "ScheduleLike",
     "WeightingKind",
     "as_schedule",
+    "attention_loss",
+    "attention_map",
     "build_adapter",
     "combine",
+    "cosine_feature_loss",
+    "dkd_loss",
+    "dkd_terms",
     "feature_loss",
     "feature_shapes",
     "hard_loss",

@@ -9,8 +9,19 @@ from typing import Any, get_args
 import torch
 from torch import Tensor, nn
 
-from raydistill.distill.adapters import build_adapter
-from raydistill.distill.losses import combine, feature_loss, hard_loss, scale_grad, soft_target_loss
+from raydistill.distill.adapters import ConvAdapter, build_adapter
+from raydistill.distill.losses import (
+    DistillMethod,
+    FeatureLossKind,
+    attention_loss,
+    combine,
+    cosine_feature_loss,
+    dkd_loss,
+    feature_loss,
+    hard_loss,
+    scale_grad,
+    soft_target_loss,
+)
 from raydistill.distill.schedules import Schedule, as_schedule
 from raydistill.distill.taps import FeatureTap, _call, feature_shapes
 from raydistill.distill.weighting import WeightingKind, sample_weights
@@ -23,8 +34,9 @@ class DistillLoss:
     """The terms of one distillation loss evaluation.
 
     ``total``, ``soft``, ``hard`` and ``feature`` are scalar tensors (zeros when a term is off);
-    ``soft`` and ``hard`` are in nats, ``feature`` in squared feature units. ``weights`` are the
-    per-sample soft-loss weights [N], or None without dynamic weighting.
+    ``soft`` (the KD or DKD term) and ``hard`` are in nats, ``feature`` in the units of the
+    feature loss (squared feature units for MSE, dimensionless for AT and cosine). ``weights``
+    are the per-sample soft-loss weights [N], or None without dynamic weighting.
     """
 
     total: Tensor
@@ -96,7 +108,8 @@ def _logits(output: Any) -> Tensor:
 
 class Distiller(nn.Module):
     """A student plus the distillation objective
-    ``alpha * soft + (1 - alpha) * hard + feature_weight * feature``.
+    ``alpha * soft + (1 - alpha) * hard + feature_weight * feature``, where ``soft`` is the KD
+    term or, with ``method="dkd"``, the decoupled KD term.
 
     Only the student and the feature adapters are submodules: the teacher is held outside the
     module tree, so ``parameters()``, ``state_dict()``, ``.to()`` and DDP never see it. It is put
@@ -109,10 +122,18 @@ class Distiller(nn.Module):
             Ray Data pool) or for baseline training.
         temperature: softening temperature T > 0: a number or a schedule over epochs.
         alpha: weight of the soft term in [0, 1]: a number or a schedule over epochs.
-        feature_layers: student/teacher layer pairs whose features are matched (MSE): a list of
+        feature_layers: student/teacher layer pairs whose features are matched: a list of
             names (same name on both sides), a mapping student -> teacher, or (student, teacher)
             pairs.
         feature_weight: weight of the feature term (>= 0).
+        method: the soft term: ``kd`` (soft targets) or ``dkd`` (decoupled KD,
+            ``dkd_alpha * TCKD + dkd_beta * NCKD``, both times T^2).
+        dkd_alpha: DKD's weight of the target-class term (>= 0).
+        dkd_beta: DKD's weight of the non-target-class term (>= 0).
+        feature_loss: ``mse`` (adapted features), ``at`` (attention transfer: feature maps
+            only, the adapter just resizes the student map; channel counts may differ) or
+            ``cosine`` (1 - cosine similarity of adapted features).
+        attention_p: the exponent p of the attention maps ``sum_c |A_c|**p`` (``at`` only).
         feature_grad_scale: factor on the feature term's gradient into the student's backbone
             (the adapters get the full gradient); 0 trains only the adapters on it.
         weighting: dynamic per-sample weighting of the soft term.
@@ -131,8 +152,21 @@ class Distiller(nn.Module):
         feature_grad_scale: float = 1.0,
         weighting: WeightingKind = "none",
         total_epochs: int | None = None,
+        method: DistillMethod = "kd",
+        dkd_alpha: float = 1.0,
+        dkd_beta: float = 8.0,
+        feature_loss: FeatureLossKind = "mse",
+        attention_p: float = 2.0,
     ) -> None:
         super().__init__()
+        if method not in get_args(DistillMethod):
+            raise ValueError(f"unknown method {method!r}; expected kd or dkd")
+        if dkd_alpha < 0 or dkd_beta < 0:
+            raise ValueError(f"dkd alpha and beta must be >= 0, got {dkd_alpha} and {dkd_beta}")
+        if feature_loss not in get_args(FeatureLossKind):
+            raise ValueError(f"unknown feature_loss {feature_loss!r}; expected mse, at or cosine")
+        if not attention_p > 0:
+            raise ValueError(f"attention_p must be > 0, got {attention_p}")
         if teacher is student:
             raise ValueError("teacher and student are the same module; the teacher gets frozen")
         if feature_weight < 0:
@@ -152,6 +186,11 @@ class Distiller(nn.Module):
         self.feature_weight = float(feature_weight)
         self.feature_grad_scale = float(feature_grad_scale)
         self.weighting: WeightingKind = weighting
+        self.method: DistillMethod = method
+        self.dkd_alpha = float(dkd_alpha)
+        self.dkd_beta = float(dkd_beta)
+        self.feature_loss_kind: FeatureLossKind = feature_loss
+        self.attention_p = float(attention_p)
         self.epoch = 0
         self._check_schedules()
 
@@ -261,7 +300,7 @@ class Distiller(nn.Module):
             if t not in teacher_shapes:
                 raise ValueError(f"no shape given for teacher layer {t!r}")
             try:
-                adapters[_adapter_key(s)] = build_adapter(student_shapes[s], teacher_shapes[t])
+                adapters[_adapter_key(s)] = self._adapter(student_shapes[s], teacher_shapes[t])
             except ValueError as err:
                 raise ValueError(f"feature pair {s!r} -> {t!r}: {err}") from err
         reference = next(iter([*self.student.parameters(), *self.student.buffers()]), None)
@@ -271,6 +310,19 @@ class Distiller(nn.Module):
                 adapters.to(dtype=reference.dtype)
         self.adapters = adapters
         return {s: repr(adapters[_adapter_key(s)]) for s, _ in self.feature_pairs}
+
+    def _adapter(self, student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module:
+        if self.feature_loss_kind != "at":
+            return build_adapter(student_shape, teacher_shape)
+        if len(student_shape) != 3 or len(teacher_shape) != 3:
+            raise ValueError(
+                f"feature_loss 'at' needs feature maps (C, H, W) on both sides, got student "
+                f"{tuple(student_shape)} and teacher {tuple(teacher_shape)}"
+            )
+        # Attention maps are summed over channels, so only the spatial size has to match: no
+        # 1x1 projection (which would let the adapter, not the student, learn the attention).
+        c, h, w = (int(d) for d in student_shape)
+        return ConvAdapter(c, c, (h, w), (int(teacher_shape[1]), int(teacher_shape[2])))
 
     def forward(self, inputs: Inputs) -> tuple[Tensor, dict[str, Tensor]]:
         """Run the student.
@@ -360,7 +412,18 @@ class Distiller(nn.Module):
         weights = sample_weights(
             self.weighting, student_logits, teacher_logits, labels, temperature
         )
-        soft = soft_target_loss(student_logits, teacher_logits, temperature, weights)
+        if self.method == "dkd":
+            soft = dkd_loss(
+                student_logits,
+                teacher_logits,
+                labels,
+                temperature,
+                self.dkd_alpha,
+                self.dkd_beta,
+                weights,
+            )
+        else:
+            soft = soft_target_loss(student_logits, teacher_logits, temperature, weights)
         feature: Tensor | None = None
         if self.feature_pairs:
             for name, given in (("student", student_features), ("teacher", teacher_features)):
@@ -374,7 +437,7 @@ class Distiller(nn.Module):
                         raise ValueError(
                             f"{name}_features lack teacher layer {t!r} (have {sorted(given)})"
                         )
-                terms.append(feature_loss(student_features[t], teacher_features[t]))
+                terms.append(self._feature_term(student_features[t], teacher_features[t]))
             feature = torch.stack(terms).mean()
         total = combine(soft, hard, self.alpha, feature, self.feature_weight)
         return DistillLoss(
@@ -384,6 +447,13 @@ class Distiller(nn.Module):
             feature=feature if feature is not None else zero,
             weights=weights,
         )
+
+    def _feature_term(self, student: Tensor, teacher: Tensor) -> Tensor:
+        if self.feature_loss_kind == "at":
+            return attention_loss(student, teacher, self.attention_p)
+        if self.feature_loss_kind == "cosine":
+            return cosine_feature_loss(student, teacher)
+        return feature_loss(student, teacher)
 
     def step(self, inputs: Inputs, labels: Tensor) -> DistillLoss:
         """Teacher outputs (when there is a teacher), student forward and loss, in one call."""

@@ -6,9 +6,17 @@ scalar tensor in nats (soft and hard terms) or squared feature units (feature te
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+DistillMethod = Literal["kd", "dkd"]
+"""The logit term: ``kd`` (Hinton's soft targets) or ``dkd`` (decoupled KD)."""
+FeatureLossKind = Literal["mse", "at", "cosine"]
+"""How matched features are compared: ``mse``, ``at`` (attention transfer, feature maps only)
+or ``cosine`` (1 - cosine similarity)."""
 
 
 def _check_weights(weights: Tensor | None, n: int) -> Tensor | None:
@@ -149,3 +157,172 @@ def combine(
         # DDP errors on parameters that get no gradient.
         total = total + feature_weight * feature
     return total
+
+
+# ---------------------------------------------------------------- decoupled KD (Zhao et al. 2022)
+
+
+def dkd_terms(
+    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """The two parts of decoupled knowledge distillation, per sample, in nats (without T^2).
+
+    * TCKD: ``KL(b_t || b_s)`` between the binary distributions ``(p_target, 1 - p_target)`` of
+      teacher and student at temperature T.
+    * NCKD: ``KL(p_t' || p_s')`` between the distributions over the non-target classes only,
+      renormalised (the softmax of the logits with the target class left out).
+
+    Classic KD decomposes as ``KD = TCKD + (1 - p_target_teacher) * NCKD``; DKD weighs the two
+    parts independently.
+
+    Args:
+        student_logits: [N, C] raw student scores (C >= 2).
+        teacher_logits: [N, C] raw teacher scores (no gradient flows into them).
+        labels: [N] integer class indices (the target classes).
+        temperature: softening temperature T > 0.
+
+    Returns:
+        ``(tckd, nckd)``, each float32 [N].
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {list(student_logits.shape)} and teacher logits "
+            f"{list(teacher_logits.shape)} differ in shape"
+        )
+    if student_logits.ndim != 2 or student_logits.shape[1] < 2:
+        raise ValueError(f"logits must be [N, C] with C >= 2, got {list(student_logits.shape)}")
+    if labels.shape != student_logits.shape[:1]:
+        raise ValueError(
+            f"labels {list(labels.shape)} do not match logits {list(student_logits.shape)}"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    n, c = student_logits.shape
+    s = student_logits.float() / temperature
+    t = teacher_logits.detach().float().to(s.device) / temperature
+    target = F.one_hot(labels.to(s.device).long(), c).bool()
+
+    def split(z: Tensor) -> tuple[Tensor, Tensor]:
+        # Log-space throughout: 1 - p_target underflows for a confident model.
+        log_all = torch.logsumexp(z, dim=1)
+        rest = z[~target].view(n, c - 1)
+        log_rest = torch.logsumexp(rest, dim=1)
+        binary = torch.stack([z[target] - log_all, log_rest - log_all], dim=1)  # [N, 2]
+        return binary, F.log_softmax(rest, dim=1)  # [N, 2], [N, C-1]
+
+    s_bin, s_rest = split(s)
+    t_bin, t_rest = split(t)
+    tckd = F.kl_div(s_bin, t_bin, reduction="none", log_target=True).sum(dim=1)
+    nckd = F.kl_div(s_rest, t_rest, reduction="none", log_target=True).sum(dim=1)
+    return tckd, nckd
+
+
+def dkd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    temperature: float,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """Decoupled KD: ``T**2 * (alpha * TCKD + beta * NCKD)`` (see :func:`dkd_terms`), the mean
+    over the batch, or ``sum(w_i * dkd_i) / N`` with per-sample ``weights`` [N].
+
+    ``alpha`` and ``beta`` (dimensionless, >= 0) are DKD's own weights (the paper's defaults:
+    1 and 8), not the job's soft/hard ``alpha``.
+
+    Args:
+        student_logits: [N, C] raw student scores.
+        teacher_logits: [N, C] raw teacher scores.
+        labels: [N] integer class indices.
+        temperature: T > 0.
+
+    Returns:
+        A scalar tensor (float32, nats).
+    """
+    if alpha < 0 or beta < 0:
+        raise ValueError(f"dkd alpha and beta must be >= 0, got {alpha} and {beta}")
+    weights = _check_weights(weights, student_logits.shape[0])
+    tckd, nckd = dkd_terms(student_logits, teacher_logits, labels, temperature)
+    return _weighted_mean(alpha * tckd + beta * nckd, weights) * temperature**2
+
+
+# ---------------------------------------------------------------- attention transfer, cosine
+
+
+def attention_map(feature: Tensor, p: float = 2.0) -> Tensor:
+    """Zagoruyko & Komodakis's spatial attention: ``sum_c |A_c|**p``, flattened and divided by
+    its L2 norm.
+
+    Args:
+        feature: [N, C, H, W] activations.
+        p: the exponent (> 0; the paper uses 2).
+
+    Returns:
+        [N, H*W] float32, each row of unit L2 norm (a zero map stays zero).
+    """
+    if feature.ndim != 4:
+        raise ValueError(
+            f"attention transfer needs feature maps [N, C, H, W], got {list(feature.shape)}"
+        )
+    if not p > 0:
+        raise ValueError(f"attention exponent p must be > 0, got {p}")
+    summed = feature.float().abs().pow(p).sum(dim=1).flatten(1)
+    return F.normalize(summed, p=2.0, dim=1)
+
+
+def attention_loss(student_feature: Tensor, teacher_feature: Tensor, p: float = 2.0) -> Tensor:
+    """Attention transfer: the squared L2 distance between the normalised attention maps of
+    student and teacher (:func:`attention_map`), summed over positions, mean over the batch.
+
+    Channel counts may differ; the spatial sizes must match (an adapter resizes the student's
+    map). Because both maps are non-negative unit vectors, the value lies in [0, 2].
+
+    Args:
+        student_feature: [N, C_s, H, W].
+        teacher_feature: [N, C_t, H, W] (no gradient flows into it).
+        p: the exponent of :func:`attention_map`.
+
+    Returns:
+        A scalar tensor (float32, dimensionless).
+    """
+    if student_feature.ndim != 4 or teacher_feature.ndim != 4:
+        raise ValueError(
+            "attention transfer needs feature maps [N, C, H, W], got student "
+            f"{list(student_feature.shape)} and teacher {list(teacher_feature.shape)}"
+        )
+    s_shape, t_shape = student_feature.shape, teacher_feature.shape
+    if s_shape[0] != t_shape[0] or s_shape[2:] != t_shape[2:]:
+        raise ValueError(
+            f"student feature {list(s_shape)} and teacher feature {list(t_shape)} differ in "
+            "batch or spatial size"
+        )
+    q_s = attention_map(student_feature, p)
+    q_t = attention_map(teacher_feature.detach().to(student_feature.device), p)
+    return (q_s - q_t).pow(2).sum(dim=1).mean()
+
+
+def cosine_feature_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
+    """``1 - cosine similarity`` between an (adapted) student feature and the teacher's.
+
+    Vectors [N, D] are compared per sample, token sequences [N, L, D] per token (over D), and
+    anything else per sample after flattening. Insensitive to the features' scale, unlike MSE.
+
+    Args:
+        student_feature: [N, D], [N, L, D] or [N, *S], already mapped to the teacher's shape.
+        teacher_feature: same shape (no gradient flows into it).
+
+    Returns:
+        The mean over samples (and tokens), a scalar tensor (float32) in [0, 2].
+    """
+    if student_feature.shape != teacher_feature.shape:
+        raise ValueError(
+            f"student feature {list(student_feature.shape)} and teacher feature "
+            f"{list(teacher_feature.shape)} differ in shape"
+        )
+    s = student_feature.float()
+    t = teacher_feature.detach().float().to(s.device)
+    if s.ndim != 3:
+        s, t = s.flatten(1), t.flatten(1)
+    return (1 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()

@@ -131,3 +131,37 @@ def _predictor(width: int, num_classes: int) -> nn.Module:
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
     return FastRCNNPredictor(width, num_classes)
+
+
+def small_input_resnet18(num_classes: int = 10, in_channels: int = 1, width: int = 64) -> nn.Module:
+    """torchvision's ResNet-18 adapted to small images such as Fashion-MNIST's 1x28x28.
+
+    The ImageNet stem (7x7 stride-2 conv + max pool, which would shrink 28x28 to 7x7 before the
+    first block) becomes a 3x3 stride-1 conv without pooling, as in the CIFAR ResNets. ``width``
+    is the first stage's channel count (64: the standard ResNet-18, 11.2M parameters with one
+    input channel; stages are width, 2w, 4w, 8w). Input [N, in_channels, H, W] -> logits
+    [N, num_classes]; feature maps at 28x28 input: ``layer1`` [w, 28, 28], ``layer2``
+    [2w, 14, 14], ``layer3`` [4w, 7, 7], ``layer4`` [8w, 4, 4].
+    """
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+    model.inplanes = width  # _make_layer grows the stages from here
+    model.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+    model.bn1 = nn.BatchNorm2d(width)
+    model.maxpool = nn.Identity()  # type: ignore[assignment]
+    model.layer1 = model._make_layer(BasicBlock, width, 2)
+    model.layer2 = model._make_layer(BasicBlock, 2 * width, 2, stride=2)
+    model.layer3 = model._make_layer(BasicBlock, 4 * width, 2, stride=2)
+    model.layer4 = model._make_layer(BasicBlock, 8 * width, 2, stride=2)
+    model.fc = nn.Linear(8 * width, num_classes)
+    # torchvision's own initialisation, for the modules replaced above
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.constant_(module.weight, 1)
+            nn.init.constant_(module.bias, 0)
+    return model

@@ -88,6 +88,11 @@ def build_distiller(spec: StageSpec) -> Distiller:
         feature_grad_scale=d.feature_grad_scale,
         weighting=d.weighting,
         total_epochs=spec.train.epochs,
+        method=d.method,
+        dkd_alpha=d.dkd.alpha,
+        dkd_beta=d.dkd.beta,
+        feature_loss=d.feature_loss,
+        attention_p=d.attention_p,
     )
     if spec.feature_pairs:
         distiller.build_adapters(

@@ -1,0 +1,174 @@
+"""The quality table: teacher, the student alone, and the student distilled by each method.
+
+    .venv/bin/python benchmarks/quality.py jobs/digits.yaml --seeds 0 1 2 \
+        --features features.7=features.7
+    .venv/bin/python benchmarks/quality.py jobs/fashion-mnist.yaml --seeds 0 1 2 \
+        --features features.7=layer2 --set data.subset=0.1 --set train.epochs=8
+
+Trains the teacher once (seed of the job), then for every seed: the student alone, KD, KD plus
+attention transfer on the ``--features`` pair, DKD, and KD with dynamic per-sample weighting,
+each a real pipeline run (Ray Data teacher pool, Ray Train workers). Every variant starts from
+the job's own temperature/alpha and training settings; only the method changes. Prints and
+writes (``--out``, Markdown) mean +- std test accuracy over the seeds, parameters, CPU latency
+per sample (batch 1), and the share of the teacher-student gap each variant closes:
+``(variant - alone) / (teacher - alone)``. The split is fixed by ``data.split.seed``, so every
+seed is scored on the same test set. Runs go to a temporary directory unless ``--storage``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from raydistill.config import load_job
+from raydistill.pipeline import run_job, run_teacher
+from raydistill.runtime import ray_session
+
+ALONE = "student alone"
+
+
+def variants(pair: tuple[str, str] | None, at_weight: float, weighting: str) -> dict[str, list]:
+    """Overrides of each row; every distilled row starts from plain KD."""
+    kd = [
+        "distill.enabled=true",
+        "distill.method=kd",
+        "distill.weighting=none",
+        "distill.feature_layers=[]",
+        "distill.feature_weight=0",
+    ]
+    rows: dict[str, list[str]] = {ALONE: ["distill.enabled=false"], "KD": kd}
+    if pair is not None:
+        layers = f"[{{student: {pair[0]}, teacher: {pair[1]}}}]"
+        rows["KD + AT features"] = [
+            *kd,
+            f"distill.feature_layers={layers}",
+            "distill.feature_loss=at",
+            f"distill.feature_weight={at_weight}",
+        ]
+    rows["DKD"] = [*kd, "distill.method=dkd"]
+    rows[f"KD + dynamic weighting ({weighting})"] = [*kd, f"distill.weighting={weighting}"]
+    return rows
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def table(
+    title: str, teacher: dict, rows: dict[str, dict[str, list[float]]], seeds: list[int]
+) -> str:
+    """The Markdown table: accuracy in %, latency in ms."""
+    alone = statistics.mean(rows[ALONE]["acc"])
+    gap = teacher["acc"] - alone
+    lines = [
+        title,
+        "",
+        "| model | test accuracy (mean +- std) | per seed | parameters "
+        "| latency / sample (CPU, batch 1) | teacher-student gap closed |",
+        "|---|---:|---|---:|---:|---:|",
+        f"| teacher (trained once) | {teacher['acc']:.2f}% | - | {teacher['params']:,} "
+        f"| {teacher['latency']:.3f} ms | - |",
+    ]
+    for name, r in rows.items():
+        mean, std = _mean_std(r["acc"])
+        closed = "-" if name == ALONE or abs(gap) < 1e-9 else f"{100 * (mean - alone) / gap:+.0f}%"
+        lines.append(
+            f"| {name} | {mean:.2f} +- {std:.2f}% | {', '.join(f'{v:.2f}' for v in r['acc'])} "
+            f"| {int(r['params'][0]):,} | {statistics.mean(r['latency']):.3f} ms | {closed} |"
+        )
+    best = max((n for n in rows if n != ALONE), key=lambda n: statistics.mean(rows[n]["acc"]))
+    b_mean, b_std = _mean_std(rows[best]["acc"])
+    a_mean, a_std = _mean_std(rows[ALONE]["acc"])
+    verdict = "beats" if b_mean - a_mean > max(a_std, b_std) else "does NOT beat"
+    lines += [
+        "",
+        f"- best distillation variant: {best}, {b_mean - a_mean:+.2f} points over the student "
+        f"alone; it {verdict} the student alone by more than the seeds' spread "
+        f"(std {a_std:.2f} / {b_std:.2f})",
+        f"- seeds {seeds}; the teacher-student gap is teacher minus the student alone's mean",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("job", type=Path)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument(
+        "--features",
+        default=None,
+        help="STUDENT=TEACHER layer pair for the AT row (default: the job's first feature pair;"
+        " no AT row without either)",
+    )
+    parser.add_argument("--at-weight", type=float, default=10.0, help="feature_weight of AT")
+    parser.add_argument("--weighting", default="confidence", help="the dynamic weighting row")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these rows")
+    parser.add_argument("--storage", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="Markdown file (default: storage)")
+    args = parser.parse_args()
+    storage = args.storage or Path(tempfile.mkdtemp(prefix="rd-quality-"))
+    common = [*args.overrides, f"output.storage_path={storage}"]
+
+    base = load_job(args.job, common)
+    pair = None
+    if args.features:
+        student, sep, teacher = args.features.partition("=")
+        pair = (student, teacher if sep else student)
+    elif base.distill.feature_layers:
+        pair = (base.distill.feature_layers[0].student, base.distill.feature_layers[0].teacher)
+    rows_spec = variants(pair, args.at_weight, args.weighting)
+    if args.only:
+        rows_spec = {k: v for k, v in rows_spec.items() if k == ALONE or k in args.only}
+
+    started = time.perf_counter()
+    teacher: dict = {}
+    rows: dict[str, dict[str, list[float]]] = {}
+    with ray_session(base):
+        teacher_weights = run_teacher(base)
+        for seed in args.seeds:
+            for name, changes in rows_spec.items():
+                tag = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+                job = load_job(
+                    args.job,
+                    [
+                        *common,
+                        f"name={base.name}-{tag}-seed{seed}",
+                        f"seed={seed}",
+                        f"teacher.checkpoint={teacher_weights}",
+                        "train.baseline=false",
+                        *changes,
+                    ],
+                )
+                summary = run_job(job)
+                student = summary.scores[-1]
+                row = rows.setdefault(name, {"acc": [], "params": [], "latency": []})
+                row["acc"].append(100 * student.accuracy)
+                row["params"].append(student.parameters)
+                row["latency"].append(student.latency_ms)
+                if not teacher and summary.scores[0].name == "teacher":
+                    t = summary.scores[0]
+                    teacher = {
+                        "acc": 100 * t.accuracy,
+                        "params": t.parameters,
+                        "latency": t.latency_ms,
+                    }
+
+    title = (
+        f"### {base.name}: test accuracy over seeds {args.seeds} "
+        f"({time.perf_counter() - started:.0f} s in all"
+        + (f"; overrides: {' '.join(args.overrides)}" if args.overrides else "")
+        + ")"
+    )
+    text = table(title, teacher, rows, args.seeds)
+    print("\n" + text)
+    out = args.out or storage / f"quality-{base.name}.md"
+    out.write_text(text + "\n")
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()
