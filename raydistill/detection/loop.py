@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from raydistill.models.specs import build_model, load_weights
 from raydistill.train.loop import NonFiniteLossError, _quiet_ray_train_reports, _say
 from raydistill.train.optim import BestTracker, build_lr_scheduler, build_optimizer
 from raydistill.train.spec import StageSpec
-from raydistill.train.state import load_state, save_state
+from raydistill.train.state import report_epoch, restore
 
 # The task metric every stage tracks (keep_best, early stopping, the table): COCO AP.
 METRIC = "val_map"
@@ -113,31 +112,20 @@ def detection_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = build_optimizer(train, [p for p in module.parameters() if p.requires_grad])
     scheduler = build_lr_scheduler(train, optimizer)
     early = train.early_stopping
-    tracker = BestTracker(
-        monitor=METRIC if early is None or early.monitor == "val_acc" else "val_loss",
-        min_delta=early.min_delta if early else 0.0,
-        patience=early.patience if early else None,
+    resumed = restore(config, core, optimizer, scheduler)
+    tracker = (
+        BestTracker(**resumed.tracker)
+        if resumed.tracker
+        else BestTracker(
+            # detection has one validation figure: mAP stands in for either monitor
+            monitor=METRIC,
+            min_delta=early.min_delta if early else 0.0,
+            patience=early.patience if early else None,
+        )
     )
-    history: list[dict[str, Any]] = []
-    best_student: dict[str, torch.Tensor] | None = None
-    start_epoch = 0
-    state = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = load_state(Path(directory))
-    elif config.get("resume_from"):
-        state = load_state(Path(config["resume_from"]))
-    if state is not None:
-        core.load_state_dict(state["distiller"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        tracker = BestTracker(**state["tracker"])
-        history = list(state["history"])
-        best_student = state["best_student"]
-        start_epoch = int(state["epoch"]) + 1
-        if rank == 0:
-            _say(f"[{spec.name}] resumed from the checkpoint of epoch {start_epoch}")
+    history, best_student, start_epoch = resumed.history, resumed.best_student, resumed.start_epoch
+    if start_epoch and rank == 0:
+        _say(f"[{spec.name}] resumed from the checkpoint of epoch {start_epoch}")
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -194,7 +182,6 @@ def detection_loop_per_worker(config: dict[str, Any]) -> None:
             "epoch_s": elapsed,
         }
         metrics.update(validate_map(core, val_shard, spec, ground_truth, label_to_category))
-        metrics["val_loss"] = -metrics[METRIC]  # lower is better, for trackers that minimise
         scheduler.step()
         if tracker.update(epoch, metrics) or best_student is None:
             best_student = copy.deepcopy(
@@ -204,25 +191,24 @@ def detection_loop_per_worker(config: dict[str, Any]) -> None:
         metrics["best_epoch"] = tracker.best_epoch
         metrics["stopped_early"] = float(stopped_early)
         history.append(metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                save_state(
-                    Path(tmp),
-                    {
-                        "epoch": epoch,
-                        "distiller": core.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "tracker": tracker.state(),
-                        "history": history,
-                        "best_student": best_student,
-                        "final_student": core.student.state_dict(),
-                    },
-                )
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-                _progress(spec, metrics, elapsed)
-            else:
-                ray.train.report(metrics)
+        report_epoch(
+            rank,
+            metrics,
+            {
+                "epoch": epoch,
+                "distiller": core.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "tracker": tracker.state(),
+                "history": history,
+                "best_student": best_student,
+                "final_student": core.student.state_dict(),
+            }
+            if rank == 0
+            else {},
+        )
+        if rank == 0:
+            _progress(spec, metrics, elapsed)
         if stopped_early:
             if rank == 0:
                 _say(f"[{spec.name}] early stop at epoch {epoch + 1}")

@@ -6,7 +6,6 @@ import copy
 import logging
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from raydistill.models.specs import build_model, load_weights
 from raydistill.teacher.pool import feature_column
 from raydistill.train.optim import BestTracker, build_lr_scheduler, build_optimizer
 from raydistill.train.spec import StageSpec
-from raydistill.train.state import load_state, save_state
+from raydistill.train.state import report_epoch, restore
 
 PROGRESS_EVERY_S = 30.0  # inside an epoch, a progress line at most this often (seconds)
 
@@ -208,28 +207,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         core.teacher.to(ray.train.torch.get_device())
     optimizer = build_optimizer(train, module.parameters())
     scheduler = build_lr_scheduler(train, optimizer)
-    tracker = BestTracker.for_train(train.early_stopping)
-    history: list[dict[str, float]] = []
-    best_student: dict[str, torch.Tensor] | None = None
-    start_epoch = 0
-
-    state = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = load_state(Path(directory))
-    elif config.get("resume_from"):
-        state = load_state(Path(config["resume_from"]))
-    if state is not None:
-        core.load_state_dict(state["distiller"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        tracker = BestTracker(**state["tracker"])
-        history = list(state["history"])
-        best_student = state["best_student"]
-        start_epoch = int(state["epoch"]) + 1
-        if rank == 0:
-            _say(f"[{spec.name}] resumed from the checkpoint of epoch {start_epoch}")
+    resumed = restore(config, core, optimizer, scheduler)
+    tracker = (
+        BestTracker(**resumed.tracker)
+        if resumed.tracker
+        else BestTracker.for_train(train.early_stopping)
+    )
+    history, best_student, start_epoch = resumed.history, resumed.best_student, resumed.start_epoch
+    if start_epoch and rank == 0:
+        _say(f"[{spec.name}] resumed from the checkpoint of epoch {start_epoch}")
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -303,26 +289,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics["stopped_early"] = float(stopped_early)
         history.append(metrics)
 
-        with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                save_state(
-                    Path(tmp),
-                    {
-                        "epoch": epoch,
-                        "distiller": core.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "tracker": tracker.state(),
-                        "history": history,
-                        "best_student": best_student,
-                        "final_student": core.student.state_dict(),
-                    },
-                )
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=ckpt)
-                _print_progress(spec, metrics, elapsed)
-            else:
-                ray.train.report(metrics)
+        report_epoch(
+            rank,
+            metrics,
+            {
+                "epoch": epoch,
+                "distiller": core.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "tracker": tracker.state(),
+                "history": history,
+                "best_student": best_student,
+                "final_student": core.student.state_dict(),
+            }
+            if rank == 0
+            else {},
+        )
+        if rank == 0:
+            _print_progress(spec, metrics, elapsed)
         if stopped_early and rank == 0:
             _say(
                 f"[{spec.name}] early stop at epoch {epoch + 1}: {tracker.monitor} has not "

@@ -56,7 +56,8 @@ class BestTracker:
 
     @property
     def maximize(self) -> bool:
-        return self.monitor.endswith("acc")
+        """Accuracy and mAP (``val_acc``, ``val_map``) grow; losses shrink."""
+        return self.monitor.endswith(("acc", "map"))
 
     def update(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Record an epoch; True when it is the best so far."""
