@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from raydistill.config import JobError
+
 MAP_KEYS = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
 
 
@@ -36,9 +38,21 @@ def to_coco_results(
     return results
 
 
+def require_pycocotools() -> None:
+    """Detection runs need pycocotools; say so before any training starts."""
+    try:
+        import pycocotools.cocoeval  # noqa: F401
+    except ImportError:
+        raise JobError(
+            "detection jobs score COCO mAP with pycocotools: pip install 'raydistill[detection]'"
+            " (scripts/setup.sh installs it)"
+        ) from None
+
+
 def coco_map(ground_truth: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float]:
     """AP (IoU 0.50:0.95), AP50, AP75 and AP for small/medium/large objects, as fractions in
     [0, 1]; -1 where a size class has no ground truth. No detections: all zeros."""
+    require_pycocotools()
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 

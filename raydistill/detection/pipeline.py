@@ -18,7 +18,7 @@ from raydistill.config import JobConfig
 from raydistill.detection.coco import CocoSplit
 from raydistill.detection.data import _encode, read_splits, rows_to_tensors, split_dataset
 from raydistill.detection.loop import detection_loop_per_worker
-from raydistill.detection.metrics import coco_map, to_coco_results
+from raydistill.detection.metrics import coco_map, require_pycocotools, to_coco_results
 from raydistill.detection.models import (
     check_detector,
     detector_spec,
@@ -223,6 +223,7 @@ def check_detection_pair(
 
 def run_detection_job(job: JobConfig, fresh: bool = False, log: Log = print) -> DetectionSummary:
     """``raydistill train`` for ``task: detection``."""
+    require_pycocotools()
     job = with_detector_specs(job)
     assert job.data.coco is not None
     run_dir = prepare_run_dir(job, fresh, log)
