@@ -292,18 +292,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         report_epoch(
             rank,
             metrics,
-            {
-                "epoch": epoch,
-                "distiller": core.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "tracker": tracker.state(),
-                "history": history,
-                "best_student": best_student,
-                "final_student": core.student.state_dict(),
-            }
-            if rank == 0
-            else {},
+            epoch=epoch,
+            core=core,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            tracker=tracker,
+            history=history,
+            best_student=best_student,
         )
         if rank == 0:
             _print_progress(spec, metrics, elapsed)

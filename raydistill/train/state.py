@@ -57,14 +57,36 @@ def restore(config: dict[str, Any], core: nn.Module, optimizer: Any, scheduler: 
     )
 
 
-def report_epoch(rank: int, metrics: dict[str, Any], state: dict[str, Any]) -> None:
-    """Report one epoch to Ray Train; rank 0 attaches the checkpoint of ``state`` (every rank
-    must report, or the others wait)."""
+def report_epoch(
+    rank: int,
+    metrics: dict[str, Any],
+    *,
+    epoch: int,
+    core: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    tracker: Any,
+    history: list[dict[str, Any]],
+    best_student: dict[str, torch.Tensor] | None,
+) -> None:
+    """Report one epoch to Ray Train; rank 0 attaches the checkpoint that :func:`restore` reads
+    (every rank must report, or the others wait). ``core`` holds the model as ``core.student``;
+    ``tracker`` is the loop's ``BestTracker``."""
     import ray.train
 
     if rank != 0:
         ray.train.report(metrics)
         return
+    state = {
+        "epoch": epoch,
+        "distiller": core.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "tracker": tracker.state(),
+        "history": history,
+        "best_student": best_student,
+        "final_student": core.student.state_dict(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         save_state(Path(tmp), state)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
