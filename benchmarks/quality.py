@@ -4,15 +4,17 @@
         --features features.7=features.7
     .venv/bin/python benchmarks/quality.py jobs/fashion-mnist.yaml --seeds 0 1 2 \
         --features features.7=layer2 --set data.subset=0.1 --set train.epochs=8
+    .venv/bin/python benchmarks/quality.py jobs/bbc-news.yaml --seeds 0 1 2   # the job's pairs
 
 Trains the teacher once (seed of the job), then for every seed: the student alone, KD, KD plus
-attention transfer on the ``--features`` pair, DKD, and KD with dynamic per-sample weighting,
-each a real pipeline run (Ray Data teacher pool, Ray Train workers). Every variant starts from
-the job's own temperature/alpha and training settings; only the method changes. Prints and
-writes (``--out``, Markdown) mean +- std test accuracy over the seeds, parameters, CPU latency
-per sample (batch 1), and the share of the teacher-student gap each variant closes:
-``(variant - alone) / (teacher - alone)``. The split is fixed by ``data.split.seed``, so every
-seed is scored on the same test set. Runs go to a temporary directory unless ``--storage``.
+attention transfer on the ``--features`` pair (without it: KD plus the job's own feature pairs,
+loss and weight), DKD, and KD with dynamic per-sample weighting, each a real pipeline run (Ray
+Data teacher pool, Ray Train workers). Every variant starts from the job's own temperature/alpha
+and training settings; only the method changes. Prints and writes (``--out``, Markdown) mean
++- std test accuracy over the seeds, parameters, CPU latency per sample (batch 1), and the share
+of the teacher-student gap each variant closes: ``(variant - alone) / (teacher - alone)``.
+The split is fixed by ``data.split.seed``, so every seed is scored on the same test set. Runs go
+to a temporary directory unless ``--storage``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,12 @@ from raydistill.runtime import ray_session
 ALONE = "student alone"
 
 
-def variants(pair: tuple[str, str] | None, at_weight: float, weighting: str) -> dict[str, list]:
+def variants(
+    pairs: list[tuple[str, str]],
+    feature_loss: str,
+    feature_weight: float,
+    weighting: str,
+) -> dict[str, list]:
     """Overrides of each row; every distilled row starts from plain KD."""
     kd = [
         "distill.enabled=true",
@@ -40,13 +47,13 @@ def variants(pair: tuple[str, str] | None, at_weight: float, weighting: str) -> 
         "distill.feature_weight=0",
     ]
     rows: dict[str, list[str]] = {ALONE: ["distill.enabled=false"], "KD": kd}
-    if pair is not None:
-        layers = f"[{{student: {pair[0]}, teacher: {pair[1]}}}]"
-        rows["KD + AT features"] = [
+    if pairs:
+        layers = "[" + ", ".join(f"{{student: {s}, teacher: {t}}}" for s, t in pairs) + "]"
+        rows[f"KD + {feature_loss.upper()} features"] = [
             *kd,
             f"distill.feature_layers={layers}",
-            "distill.feature_loss=at",
-            f"distill.feature_weight={at_weight}",
+            f"distill.feature_loss={feature_loss}",
+            f"distill.feature_weight={feature_weight}",
         ]
     rows["DKD"] = [*kd, "distill.method=dkd"]
     rows[f"KD + dynamic weighting ({weighting})"] = [*kd, f"distill.weighting={weighting}"]
@@ -101,8 +108,8 @@ def main() -> None:
     parser.add_argument(
         "--features",
         default=None,
-        help="STUDENT=TEACHER layer pair for the AT row (default: the job's first feature pair;"
-        " no AT row without either)",
+        help="STUDENT=TEACHER layer pair for an AT row (default: a row with the job's own"
+        " feature pairs, loss and weight; no feature row without either)",
     )
     parser.add_argument("--at-weight", type=float, default=10.0, help="feature_weight of AT")
     parser.add_argument("--weighting", default="confidence", help="the dynamic weighting row")
@@ -114,13 +121,13 @@ def main() -> None:
     common = [*args.overrides, f"output.storage_path={storage}"]
 
     base = load_job(args.job, common)
-    pair = None
     if args.features:
         student, sep, teacher = args.features.partition("=")
-        pair = (student, teacher if sep else student)
-    elif base.distill.feature_layers:
-        pair = (base.distill.feature_layers[0].student, base.distill.feature_layers[0].teacher)
-    rows_spec = variants(pair, args.at_weight, args.weighting)
+        pairs, loss, weight = [(student, teacher if sep else student)], "at", args.at_weight
+    else:
+        pairs = [(p.student, p.teacher) for p in base.distill.feature_layers]
+        loss, weight = base.distill.feature_loss, base.distill.feature_weight
+    rows_spec = variants(pairs, loss, weight, args.weighting)
     if args.only:
         rows_spec = {k: v for k, v in rows_spec.items() if k == ALONE or k in args.only}
 

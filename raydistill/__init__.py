@@ -16,11 +16,13 @@ from raydistill.config import (
     ScalingConfig,
     TeacherConfig,
     TeacherPoolConfig,
+    TextConfig,
     TrainConfig,
     TuneConfig,
     load_job,
 )
 from raydistill.distill import (
+    CrossModalDistiller,
     Distiller,
     DistillLoss,
     FeatureTap,
@@ -36,6 +38,7 @@ from raydistill.distill import (
 )
 from raydistill.export import ExportResult, export_run, load_safetensors
 from raydistill.models import build_model, load_weights, save_weights
+from raydistill.models.hf import HFTextClassifier
 from raydistill.pipeline import RunSummary, run_job, run_teacher
 from raydistill.report import write_report
 from raydistill.tune.search import TemperatureSearch, TuneSummary, run_tune
@@ -43,12 +46,14 @@ from raydistill.tune.search import TemperatureSearch, TuneSummary, run_tune
 __version__ = "0.1.0"
 
 __all__ = [
+    "CrossModalDistiller",
     "DataConfig",
     "DistillConfig",
     "DistillLoss",
     "Distiller",
     "ExportResult",
     "FeatureTap",
+    "HFTextClassifier",
     "JobConfig",
     "JobError",
     "ModelSpec",
@@ -60,6 +65,7 @@ __all__ = [
     "TeacherConfig",
     "TeacherPoolConfig",
     "TemperatureSearch",
+    "TextConfig",
     "TrainConfig",
     "TuneConfig",
     "TuneSummary",

@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from raydistill.config import JobConfig, JobError
+from raydistill.data.arrays import LabelledArrays
 from raydistill.data.sources import load_splits
+from raydistill.data.text import for_model
 from raydistill.distill.adapters import build_adapter
 from raydistill.evaluate import THROUGHPUT_BATCH, accuracy, latency_ms, throughput
 from raydistill.models.specs import build_model, count_parameters, load_weights
@@ -142,11 +142,11 @@ class TeacherCheck:
 
 
 def _feature_checks(
-    job: JobConfig, weights: Path | None, example: np.ndarray, num_classes: int
+    job: JobConfig, weights: Path | None, train: LabelledArrays
 ) -> tuple[list[FeatureCheck], list[str]]:
     """The driver's dry forward (the one training runs), then each pair's adapter."""
     try:
-        s_shapes, t_shapes = check_pair(job, weights, example, num_classes)
+        s_shapes, t_shapes = check_pair(job, weights, train)
     except JobError as exc:
         return [], [str(exc)]
     checks, problems = [], []
@@ -183,25 +183,25 @@ def check_teacher(job: JobConfig, split: str = "val") -> TeacherCheck:
     if weights is not None:
         load_weights(teacher, weights, what="the teacher")
     student = build_model(job.student, num_classes)
-    inputs = data.inputs[:THROUGHPUT_BATCH]
+    teacher_rows = for_model(job, job.teacher, data)
+    inputs = teacher_rows.inputs[:THROUGHPUT_BATCH]
+    student_inputs = for_model(job, job.student, data).inputs[:THROUGHPUT_BATCH]
     result = TeacherCheck(
         teacher_parameters=count_parameters(teacher),
         student_parameters=count_parameters(student),
         split=split,
-        teacher_accuracy=accuracy(teacher, data) if weights is not None else None,
+        teacher_accuracy=accuracy(teacher, teacher_rows) if weights is not None else None,
         teacher_weights=weights_file,
         target=job.student.target,
         teacher_latency_ms=latency_ms(teacher, inputs[0]),
-        student_latency_ms=latency_ms(student, inputs[0]),
+        student_latency_ms=latency_ms(student, student_inputs[0]),
         teacher_throughput=throughput(teacher, inputs),
-        student_throughput=throughput(student, inputs),
+        student_throughput=throughput(student, student_inputs),
         pass_rows=teacher_pass_rows(job, splits),
         actors=job.scaling.teacher_pool.max_actors,
         teacher_pass=job.distill.teacher_pass,
     )
-    result.features, result.problems = _feature_checks(
-        job, weights, splits["train"].inputs[0], num_classes
-    )
+    result.features, result.problems = _feature_checks(job, weights, splits["train"])
     target, measured = job.student.target, result.teacher_accuracy
     if target is not None and measured is not None:
         need = required_teacher_accuracy(target)

@@ -142,6 +142,20 @@ def make_coco(directory: str, train_images: int, val_images: int, size: int, see
         click.echo(f"{split}: images {images}, annotations {instances}")
 
 
+@main.command("make-captions")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True)
+def make_captions(directory: str, seed: int) -> None:
+    """Write paired image/text rows (digits with generated captions) and a small text
+    student's config and tokenizer into DIRECTORY, for trying cross-modal jobs."""
+    from pathlib import Path
+
+    from raydistill.data.captions import write_captions
+
+    out = write_captions(Path(directory), seed)
+    click.echo(f"rows: {out / 'captions.parquet'}; text student: {out / 'text-student'}")
+
+
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @_set_option

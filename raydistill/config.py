@@ -117,6 +117,14 @@ class CocoConfig(_Section):
     min_box_size: float = Field(1.0, ge=0, description="boxes thinner than this (px) are dropped")
 
 
+class TextConfig(_Section):
+    """Text rows: ``column`` holds the text, tokenized inside the Ray Data pipeline by each
+    model's own tokenizer into packed token rows int64 [N, 2, max_length] (ids, mask)."""
+
+    column: str = Field("text", description="the text column (csv/jsonl/parquet)")
+    max_length: int = Field(128, ge=4, le=8192, description="tokens per row (padded and cut)")
+
+
 class DataConfig(_Section):
     """Where the examples come from.
 
@@ -125,16 +133,26 @@ class DataConfig(_Section):
     ``label_column`` from a file or directory at ``path`` (local or any pyarrow filesystem URI);
     ``jsonl`` does the same for JSON lines (inputs as nested lists).
     ``image_folder`` reads ``path/<class name>/*.{png,jpg,...}``; classes are the sorted folder
-    names. ``fashion_mnist`` reads the four standard idx(.gz) files from ``path`` (default
+    names. Text: ``csv``, ``jsonl`` or ``parquet`` rows with ``text.column`` and
+    ``label_column`` (integer labels, or class names: sorted into ids), or ``text_folder``:
+    ``path/<class name>/*.txt``; ``text`` is set by default for csv and text_folder. A
+    ``task: cross_modal`` job reads both ``input_column`` (the teacher's images) and the text.
+    ``fashion_mnist`` reads the four standard idx(.gz) files from ``path`` (default
     ``/usr/share/datasets/fashion-mnist/``, Debian package ``dataset-fashion-mnist``) and keeps
     their train/test parts: val is cut from train (``split.val``), ``split.test`` is unused.
     """
 
     source: Literal[
-        "digits", "npz", "parquet", "jsonl", "image_folder", "fashion_mnist", "coco"
-    ] = Field(
-        "digits", description="digits: scikit-learn's bundled 8x8 handwritten digits"
-    )
+        "digits",
+        "npz",
+        "parquet",
+        "jsonl",
+        "csv",
+        "image_folder",
+        "text_folder",
+        "fashion_mnist",
+        "coco",
+    ] = Field("digits", description="digits: scikit-learn's bundled 8x8 handwritten digits")
     path: str | None = Field(
         None,
         description="file or directory for npz/parquet/jsonl/image_folder; fashion_mnist: the"
@@ -159,9 +177,21 @@ class DataConfig(_Section):
     balance: BalanceConfig | None = Field(None, description="null: classes as they come")
     augment: AugmentConfig | None = Field(None, description="null: no augmentation")
     coco: CocoConfig | None = Field(None, description="source coco: the splits' paths")
+    text: TextConfig | None = Field(
+        None, description="text rows (set by default for csv and text_folder); null: no text"
+    )
 
     @model_validator(mode="after")
     def _path_for_files(self) -> DataConfig:
+        if self.source in ("csv", "text_folder") and self.text is None:
+            self.text = TextConfig()
+        if self.text is not None and self.source not in ("csv", "jsonl", "parquet", "text_folder"):
+            raise _KeyedError(
+                "data.text",
+                f"text rows come from csv, jsonl, parquet or text_folder, not {self.source}",
+            )
+        if self.text is not None and self.augment is not None:
+            raise _KeyedError("data.augment", "augmentation applies to images, not text rows")
         if self.source == "coco":
             if self.coco is None:
                 raise _KeyedError("data.coco", "source 'coco' needs data.coco: {train, val}")
@@ -188,15 +218,29 @@ class TrainOverrides(_Section):
 class ModelSpec(_Section):
     """A model built from a spec string.
 
-    ``model`` is ``torchvision:<name>`` (e.g. ``torchvision:resnet18``) or ``module.path:factory``
-    for user code. ``args`` are passed to the builder; ``num_classes`` is filled in from the data
-    when the builder accepts it. ``checkpoint`` is a local weights file (loaded with
-    ``weights_only=True``).
+    ``model`` is ``torchvision:<name>`` (e.g. ``torchvision:resnet18``), ``hf:<directory or hub
+    name>`` (a transformers sequence classifier, read offline from local files first; ``args``:
+    ``pretrained`` (default true), ``config`` overrides such as ``num_hidden_layers``) or
+    ``module.path:factory`` for user code. ``args`` are passed to the builder; ``num_classes``
+    is filled in from the data when the builder accepts it. ``checkpoint`` is a local weights
+    file (loaded with ``weights_only=True``). ``tokenizer`` makes the model a text model: it
+    reads packed token rows [N, 2, L] made by that tokenizer (null: an ``hf:`` model's own).
     """
 
     model: str
     args: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Path | None = None
+    tokenizer: str | None = Field(
+        None, description="hf tokenizer directory or hub name; null: an hf: model's own"
+    )
+
+    @property
+    def text_tokenizer(self) -> str | None:
+        """The tokenizer this model reads text with, or None for a model of images/tensors."""
+        if self.tokenizer is not None:
+            return self.tokenizer
+        prefix, _, name = self.model.partition(":")
+        return name if prefix == "hf" else None
 
     @field_validator("model")
     @classmethod
@@ -204,7 +248,8 @@ class ModelSpec(_Section):
         prefix, sep, name = value.partition(":")
         if not sep or not prefix or not name:
             raise ValueError(
-                f"'{value}' is not a model spec: use 'torchvision:<name>' or 'module.path:factory'"
+                f"'{value}' is not a model spec: use 'torchvision:<name>', 'hf:<directory>' or "
+                "'module.path:factory'"
             )
         return value
 
@@ -306,6 +351,11 @@ class DistillConfig(_Section):
         "float32", description="dtype of features shipped by the pool (and cached)"
     )
     detection: DetectionDistillConfig = Field(default_factory=DetectionDistillConfig)
+    modal_mapping: Literal["linear", "mlp"] | None = Field(
+        None,
+        description="task cross_modal: the learned map from the teacher's embedding width to the"
+        " student's (trained jointly with the student); null: linear for cross_modal jobs",
+    )
     teacher_pass: Literal["once", "per_epoch", "cache"] = Field(
         "once",
         description="once: the teacher pool labels the data once per stage and its outputs stay"
@@ -503,8 +553,11 @@ class JobConfig(_Section):
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
-    task: Literal["classification", "detection"] = Field(
-        "classification", description="detection: COCO-format data, torchvision detectors, mAP"
+    task: Literal["classification", "detection", "cross_modal"] = Field(
+        "classification",
+        description="classification: images, tensors or text (data.text); detection: COCO-format"
+        " data, torchvision detectors, mAP; cross_modal: an image teacher guides a text student"
+        " over paired rows through distill.modal_mapping",
     )
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig
@@ -526,6 +579,18 @@ class JobConfig(_Section):
                 raw = {**raw, "distill": {**distill, "temperature": 2.0}}
         return raw
 
+    @model_validator(mode="before")
+    @classmethod
+    def _cross_modal_defaults(cls, raw: Any) -> Any:
+        """Cross-modal jobs learn mostly from the aligned embeddings: feature_weight 1 and
+        cosine alignment (scale-free across modalities) unless the job says."""
+        if isinstance(raw, dict) and raw.get("task") == "cross_modal":
+            distill = raw.get("distill") or {}
+            if isinstance(distill, dict):
+                defaults = {"feature_weight": 1.0, "feature_loss": "cosine"}
+                raw = {**raw, "distill": {**defaults, **distill}}
+        return raw
+
     @model_validator(mode="after")
     def _task_fits_data(self) -> JobConfig:
         detection = self.task == "detection"
@@ -539,7 +604,46 @@ class JobConfig(_Section):
             raise _KeyedError(
                 "distill.feature_layers", "detection pairs FPN levels: use distill.detection.levels"
             )
+        if not detection:
+            self._sides_fit_data()
         return self
+
+    def _sides_fit_data(self) -> None:
+        reads_text = {
+            side: getattr(self, side).text_tokenizer is not None for side in ("teacher", "student")
+        }
+        has_text = self.data.text is not None
+        for side, text in reads_text.items():
+            if text and not has_text:
+                raise _KeyedError(
+                    side,
+                    f"{getattr(self, side).model} reads text but the data has none: set"
+                    " data.text (or use source csv, jsonl, parquet or text_folder)",
+                )
+        cross = self.task == "cross_modal"
+        if cross and (reads_text["teacher"] or not reads_text["student"]):
+            raise _KeyedError(
+                "task",
+                "cross_modal pairs an image teacher (no tokenizer) with a text student"
+                " (an hf: model, or a model with a tokenizer)",
+            )
+        if has_text and not cross and not all(reads_text.values()):
+            side = next(k for k, v in reads_text.items() if not v)
+            raise _KeyedError(
+                side,
+                "text jobs need text models on both sides: an hf: model or a tokenizer"
+                " (an image teacher with a text student is task: cross_modal)",
+            )
+        if self.distill.modal_mapping is not None and not cross:
+            raise _KeyedError("distill.modal_mapping", "only task: cross_modal maps modalities")
+        if cross and self.distill.feature_loss not in ("mse", "cosine"):
+            raise _KeyedError("distill.feature_loss", "cross_modal aligns by mse or cosine")
+        if cross and not self.distill.feature_layers:
+            raise _KeyedError(
+                "distill.feature_layers",
+                "cross_modal aligns a teacher embedding with a student one: name the pair, e.g."
+                " {pooled: avgpool}",
+            )
 
     @model_validator(mode="after")
     def _schedule_ranges(self) -> JobConfig:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from raydistill.data.arrays import LabelledArrays
+from raydistill.data.arrays import LabelledArrays, model_tensor
 from raydistill.models.specs import count_parameters
 
 THROUGHPUT_BATCH = 64
@@ -47,7 +47,7 @@ def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 512) -> np.n
     """Class predictions [N] for inputs [N, ...]."""
     model.eval()
     out = [
-        model(torch.from_numpy(np.array(inputs[i : i + batch_size], dtype=np.float32)))
+        model(model_tensor(inputs[i : i + batch_size]))
         .argmax(-1)
         .numpy()
         for i in range(0, len(inputs), batch_size)
@@ -79,7 +79,7 @@ def weights_bytes(model: nn.Module) -> int:
 def latency_ms(model: nn.Module, example: np.ndarray, runs: int = 50, warmup: int = 5) -> float:
     """Median wall time of one forward pass on one sample [1, ...], on one CPU thread."""
     model.eval()
-    x = torch.from_numpy(np.array(example[None], dtype=np.float32))
+    x = model_tensor(example[None])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -109,7 +109,7 @@ def throughput(
     model.eval()
     repeats = -(-batch_size // max(len(inputs), 1))
     batch = np.concatenate([inputs] * repeats)[:batch_size]
-    x = torch.from_numpy(np.array(batch, dtype=np.float32))
+    x = model_tensor(batch)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -9,7 +9,9 @@ Formats:
   (``dynamo=False``): the newer exporter needs ``onnxscript``, which is not a dependency.
 * ``safetensors``: the weights (no code, no pickle) with the model spec, its args and the class
   count in the file's metadata, so :func:`load_safetensors` rebuilds the model from it alone.
-* ``hf``: ``save_pretrained`` of a Hugging Face ``transformers`` student; refused for others.
+* ``hf``: ``save_pretrained`` of a Hugging Face ``transformers`` model (an ``hf:`` spec) with
+  its tokenizer, loadable by plain ``AutoModelForSequenceClassification.from_pretrained``;
+  refused for others.
 
 Every export is loaded back and run on a few test inputs; the largest absolute difference from
 the PyTorch model's logits is returned (and printed by the CLI).
@@ -28,7 +30,10 @@ import torch
 from torch import nn
 
 from raydistill.config import JobError, ModelSpec, load_job
+from raydistill.data.arrays import model_tensor
 from raydistill.data.sources import load_splits
+from raydistill.data.text import for_model
+from raydistill.models.hf import HFTextClassifier
 from raydistill.models.specs import build_model, load_weights
 from raydistill.pipeline import JOB_FILE, require_classification, teacher_weights_path
 from raydistill.train.stage import WEIGHTS_FILE, stage_dir
@@ -70,11 +75,9 @@ def _run_model(run_dir: Path, stage: str) -> tuple[nn.Module, ModelSpec, int, np
     splits = load_splits(job.data)
     num_classes = splits["train"].num_classes
     model = load_weights(build_model(spec, num_classes, load=False), weights, f"the {stage}")
-    return model.eval(), spec, num_classes, splits["test"].inputs[:CHECK_ROWS]
-
-
-def _as_tensor(inputs: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(inputs, dtype=np.float32))
+    test = splits["test"]
+    rows = for_model(job, spec, test.take(np.arange(min(CHECK_ROWS, len(test)))))
+    return model.eval(), spec, num_classes, rows.inputs
 
 
 def write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -135,13 +138,16 @@ def _hf_save(model: nn.Module, spec: ModelSpec, path: Path) -> None:
             f"student, '{spec.model}', is a {type(model).__name__}: use torchscript, onnx or "
             "safetensors"
         )
-    model.save_pretrained(str(path))
+    if isinstance(model, HFTextClassifier):
+        model.save_pretrained(path, tokenizer_source=spec.text_tokenizer)
+    else:
+        model.save_pretrained(str(path))
 
 
 @torch.no_grad()
 def _max_diff(fmt: str, path: Path, model: nn.Module, inputs: np.ndarray) -> float:
     """Load the export back with its own runtime and compare logits with the PyTorch model."""
-    x = _as_tensor(inputs)
+    x = model_tensor(inputs)
     expected = model(x).numpy()
     if fmt == "torchscript":
         with warnings.catch_warnings():
@@ -154,8 +160,13 @@ def _max_diff(fmt: str, path: Path, model: nn.Module, inputs: np.ndarray) -> flo
         got = session.run(None, {"input": x.numpy()})[0]
     elif fmt == "safetensors":
         got = load_safetensors(path)(x).numpy()
+    elif isinstance(model, HFTextClassifier):
+        from transformers import AutoModelForSequenceClassification
+
+        plain = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+        got = plain(input_ids=x[:, 0], attention_mask=x[:, 1]).logits.numpy()
     else:
-        return float("nan")  # hf: transformers' own loading is the check
+        return float("nan")  # transformers' own loading is the check
     return float(np.abs(got - expected).max())
 
 
@@ -174,7 +185,7 @@ def export_run(
     suffix = _SUFFIX.get(format, "-hf")
     path = Path(output) if output is not None else run_dir / EXPORT_DIR / f"{stage}{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = _as_tensor(inputs[:2])
+    example = model_tensor(inputs[:2])
     if format == "torchscript":
         write_torchscript(model, example, path)
     elif format == "onnx":

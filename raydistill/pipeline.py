@@ -14,11 +14,13 @@ import numpy as np
 import torch
 
 from raydistill.config import JobConfig, JobError, load_job
-from raydistill.data.arrays import LabelledArrays
+from raydistill.data.arrays import LabelledArrays, model_tensor
 from raydistill.data.balance import ClassBalancer
 from raydistill.data.sources import load_splits, training_datasets
+from raydistill.data.text import for_model
 from raydistill.distill.taps import feature_shapes
 from raydistill.evaluate import ModelScore, score
+from raydistill.models.hf import check_tokenizer_fits
 from raydistill.models.specs import build_model, load_weights
 from raydistill.runtime import ray_session
 from raydistill.teacher.cache import ensure_cache, job_codec, read_cache, read_manifest
@@ -201,22 +203,30 @@ def fit_teacher(job: JobConfig, splits: dict[str, LabelledArrays], log: Log) -> 
         distill=False,
         balancer=make_balancer(job, splits["train"], log),
     )
-    return _train(spec, training_datasets(job, splits), log).weights
+    return _train(spec, training_datasets(job, splits, job.teacher, distill=False), log).weights
 
 
 def check_pair(
-    job: JobConfig, teacher_weights: Path | None, example: np.ndarray, num_classes: int
+    job: JobConfig, teacher_weights: Path | None, train: LabelledArrays
 ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
-    """One dry forward of teacher and student on one sample: outputs must match; feature shapes
-    (without the batch dim) size the adapters. Without ``teacher_weights`` the teacher keeps its
-    initial weights (shapes do not depend on them)."""
+    """One dry forward of teacher and student on the first training row (each as it reads it:
+    text rows through its own tokenizer): outputs must match; feature shapes (without the batch
+    dim) size the adapters. Without ``teacher_weights`` the teacher keeps its initial weights
+    (shapes do not depend on them)."""
+    num_classes = train.num_classes
     teacher = build_model(job.teacher, num_classes, load=False)
     if teacher_weights is not None:
         load_weights(teacher, teacher_weights, what="the teacher")
     student = build_model(job.student, num_classes)
-    x = torch.from_numpy(np.array(example[None], dtype=np.float32))
+    for side, model in (("teacher", teacher), ("student", student)):
+        tokenizer = getattr(job, side).text_tokenizer
+        if tokenizer is not None:
+            check_tokenizer_fits(model, tokenizer, side)
+    first = train.take(np.arange(1))
+    x_t = model_tensor(for_model(job, job.teacher, first).inputs)
+    x = model_tensor(for_model(job, job.student, first).inputs)
     with torch.no_grad():
-        t_out, s_out = teacher.eval()(x), student.eval()(x)
+        t_out, s_out = teacher.eval()(x_t), student.eval()(x)
     if t_out.shape != s_out.shape:
         raise JobError(
             f"teacher outputs {tuple(t_out.shape)} but student outputs {tuple(s_out.shape)} "
@@ -227,7 +237,7 @@ def check_pair(
         return {}, {}
     try:
         s_shapes = feature_shapes(student, [p.student for p in pairs], x)
-        t_shapes = feature_shapes(teacher, [p.teacher for p in pairs], x)
+        t_shapes = feature_shapes(teacher, [p.teacher for p in pairs], x_t)
     except KeyError as exc:
         raise JobError(f"distill.feature_layers: {exc.args[0]}") from None
     return s_shapes, t_shapes
@@ -253,15 +263,15 @@ def fit_student(
     if (done := _already_trained(job, role, log)) is not None:
         return done
     num_classes = splits["train"].num_classes
-    datasets = training_datasets(job, splits)
-    codec = LogitCodec()
     distill = role == "student"
+    datasets = training_datasets(job, splits, distill=distill)
+    codec = LogitCodec()
     if not distill:
         shapes = ({}, {})
     else:
         assert teacher_weights is not None
         if shapes is None:
-            shapes = check_pair(job, teacher_weights, splits["train"].inputs[0], num_classes)
+            shapes = check_pair(job, teacher_weights, splits["train"])
         if job.distill.teacher_pass == "cache":
             if cached is None:
                 manifest = ensure_cache(job, teacher_weights, splits, log)
@@ -380,12 +390,12 @@ def score_run(
     if teacher_weights is not None:
         teacher = build_model(job.teacher, num_classes, load=False)
         load_weights(teacher, teacher_weights, what="the teacher")
-        scores.append(score(STAGE_NAMES["teacher"], teacher, test))
+        scores.append(score(STAGE_NAMES["teacher"], teacher, for_model(job, job.teacher, test)))
     for role in ("student", "baseline"):
         if role in stages:
             student = build_model(job.student, num_classes, load=False)
             load_weights(student, stages[role].weights, what=f"the {role}")
-            scores.append(score(STAGE_NAMES[role], student, test))
+            scores.append(score(STAGE_NAMES[role], student, for_model(job, job.student, test)))
     return scores
 
 
@@ -424,7 +434,8 @@ def evaluate_checkpoint(
         raise JobError(f"unknown split '{split}' (one of {sorted(splits)})")
     num_classes = splits["train"].num_classes
     weights = load_weights(build_model(spec, num_classes, load=False), Path(checkpoint), model)
-    return score(f"{model} ({Path(checkpoint).name}, {split})", weights, splits[split])
+    rows = for_model(job, spec, splits[split])
+    return score(f"{model} ({Path(checkpoint).name}, {split})", weights, rows)
 
 
 def write_summary(summary: RunSummary) -> None:

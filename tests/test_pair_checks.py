@@ -23,8 +23,7 @@ def test_matching_pair_gives_feature_shapes(write_job, teacher_file):
     job = load_job(
         write_job({"distill.feature_layers": [{"student": "features.7", "teacher": "features.7"}]})
     )
-    example = load_digits_arrays().inputs[0]
-    student_shapes, teacher_shapes = check_pair(job, teacher_file, example, 10)
+    student_shapes, teacher_shapes = check_pair(job, teacher_file, load_digits_arrays())
     assert student_shapes == {"features.7": (16, 4, 4)}
     assert teacher_shapes == {"features.7": (64, 4, 4)}
 
@@ -32,20 +31,20 @@ def test_matching_pair_gives_feature_shapes(write_job, teacher_file):
 def test_output_shape_mismatch_is_refused(write_job, teacher_file):
     job = load_job(write_job({"student.args": {"width": 8, "num_classes": 5}}))
     with pytest.raises(JobError, match=r"teacher outputs \(1, 10\) but student outputs \(1, 5\)"):
-        check_pair(job, teacher_file, load_digits_arrays().inputs[0], 10)
+        check_pair(job, teacher_file, load_digits_arrays())
 
 
 def test_unknown_feature_layer_is_named(write_job, teacher_file):
     job = load_job(write_job({"distill.feature_layers": ["layer4"]}))
     with pytest.raises(JobError, match=r"distill\.feature_layers: .*layer4"):
-        check_pair(job, teacher_file, load_digits_arrays().inputs[0], 10)
+        check_pair(job, teacher_file, load_digits_arrays())
 
 
 def test_teacher_checkpoint_of_another_model_is_refused(write_job, tmp_path):
     other = save_weights(build_model(QUICKSTART.student, 10), tmp_path / "other.pt")
     job = load_job(write_job())
     with pytest.raises(JobError, match="does not fit the teacher"):
-        check_pair(job, other, load_digits_arrays().inputs[0], 10)
+        check_pair(job, other, load_digits_arrays())
 
 
 def test_cli_evaluate_scores_a_checkpoint(write_job, teacher_file, tmp_path):

@@ -6,20 +6,28 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from sklearn.model_selection import train_test_split
 
 
 @dataclass(frozen=True)
 class LabelledArrays:
-    """Inputs [N, ...] (float32) with integer labels [N] in ``range(num_classes)``."""
+    """Inputs [N, ...] (float32) with integer labels [N] in ``range(num_classes)``.
+
+    Text rows carry their strings in ``texts`` [N] (an object array); their ``inputs`` are
+    [N, 0] unless the rows pair each text with an image (cross-modal jobs).
+    """
 
     inputs: np.ndarray
     labels: np.ndarray
     num_classes: int
+    texts: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.inputs) != len(self.labels):
             raise ValueError(f"{len(self.inputs)} inputs but {len(self.labels)} labels")
+        if self.texts is not None and len(self.texts) != len(self.labels):
+            raise ValueError(f"{len(self.texts)} texts but {len(self.labels)} labels")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
             bad = int(np.flatnonzero((self.labels < 0) | (self.labels >= self.num_classes))[0])
             raise ValueError(
@@ -35,11 +43,14 @@ class LabelledArrays:
         for array in (self.inputs, self.labels):
             digest.update(f"{array.dtype}{array.shape}".encode())
             digest.update(np.ascontiguousarray(array).tobytes())
+        for text in self.texts if self.texts is not None else ():
+            digest.update(str(text).encode("utf-8") + b"\0")
         digest.update(str(self.num_classes).encode())
         return digest.hexdigest()
 
     def take(self, index: np.ndarray) -> LabelledArrays:
-        return LabelledArrays(self.inputs[index], self.labels[index], self.num_classes)
+        texts = self.texts[index] if self.texts is not None else None
+        return LabelledArrays(self.inputs[index], self.labels[index], self.num_classes, texts)
 
 
 def split_arrays(
@@ -54,3 +65,10 @@ def split_arrays(
         rest, test_size=val / (1 - test), random_state=seed, stratify=data.labels[rest]
     )
     return {"train": data.take(train_idx), "val": data.take(val_idx), "test": data.take(test_idx)}
+
+
+def model_tensor(inputs: np.ndarray) -> torch.Tensor:
+    """A writable tensor of model inputs: token rows stay int64, anything else is float32."""
+    dtype = np.int64 if np.issubdtype(np.asarray(inputs).dtype, np.integer) else np.float32
+    # np.array copies: Ray hands read-only arrays and torch wants writable memory.
+    return torch.from_numpy(np.array(inputs, dtype=dtype))

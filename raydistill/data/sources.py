@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from raydistill.config import AugmentConfig, DataConfig, JobConfig, JobError
+from raydistill.config import AugmentConfig, DataConfig, JobConfig, JobError, ModelSpec
 from raydistill.data.arrays import LabelledArrays, split_arrays
 from raydistill.data.augment import VIEW, augment_batch
 from raydistill.data.digits import load_digits_arrays
@@ -83,6 +83,10 @@ def _read_image_folder(data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
 
 def load_arrays(data: DataConfig) -> LabelledArrays:
     """All rows of the job's source, checked: float32 inputs, labels in range(num_classes)."""
+    if data.text is not None:
+        from raydistill.data.text import read_text_arrays
+
+        return read_text_arrays(data)[0]
     if data.source == "fashion_mnist":
         try:
             parts = load_fashion_mnist(data.path)
@@ -155,16 +159,20 @@ def load_splits(data: DataConfig) -> dict[str, LabelledArrays]:
 
 
 def to_arrow(arrays: LabelledArrays) -> pa.Table:
-    """Rows of ``input`` (a fixed-shape tensor column), ``label`` and a stable ``row_id``."""
+    """Rows of ``input`` (a fixed-shape tensor column), ``label`` and a stable ``row_id``; text
+    rows carry ``text`` (strings) and have ``input`` only when paired with an image."""
     from ray.data.extensions import ArrowTensorArray
 
-    return pa.table(
-        {
-            INPUT: ArrowTensorArray.from_numpy(np.ascontiguousarray(arrays.inputs)),
-            LABEL: pa.array(arrays.labels, type=pa.int64()),
-            ROW_ID: pa.array(np.arange(len(arrays)), type=pa.int64()),
-        }
-    )
+    from raydistill.data.text import TEXT
+
+    columns: dict[str, pa.Array] = {}
+    if arrays.texts is None or arrays.inputs[0].size:
+        columns[INPUT] = ArrowTensorArray.from_numpy(np.ascontiguousarray(arrays.inputs))
+    if arrays.texts is not None:
+        columns[TEXT] = pa.array([str(t) for t in arrays.texts], type=pa.string())
+    columns[LABEL] = pa.array(arrays.labels, type=pa.int64())
+    columns[ROW_ID] = pa.array(np.arange(len(arrays)), type=pa.int64())
+    return pa.table(columns)
 
 
 def to_dataset(arrays: LabelledArrays, blocks: int = 4) -> ray.data.Dataset:
@@ -197,9 +205,25 @@ def with_views(ds: ray.data.Dataset, augment: AugmentConfig, seed: int) -> ray.d
     return views[0].union(*views[1:]) if len(views) > 1 else views[0]
 
 
-def training_datasets(job: JobConfig, splits: dict[str, LabelledArrays]) -> dict[str, Any]:
-    """Ray datasets of the train split (augmented views when the job asks) and the val split."""
+def training_datasets(
+    job: JobConfig,
+    splits: dict[str, LabelledArrays],
+    model: ModelSpec | None = None,
+    distill: bool = True,
+) -> dict[str, Any]:
+    """Ray datasets of the train split (augmented views when the job asks) and the val split,
+    as ``model`` (default: the student) reads them; text rows are tokenized in the pipeline,
+    for the job's teacher too when ``distill``."""
     train = to_dataset(splits["train"])
     if job.data.augment is not None:
         train = with_views(train, job.data.augment, job.seed)
-    return {"train": train, "val": to_dataset(splits["val"])}
+    datasets = {"train": train, "val": to_dataset(splits["val"])}
+    if job.data.text is None:
+        return datasets
+    from raydistill.data.text import tokenize_rows, tokenize_stage_kwargs
+
+    kwargs = tokenize_stage_kwargs(job, model or job.student, distill)
+    return {
+        k: ds.map_batches(tokenize_rows, fn_kwargs=kwargs, batch_format="numpy")
+        for k, ds in datasets.items()
+    }

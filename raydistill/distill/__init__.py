@@ -7,6 +7,7 @@ from raydistill.distill.adapters import (
     PoolLinearAdapter,
     build_adapter,
 )
+from raydistill.distill.cross_modal import CrossModalDistiller, ModalMapping, build_modal_mapping
 from raydistill.distill.distiller import Distiller, DistillLoss
 from raydistill.distill.losses import (
     DistillMethod,
@@ -28,12 +29,14 @@ from raydistill.distill.weighting import WeightingKind, sample_weights
 
 __all__ = [
     "ConvAdapter",
+    "CrossModalDistiller",
     "DistillLoss",
     "DistillMethod",
     "Distiller",
     "FeatureLossKind",
     "FeatureTap",
     "LinearAdapter",
+    "ModalMapping",
     "PoolLinearAdapter",
     "Schedule",
     "ScheduleLike",
@@ -42,6 +45,7 @@ __all__ = [
     "attention_loss",
     "attention_map",
     "build_adapter",
+    "build_modal_mapping",
     "combine",
     "cosine_feature_loss",
     "dkd_loss",

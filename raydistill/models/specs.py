@@ -1,7 +1,9 @@
-"""Build models from spec strings and move weights in and out of files safely."""
+"""Build models from spec strings (``torchvision:``, ``hf:``, ``module.path:factory``) and move
+weights in and out of files safely."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable
@@ -44,6 +46,10 @@ def resolve_builder(spec: str) -> Callable[..., nn.Module]:
     prefix, _, name = spec.partition(":")
     if prefix == "torchvision":
         return _torchvision_builder(name)
+    if prefix == "hf":
+        from raydistill.models.hf import build_hf_classifier
+
+        return functools.partial(build_hf_classifier, name)
     return _factory(spec)
 
 

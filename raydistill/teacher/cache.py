@@ -60,6 +60,16 @@ def cache_key(job: JobConfig, teacher_weights: Path, splits: dict[str, LabelledA
         "feature_layers": job.pool_feature_layers,
         "feature_dtype": job.distill.feature_dtype if job.pool_feature_layers else None,
         "num_classes": splits["train"].num_classes,
+        # token rows in the cache are the student's and (when it differs) the teacher's
+        "text": (
+            {
+                **job.data.text.model_dump(mode="json"),
+                "student_tokenizer": job.student.text_tokenizer,
+                "teacher_tokenizer": job.teacher.text_tokenizer,
+            }
+            if job.data.text
+            else None
+        ),
     }
 
 

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 from raydistill.config import JobConfig, ModelSpec, TeacherPoolConfig
+from raydistill.data.arrays import model_tensor
 from raydistill.data.sources import INPUT
+from raydistill.data.text import TEACHER_INPUT
 from raydistill.distill.taps import FeatureTap
 from raydistill.models.specs import build_model, load_weights
 from raydistill.teacher.codec import LOGITS, LogitCodec
@@ -57,8 +59,9 @@ class TeacherPredictor:
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # Ray hands read-only arrays; torch wants writable memory.
-        inputs = torch.from_numpy(np.array(batch[INPUT], dtype=np.float32)).to(self.device)
+        # A teacher that reads something other than the student (its own tokens, or the image
+        # of a cross-modal row) finds it in teacher_input.
+        inputs = model_tensor(batch.get(TEACHER_INPUT, batch[INPUT])).to(self.device)
         logits = self.model(inputs)
         batch.update(self.codec.encode(logits.float().cpu().numpy()))
         if self.tap is not None:

@@ -17,6 +17,8 @@ import torch.distributed as dist
 from raydistill.data.augment import VIEW
 from raydistill.data.balance import balance_rng
 from raydistill.data.sources import INPUT, LABEL, ROW_ID
+from raydistill.data.text import TEACHER_INPUT
+from raydistill.distill.cross_modal import CrossModalDistiller
 from raydistill.distill.distiller import Distiller
 from raydistill.models.specs import build_model, load_weights
 from raydistill.teacher.pool import feature_column
@@ -77,22 +79,36 @@ def build_distiller(spec: StageSpec) -> Distiller:
         assert spec.teacher_weights is not None
         teacher = build_model(spec.job.teacher, spec.num_classes, load=False)
         load_weights(teacher, Path(spec.teacher_weights), what="the teacher")
-    distiller = Distiller(
-        build_model(spec.model, spec.num_classes),
-        teacher,
-        temperature=d.temperature,
-        alpha=d.alpha,
-        feature_layers=spec.feature_pairs or None,
-        feature_weight=d.feature_weight,
-        feature_grad_scale=d.feature_grad_scale,
-        weighting=d.weighting,
-        total_epochs=spec.train.epochs,
-        method=d.method,
-        dkd_alpha=d.dkd.alpha,
-        dkd_beta=d.dkd.beta,
-        feature_loss=d.feature_loss,
-        attention_p=d.attention_p,
-    )
+    student = build_model(spec.model, spec.num_classes)
+    common: dict[str, Any] = {
+        "temperature": d.temperature,
+        "alpha": d.alpha,
+        "feature_weight": d.feature_weight,
+        "feature_grad_scale": d.feature_grad_scale,
+        "weighting": d.weighting,
+        "total_epochs": spec.train.epochs,
+        "method": d.method,
+        "dkd_alpha": d.dkd.alpha,
+        "dkd_beta": d.dkd.beta,
+        "feature_loss": d.feature_loss,
+    }
+    distiller: Distiller
+    if spec.job.task == "cross_modal" and spec.feature_pairs:
+        distiller = CrossModalDistiller(
+            teacher,
+            student,
+            d.modal_mapping or "linear",
+            feature_layers=spec.feature_pairs,
+            **common,
+        )
+    else:
+        distiller = Distiller(
+            student,
+            teacher,
+            feature_layers=spec.feature_pairs or None,
+            attention_p=d.attention_p,
+            **common,
+        )
     if spec.feature_pairs:
         distiller.build_adapters(
             student_shapes=spec.student_shapes, teacher_shapes=spec.teacher_shapes
@@ -116,7 +132,7 @@ def _teacher_side(
     if not spec.feature_pairs:
         return logits, None
     if core.teacher is not None:
-        return logits, core.teacher_outputs(batch[INPUT])[1]
+        return logits, core.teacher_outputs(batch.get(TEACHER_INPUT, batch[INPUT]))[1]
     return logits, {t: batch[feature_column(t)].float() for _, t in spec.feature_pairs}
 
 

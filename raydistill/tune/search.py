@@ -217,7 +217,7 @@ def run_tune(
     with ray_session(job, cpus=planned_tune_cpus(job)):
         weights = fit_teacher(job, splits, log)
         # one probe of the pair here, not one per trial: a mismatch fails before any trial
-        shapes = check_pair(job, weights, splits["train"].inputs[0], splits["train"].num_classes)
+        shapes = check_pair(job, weights, splits["train"])
         passes, built, cached = 0, False, None
         if settings.shared_teacher:
             built = read_manifest(job.cache_dir) is None
