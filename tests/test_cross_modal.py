@@ -143,3 +143,23 @@ def test_example_job_validates_with_its_data(tmp_path, monkeypatch):
     assert student_shapes == {"pooled": (32,)} and teacher_shapes == {"features.7": (64, 4, 4)}
     assert for_model(job, job.teacher, train) is train  # the teacher reads the images
     assert for_model(job, job.student, train).inputs.shape[1:] == (2, 12)
+
+
+def test_paired_images_keep_their_shape_in_a_fresh_process(tmp_path):
+    """Parquet tensor columns read back flat unless Ray's tensor type is registered first; a
+    fresh interpreter (nothing imported yet, as on a user's driver) must still see [1, 8, 8]."""
+    pytest.importorskip("transformers")
+    import subprocess
+    import sys
+
+    from raydistill.data.captions import write_captions
+
+    data = write_captions(tmp_path / "captions")
+    code = (
+        "from raydistill.config import DataConfig\n"
+        "from raydistill.data.text import read_text_arrays\n"
+        f"cfg = DataConfig(source='parquet', path={str(data / 'captions.parquet')!r}, text={{}})\n"
+        "print(tuple(read_text_arrays(cfg)[0].inputs.shape))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "(1797, 1, 8, 8)"

@@ -72,3 +72,9 @@ def model_tensor(inputs: np.ndarray) -> torch.Tensor:
     dtype = np.int64 if np.issubdtype(np.asarray(inputs).dtype, np.integer) else np.float32
     # np.array copies: Ray hands read-only arrays and torch wants writable memory.
     return torch.from_numpy(np.array(inputs, dtype=dtype))
+
+
+def register_tensor_types() -> None:
+    """Make pyarrow know Ray's tensor column type before a file is read: unregistered, a
+    Parquet tensor column reads back as flat lists and loses its shape."""
+    import ray.data.extensions  # noqa: F401  (registers ArrowTensorType on import)

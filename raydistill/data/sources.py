@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from raydistill.config import AugmentConfig, DataConfig, JobConfig, JobError, ModelSpec
-from raydistill.data.arrays import LabelledArrays, split_arrays
+from raydistill.data.arrays import LabelledArrays, register_tensor_types, split_arrays
 from raydistill.data.augment import VIEW, augment_batch
 from raydistill.data.digits import load_digits_arrays
 from raydistill.data.idx import IdxError, load_fashion_mnist
@@ -32,6 +32,7 @@ def _read_table(data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     """Parquet or JSON-lines rows (a file or directory; any pyarrow filesystem URI)."""
     import pyarrow.dataset as pads
 
+    register_tensor_types()
     fmt = "json" if data.source == "jsonl" else "parquet"
     try:
         table = pads.dataset(data.path, format=fmt).to_table()

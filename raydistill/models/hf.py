@@ -30,8 +30,10 @@ def _require_transformers() -> Any:
         raise JobError(
             "hf: models need transformers: pip install 'raydistill[text]' (or transformers>=5)"
         ) from None
-    # per-file progress bars on every load would drown the run's own progress lines
+    # per-file progress bars on every load would drown the run's own progress lines.
     transformers.utils.logging.disable_progress_bar()
+    # A fresh classification head is expected here (the teacher stage trains it): no load report
+    transformers.utils.logging.set_verbosity_error()
     return transformers
 
 
