@@ -23,6 +23,7 @@ def planned_cpus(job: JobConfig) -> int:
 
 
 TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
+DRIVER_CWD_ENV = "RAYDISTILL_DRIVER_CWD"  # the driver's working directory, for local workers
 
 
 @contextmanager
@@ -46,8 +47,14 @@ def ray_session(job: JobConfig, cpus: int | None = None) -> Iterator[None]:
         cpus = max(os.cpu_count() or 1, cpus or planned_cpus(job))
         # The dashboard (loopback only) serves the State API that Train's placement-group
         # cleaner polls; without it every run logs a flood of warnings.
+        # Workers of a local Ray do not start in this directory: they get it in DRIVER_CWD_ENV,
+        # where relative model and tokenizer paths (hf:data/minilm) are resolved.
         ray.init(
-            num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True
+            num_cpus=cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            log_to_driver=True,
+            runtime_env={"env_vars": {DRIVER_CWD_ENV: os.getcwd()}},
         )
         _STARTED_HERE = True
     quiet_data()

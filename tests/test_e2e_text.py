@@ -100,7 +100,8 @@ def test_cross_modal_job_end_to_end(ray_address, tmp_path):
     assert history[0]["train_feature"] > 0 and history[0]["train_soft"] > 0
     assert _falls(history, "train_feature")  # the text embedding moves toward the mapped image
     assert summary.score("teacher").accuracy > 0.6  # the image teacher (10 classes)
-    assert summary.score("student (distilled)").accuracy > 0.3  # the text student from captions
+    # the text student, from captions alone (10% of them never name the digit)
+    assert summary.score("student (distilled)").accuracy > 0.5
 
 
 def test_bbc_news_job_at_reduced_size(ray_address, tmp_path):

@@ -285,3 +285,22 @@ def test_a_tokenizer_larger_than_the_model_is_refused_before_training(tmp_path, 
     tokens = model_tensor(encode(str(big), ["w49 w48"], 6))
     with pytest.raises(ValueError, match="outside the model's"):
         model(tokens)
+
+
+def test_relative_model_paths_fall_back_to_the_driver_directory(tmp_path, models, monkeypatch):
+    """Workers of a local Ray start outside the driver's directory; the driver passes it on."""
+    from raydistill.models.hf import local_path
+    from raydistill.runtime import DRIVER_CWD_ENV
+
+    (tmp_path / "driver" / "data").mkdir(parents=True)
+    (tmp_path / "driver" / "data" / "bert").symlink_to(models["bert"])
+    (tmp_path / "worker").mkdir()
+    monkeypatch.chdir(tmp_path / "worker")
+    monkeypatch.delenv(DRIVER_CWD_ENV, raising=False)
+    with pytest.raises(JobError, match="no such directory|neither a local directory|hub"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        locate("./data/bert")
+    monkeypatch.setenv(DRIVER_CWD_ENV, str(tmp_path / "driver"))
+    assert local_path("data/bert") == tmp_path / "driver" / "data" / "bert"
+    assert locate("data/bert") == str(tmp_path / "driver" / "data" / "bert")
+    assert build_model(_spec("data/bert"), 3) is not None

@@ -68,7 +68,8 @@ class CrossModalDistiller(Distiller):
 
     ``total = alpha * soft + (1 - alpha) * hard + feature_weight * align``, where ``align``
     compares each student embedding with ``modal_mapping(teacher feature)`` by ``feature_loss``
-    (``cosine`` by default, or ``mse``) and ``soft`` is KD over the shared label space (set
+    (``cosine`` by default, or ``mse``), both centred over the batch (so a collapsed, constant
+    embedding earns nothing), and ``soft`` is KD over the shared label space (set
     ``alpha=0`` when teacher and student do not share labels). Teacher and student take
     different inputs: :meth:`step` takes both.
 
@@ -188,6 +189,11 @@ class CrossModalDistiller(Distiller):
         # Unlike Distiller's feature losses, the teacher side is not detached: it is the output
         # of the trainable modal mapping (the teacher itself stays frozen, under no_grad).
         s, t = student.float().flatten(1), teacher.float().flatten(1)
+        if len(s) > 1:
+            # Centred over the batch: a jointly trained mapping could otherwise send every
+            # teacher embedding to one direction and the student would follow, aligning
+            # perfectly while its embeddings collapse. Only per-sample variation is aligned.
+            s, t = s - s.mean(0, keepdim=True), t - t.mean(0, keepdim=True)
         if self.feature_loss_kind == "cosine":
             return (1 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()
         return F.mse_loss(s, t)

@@ -41,11 +41,25 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+def local_path(name: str) -> Path:
+    """``name`` as a local path: relative paths that are not found here are looked up in the
+    driver's working directory (workers of a local Ray start elsewhere)."""
+    from raydistill.runtime import DRIVER_CWD_ENV
+
+    path = Path(name).expanduser()
+    driver_cwd = os.environ.get(DRIVER_CWD_ENV)
+    if not path.is_absolute() and not path.exists() and driver_cwd:
+        candidate = Path(driver_cwd) / path
+        if candidate.exists():
+            return candidate
+    return path
+
+
 def locate(name: str, need: tuple[str, ...] = ("config.json",)) -> str:
     """A local directory for ``name``: the directory itself, or its copy in the Hugging Face
     cache. Hub names not cached are fetched only when the hub is allowed (``HF_HUB_OFFLINE``
     unset); otherwise the error names the missing files and how to provide them."""
-    path = Path(name).expanduser()
+    path = local_path(name)
     if path.is_dir() or name.startswith(("/", ".", "~")):
         if not path.is_dir():
             raise JobError(f"hf:{name}: no such directory (relative paths start at {Path.cwd()})")
