@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from raydistill.config import JobError
 from raydistill.models.specs import build_model, save_weights
 from raydistill.runtime import check_worker_resources
-from raydistill.train.loop import train_loop_per_worker
+from raydistill.train.loop import NonFiniteLossError, train_loop_per_worker
 from raydistill.train.spec import StageSpec
 from raydistill.train.state import STATE_FILE, load_state
 
@@ -67,6 +68,24 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return None
 
 
+def job_error_in(exc: BaseException, depth: int = 0) -> str | None:
+    """The message of a :class:`JobError` or :class:`NonFiniteLossError` raised by a train
+    worker, found inside Ray Train's failure (``WorkerGroupError.worker_failures`` wrap each
+    worker's exception); None when training failed for another reason."""
+    if isinstance(exc, JobError | NonFiniteLossError):
+        return str(exc)
+    if depth > 8:
+        return None
+    inner: list[Any] = list(getattr(exc, "worker_failures", {}).values())
+    inner += [getattr(exc, name, None) for name in ("_base_exc", "cause", "__cause__")]
+    for candidate in inner:
+        if isinstance(candidate, BaseException):
+            found = job_error_in(candidate, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
 def run_stage(
     spec: StageSpec,
     datasets: dict[str, ray.data.Dataset],
@@ -115,7 +134,15 @@ def run_stage(
         ),
         datasets=datasets,
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        # A bad job found inside a worker (a NaN loss, a model that does not build) ends in the
+        # worker's own one-line message on the driver, not in Ray's wrapped traceback.
+        cause = job_error_in(exc)
+        if cause is None:
+            raise
+        raise JobError(cause) from None
     if result.checkpoint is None:
         raise RuntimeError(f"[{spec.role}] training finished without a checkpoint")
     with result.checkpoint.as_directory() as directory:
