@@ -13,7 +13,8 @@ from raydistill.models.specs import build_model, save_weights
 from raydistill.runtime import check_worker_resources
 from raydistill.train.loop import NonFiniteLossError, train_loop_per_worker
 from raydistill.train.spec import StageSpec
-from raydistill.train.state import STATE_FILE, load_state
+from raydistill.train.state import latest_checkpoint as latest_checkpoint  # re-exported
+from raydistill.train.state import load_state
 
 if TYPE_CHECKING:
     import ray.data
@@ -47,25 +48,6 @@ def finished_stage(run_dir: Path, role: str) -> StageResult | None:
         return None
     history = json.loads((directory / HISTORY_FILE).read_text())
     return StageResult(role, weights, history)
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest complete checkpoint an earlier (perhaps killed) run left in a stage directory.
-
-    Ray restores from its own snapshot file, but a driver killed between writing a checkpoint and
-    the snapshot leaves a checkpoint Ray does not know about; this finds it. Unreadable (half
-    copied) checkpoints are skipped.
-    """
-    candidates = sorted(
-        (p for p in directory.glob("checkpoint_*") if (p / STATE_FILE).is_file()), reverse=True
-    )
-    for candidate in candidates:
-        try:
-            load_state(candidate)
-        except Exception:  # a truncated file from a kill mid-copy: fall back to an older one
-            continue
-        return candidate
-    return None
 
 
 def job_error_in(exc: BaseException, depth: int = 0) -> str | None:
@@ -107,14 +89,15 @@ def run_stage(
 
     scaling = spec.job.scaling
     check_worker_resources(spec.job)
-    previous = latest_checkpoint(stage_dir(run_dir, spec.role))
+    directory = stage_dir(run_dir, spec.role)
     resources: dict[str, Any] = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
     trainer = TorchTrainer(
         loop,
-        # Ray's own restore wins when it has one; otherwise the loop starts from `resume_from`.
+        # Each worker group (the first, or one restarted after a failure) resumes from the
+        # newer of Ray's checkpoint and the newest complete one in the stage directory.
         train_loop_config={
             "spec": spec,
-            "resume_from": str(previous) if previous else None,
+            "stage_dir": str(directory),
             **(loop_config or {}),
         },
         scaling_config=ScalingConfig(
