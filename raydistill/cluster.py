@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from raydistill.config import JobConfig, JobError, ScalingConfig
+from raydistill.config import JobConfig, JobError, ScalingConfig, yaml_error_line
 
 Resources = dict[str, float]
 
@@ -73,7 +73,9 @@ def load_node_types(path: str | Path) -> dict[str, Resources]:
     path = Path(path)
     try:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    except (OSError, yaml.YAMLError) as exc:
+    except yaml.YAMLError as exc:
+        raise JobError(f"{path}: cannot read cluster config: {yaml_error_line(exc)}") from exc
+    except OSError as exc:
         raise JobError(f"{path}: cannot read cluster config: {exc}") from exc
     types: dict[str, Resources] = {}
     for doc in docs:

@@ -740,7 +740,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise JobError(f"override '{text}': value is not valid YAML ({exc})") from None
+        why = yaml_error_line(exc)
+        raise JobError(f"override '{text}': value is not valid YAML ({why})") from None
     return key.strip().split("."), value
 
 
@@ -816,6 +817,16 @@ def job_from_dict(raw: Mapping[str, Any], source: str = "job") -> JobConfig:
         raise JobError(format_validation_error(exc, source)) from None
 
 
+def yaml_error_line(exc: yaml.YAMLError) -> str:
+    """A YAML parser error in one line (``line 3, column 1: expected ...``): PyYAML's own text
+    spans several lines with a caret drawing, which breaks one-line-per-problem output."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).split("\n")[0]
+    context = getattr(exc, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}" + (f" ({context})" if context else "")
+
+
 def load_job(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> JobConfig:
     """Read a job YAML, apply ``key.path=value`` overrides, validate.
 
@@ -825,9 +836,10 @@ def load_job(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Job
     if not path.is_file():
         raise JobError(f"{path}: job file not found")
     try:
+        # safe_load builds plain data only: a `!!python/object` tag is an error, never code.
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise JobError(f"{path}: not valid YAML: {exc}") from None
+        raise JobError(f"{path}: not valid YAML: {yaml_error_line(exc)}") from None
     if not isinstance(raw, dict):
         raise JobError(f"{path}: a job is a mapping of sections, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)

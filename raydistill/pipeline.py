@@ -307,6 +307,17 @@ def fit_student(
     return _train(spec, datasets, log, callbacks)
 
 
+def preflight(job: JobConfig, splits: dict[str, LabelledArrays]) -> None:
+    """Checks that need neither Ray nor a run directory, run before either exists so that bad
+    input leaves nothing behind: the student (with its ``checkpoint``) builds, and a distilled
+    student's outputs match the teacher's (whose ``checkpoint``, when given, must fit it)."""
+    num_classes = splits["train"].num_classes
+    if job.distill.enabled:
+        check_pair(job, job.teacher.checkpoint, splits["train"].inputs[0], num_classes)
+    else:
+        build_model(job.student, num_classes)
+
+
 def require_classification(job: JobConfig, command: str) -> None:
     """Commands that do not handle other tasks yet say so in one line."""
     if job.task != "classification":
@@ -319,8 +330,8 @@ def require_classification(job: JobConfig, command: str) -> None:
 def run_teacher(job: JobConfig, fresh: bool = False, log: Log = print) -> Path:
     """``raydistill teacher``: train (or find) the teacher; returns its weights file."""
     require_classification(job, "teacher")
+    splits = load_splits(job.data)  # unreadable data fails before the run directory exists
     prepare_run_dir(job, fresh, log)
-    splits = load_splits(job.data)
     with ray_session(job):
         return fit_teacher(job, splits, log)
 
@@ -330,8 +341,9 @@ def run_cache(job: JobConfig, fresh: bool = False, log: Log = print) -> dict:
     its outputs are written as Parquet; returns the cache manifest. ``fresh`` rebuilds only the
     cache."""
     require_classification(job, "cache")
-    prepare_run_dir(job, False, log)
     splits = load_splits(job.data)
+    preflight(job, splits)
+    prepare_run_dir(job, False, log)
     with ray_session(job):
         weights = fit_teacher(job, splits, log)
         return ensure_cache(job, weights, splits, log, fresh=fresh)
@@ -346,8 +358,9 @@ def run_job(job: JobConfig, fresh: bool = False, log: Log = print) -> RunSummary
         from raydistill.detection.pipeline import run_detection_job
 
         return run_detection_job(job, fresh, log)  # type: ignore[return-value]
-    run_dir = prepare_run_dir(job, fresh, log)
     splits = load_splits(job.data)
+    preflight(job, splits)
+    run_dir = prepare_run_dir(job, fresh, log)
     log(
         f"data: {job.data.source}: "
         + ", ".join(f"{k} {len(v)}" for k, v in splits.items())

@@ -301,3 +301,24 @@ def test_bad_worker_counts_are_one_clear_error(value, why):
         load_job(ROOT / "jobs" / "digits.yaml", [f"scaling.workers={value}"])
     assert str(err.value).count("\n") == 0
     assert f"scaling.workers: {why}" in str(err.value)
+
+
+def test_a_job_upload_carries_the_whole_package():
+    """``ray job submit --working-dir .`` uploads what Ray's packaging walks, and that walk
+    follows .gitignore: every tracked file of the package and the example jobs must be in it
+    (a bare ``data/`` pattern once left raydistill/data/ out of every submitted job)."""
+    import subprocess
+
+    from ray._private.runtime_env.packaging import _dir_travel
+
+    uploaded: set[Path] = set()
+    _dir_travel(ROOT, [lambda p: p.name == ".git"], lambda p: uploaded.add(p.resolve()), True)
+    tracked = subprocess.run(
+        ["git", "ls-files", "raydistill", "jobs", "pyproject.toml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert len(tracked) > 50
+    assert [f for f in tracked if (ROOT / f).resolve() not in uploaded] == []

@@ -74,7 +74,9 @@ def test_interrupted_search_resumes_over_one_teacher_pass(
     job = load_job(job_file)
     tune_dir = job.run_dir / "tune"
     cli = [str(Path(sys.executable).with_name("raydistill")), "tune", str(job_file)]
-    env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONPATH": str(HELPERS)}
+    # the caller's PYTHONPATH stays: it may name the checkout under test (conftest does the same)
+    python_path = os.pathsep.join(p for p in (str(HELPERS), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONPATH": python_path}
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(
         cli, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

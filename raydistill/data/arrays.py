@@ -33,6 +33,11 @@ class LabelledArrays:
             raise ValueError(
                 f"row {bad}: label {self.labels[bad]} is outside num_classes={self.num_classes}"
             )
+        if np.issubdtype(self.inputs.dtype, np.floating) and not np.isfinite(self.inputs).all():
+            # A NaN pixel would surface epochs later as a NaN loss; name its row now instead.
+            finite = np.isfinite(self.inputs.reshape(len(self.inputs), -1)).all(axis=1)
+            bad = int(np.flatnonzero(~finite)[0])
+            raise ValueError(f"row {bad}: input holds NaN or infinite values")
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -21,11 +21,20 @@ INPUT, LABEL, ROW_ID = "input", "label", "row_id"
 
 
 def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(Path(path).expanduser(), allow_pickle=False) as arrays:
-        missing = {"inputs", "labels"} - set(arrays.files)
-        if missing:
-            raise JobError(f"data.path: {path} lacks arrays {sorted(missing)} (has {arrays.files})")
-        return arrays["inputs"], arrays["labels"]
+    try:
+        with np.load(Path(path).expanduser(), allow_pickle=False) as arrays:
+            files = getattr(arrays, "files", None)
+            if files is None:  # a bare .npy holds one array, not the two a job needs
+                raise JobError(f"data.path: {path} is one array, not an .npz archive")
+            missing = {"inputs", "labels"} - set(files)
+            if missing:
+                raise JobError(f"data.path: {path} lacks arrays {sorted(missing)} (has {files})")
+            return arrays["inputs"], arrays["labels"]
+    except JobError:
+        raise
+    except Exception as exc:  # truncated zip, pickled objects (refused: no code runs), garbage
+        why = str(exc).split("\n")[0]
+        raise JobError(f"data.path: cannot read {path} as .npz: {why}") from None
 
 
 def _read_table(data: DataConfig) -> tuple[np.ndarray, np.ndarray]:

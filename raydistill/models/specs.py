@@ -89,6 +89,16 @@ def save_weights(model: nn.Module, path: Path, meta: dict[str, Any] | None = Non
     return path
 
 
+def _load_error(exc: Exception) -> str:
+    """torch.load's refusal in one line. Its own text spans many lines and suggests
+    ``weights_only=False``, which is exactly what must not be done with an untrusted file."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        why = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        return f"it holds more than tensors and plain data ({why}); it is not loaded"
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a state dict from our weights format or a plain ``state_dict`` file, safely."""
     try:
@@ -96,7 +106,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise JobError(f"checkpoint not found: {path}") from None
     except Exception as exc:
-        raise JobError(f"checkpoint {path} cannot be read safely: {exc}") from None
+        raise JobError(f"checkpoint {path} cannot be read safely: {_load_error(exc)}") from None
     if isinstance(blob, dict) and "model" in blob and isinstance(blob["model"], dict):
         blob = blob["model"]
     if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):

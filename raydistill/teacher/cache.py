@@ -133,6 +133,9 @@ def write_cache(
     Anything already in ``directory`` is replaced: callers decide when a cache is stale.
     """
     key = cache_key(job, teacher_weights, splits)
+    # The manifest goes first: a rebuild killed while deleting or writing then leaves a
+    # directory without one, which the next run rebuilds, never an old manifest over new files.
+    (directory / MANIFEST).unlink(missing_ok=True)
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)

@@ -292,6 +292,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "samples_per_s": n / elapsed,
             "epoch_s": elapsed,
             "workers": ctx.get_world_size(),  # changes when elastic training resizes
+            # > 0: this worker group resumed from a checkpoint (a restart after a failure, or
+            # a rerun after the driver was killed)
+            "started_at_epoch": start_epoch,
             "class_counts": counts,
         }
         metrics.update(_validate(module, core, spec, val_shard))

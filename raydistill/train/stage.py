@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from raydistill.config import JobError
 from raydistill.models.specs import build_model, save_weights
 from raydistill.runtime import check_worker_resources
-from raydistill.train.loop import train_loop_per_worker
+from raydistill.train.loop import NonFiniteLossError, train_loop_per_worker
 from raydistill.train.spec import StageSpec
-from raydistill.train.state import STATE_FILE, load_state
+from raydistill.train.state import latest_checkpoint as latest_checkpoint  # re-exported
+from raydistill.train.state import load_state
 
 if TYPE_CHECKING:
     import ray.data
@@ -48,22 +50,21 @@ def finished_stage(run_dir: Path, role: str) -> StageResult | None:
     return StageResult(role, weights, history)
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest complete checkpoint an earlier (perhaps killed) run left in a stage directory.
-
-    Ray restores from its own snapshot file, but a driver killed between writing a checkpoint and
-    the snapshot leaves a checkpoint Ray does not know about; this finds it. Unreadable (half
-    copied) checkpoints are skipped.
-    """
-    candidates = sorted(
-        (p for p in directory.glob("checkpoint_*") if (p / STATE_FILE).is_file()), reverse=True
-    )
-    for candidate in candidates:
-        try:
-            load_state(candidate)
-        except Exception:  # a truncated file from a kill mid-copy: fall back to an older one
-            continue
-        return candidate
+def job_error_in(exc: BaseException, depth: int = 0) -> str | None:
+    """The message of a :class:`JobError` or :class:`NonFiniteLossError` raised by a train
+    worker, found inside Ray Train's failure (``WorkerGroupError.worker_failures`` wrap each
+    worker's exception); None when training failed for another reason."""
+    if isinstance(exc, JobError | NonFiniteLossError):
+        return str(exc)
+    if depth > 8:
+        return None
+    inner: list[Any] = list(getattr(exc, "worker_failures", {}).values())
+    inner += [getattr(exc, name, None) for name in ("_base_exc", "cause", "__cause__")]
+    for candidate in inner:
+        if isinstance(candidate, BaseException):
+            found = job_error_in(candidate, depth + 1)
+            if found is not None:
+                return found
     return None
 
 
@@ -88,14 +89,15 @@ def run_stage(
 
     scaling = spec.job.scaling
     check_worker_resources(spec.job)
-    previous = latest_checkpoint(stage_dir(run_dir, spec.role))
+    directory = stage_dir(run_dir, spec.role)
     resources: dict[str, Any] = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
     trainer = TorchTrainer(
         loop,
-        # Ray's own restore wins when it has one; otherwise the loop starts from `resume_from`.
+        # Each worker group (the first, or one restarted after a failure) resumes from the
+        # newer of Ray's checkpoint and the newest complete one in the stage directory.
         train_loop_config={
             "spec": spec,
-            "resume_from": str(previous) if previous else None,
+            "stage_dir": str(directory),
             **(loop_config or {}),
         },
         scaling_config=ScalingConfig(
@@ -115,7 +117,15 @@ def run_stage(
         ),
         datasets=datasets,
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        # A bad job found inside a worker (a NaN loss, a model that does not build) ends in the
+        # worker's own one-line message on the driver, not in Ray's wrapped traceback.
+        cause = job_error_in(exc)
+        if cause is None:
+            raise
+        raise JobError(cause) from None
     if result.checkpoint is None:
         raise RuntimeError(f"[{spec.role}] training finished without a checkpoint")
     with result.checkpoint.as_directory() as directory:

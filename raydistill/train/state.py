@@ -32,23 +32,50 @@ class Resumed:
     tracker: dict[str, Any] | None = None  # BestTracker fields
 
 
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint an earlier (perhaps killed) run left in a stage directory.
+
+    Ray restores from the checkpoints its controller registered, but a driver killed between
+    writing a checkpoint and Ray's snapshot, or a worker killed right after writing one, leaves
+    a checkpoint Ray does not know about; this finds it. Unreadable (half
+    copied) checkpoints are skipped.
+    """
+    candidates = sorted(
+        (p for p in directory.glob("checkpoint_*") if (p / STATE_FILE).is_file()), reverse=True
+    )
+    for candidate in candidates:
+        try:
+            load_state(candidate)
+        except Exception:  # a truncated file from a kill mid-copy: fall back to an older one
+            continue
+        return candidate
+    return None
+
+
 def restore(config: dict[str, Any], core: nn.Module, optimizer: Any, scheduler: Any) -> Resumed:
-    """Load Ray Train's checkpoint (a restarted worker group) or the ``resume_from`` directory a
-    killed driver left (see ``stage.latest_checkpoint``) into the loop's objects."""
+    """Load the newest state a worker group can resume from into the loop's objects: Ray
+    Train's checkpoint (a restarted worker group) or the newest complete checkpoint in
+    ``config['stage_dir']`` (see :func:`latest_checkpoint`), whichever has the later epoch;
+    ``config['resume_from']``, a checkpoint directory, is read too when given."""
     import ray.train
 
-    state = None
+    states = []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = load_state(Path(directory))
-    elif config.get("resume_from"):
-        state = load_state(Path(config["resume_from"]))
-    if state is None:
+            states.append(load_state(Path(directory)))
+    on_disk = latest_checkpoint(Path(config["stage_dir"])) if config.get("stage_dir") else None
+    for path in (on_disk, config.get("resume_from")):
+        if path:
+            states.append(load_state(Path(path)))
+    if not states:
         return Resumed()
+    state = max(states, key=lambda s: int(s["epoch"]))
     core.load_state_dict(state["distiller"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if "torch_rng" in state:  # dropout continues as if never interrupted (older: reseeded)
+        torch.set_rng_state(state["torch_rng"])
     return Resumed(
         start_epoch=int(state["epoch"]) + 1,
         history=list(state["history"]),
@@ -86,6 +113,7 @@ def report_epoch(
         "history": history,
         "best_student": best_student,
         "final_student": core.student.state_dict(),
+        "torch_rng": torch.get_rng_state(),
     }
     with tempfile.TemporaryDirectory() as tmp:
         save_state(Path(tmp), state)

@@ -112,10 +112,14 @@ def parse_dimension(key: str, spec: Any) -> Dimension:
                 f"choice([0.5, 0.9]) (kinds: {', '.join(KINDS)})"
             )
         kind, inner = match.group(1), match.group(2)
+        if kind not in KINDS:  # before reading the arguments: the name alone decides
+            raise SpaceError(f"{where}: unknown distribution {kind!r} (one of {', '.join(KINDS)})")
         try:
+            # the arguments are data (safe YAML), never evaluated as Python
             args = yaml.safe_load(f"[{inner}]")
         except yaml.YAMLError as exc:
-            raise SpaceError(f"{where}: cannot read the arguments of {spec!r}: {exc}") from None
+            why = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise SpaceError(f"{where}: cannot read the arguments of {spec!r}: {why}") from None
     elif isinstance(spec, Mapping) and len(spec) == 1:
         kind, args = next(iter(spec.items()))
         if kind not in _LIST_KINDS and not isinstance(args, list):
