@@ -313,7 +313,7 @@ def preflight(job: JobConfig, splits: dict[str, LabelledArrays]) -> None:
     student's outputs match the teacher's (whose ``checkpoint``, when given, must fit it)."""
     num_classes = splits["train"].num_classes
     if job.distill.enabled:
-        check_pair(job, job.teacher.checkpoint, splits["train"].inputs[0], num_classes)
+        check_pair(job, job.teacher.checkpoint, splits["train"])
     else:
         build_model(job.student, num_classes)
 
