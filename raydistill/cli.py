@@ -166,6 +166,7 @@ def make_captions(directory: str, seed: int) -> None:
 @_clean_errors
 def tune(job_file: str, overrides: tuple[str, ...], resume: bool, fresh: bool) -> None:
     """Search the job's tune.space with Ray Tune; every trial reads one teacher pass."""
+    from raydistill.distill.schedules import as_schedule
     from raydistill.tune.search import run_tune
 
     if resume and fresh:
@@ -181,6 +182,8 @@ def tune(job_file: str, overrides: tuple[str, ...], resume: bool, fresh: bool) -
         f"teacher forward passes: {summary.teacher_forward_passes} for {len(summary.rows)} "
         f"trials ({'cache built by this run' if summary.cache_built else 'cache reused'})"
     )
+    for key, schedule in summary.discovered.items():
+        click.echo(f"discovered by pbt: {key} = {as_schedule(schedule).describe()}")
     click.echo(f"best job: {summary.best_job}  (run it: raydistill train {summary.best_job})")
     click.echo(f"results: {summary.tune_dir}")
 

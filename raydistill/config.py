@@ -499,18 +499,42 @@ class TuneConfig(_Section):
     )
     num_samples: int = Field(8, ge=1, description="trials (with grid: samples per grid point)")
     max_concurrent_trials: int = Field(2, ge=1)
-    scheduler: Literal["asha", "fifo"] = Field(
-        "asha", description="asha: stop poor trials early; fifo: run every trial to the end"
+    scheduler: Literal["asha", "fifo", "pbt"] = Field(
+        "asha",
+        description="asha: stop poor trials early; fifo: run every trial to the end; pbt:"
+        " Population Based Training, poor trials continue from a good trial's checkpoint with"
+        " perturbed values (the values then change during training: a discovered schedule)",
     )
     grace_period: int = Field(2, ge=1, description="asha: epochs every trial gets")
     reduction_factor: float = Field(2.0, gt=1, description="asha: 1/r of trials go on per rung")
-    search: Literal["random", "grid"] = Field(
-        "random", description="random: sample the space; grid needs only grid()/choice() entries"
+    perturbation_interval: int = Field(
+        2, ge=1, description="pbt: epochs between exploit/explore steps"
+    )
+    quantile_fraction: float = Field(
+        0.25, gt=0, le=0.5, description="pbt: the bottom share copies the top share"
+    )
+    resample_probability: float = Field(
+        0.25, ge=0, le=1, description="pbt: chance a value is redrawn instead of perturbed"
+    )
+    search: Literal["random", "grid", "tpe"] = Field(
+        "random",
+        description="random: sample the space; grid needs only grid()/choice() entries; tpe:"
+        " Optuna's Tree-structured Parzen Estimator, each trial drawn where earlier trials did"
+        " well (pip install 'raydistill[tpe]'; choices of numbers or strings, no grid())",
     )
     metric: Literal["val_acc", "val_loss", "val_ce"] = "val_acc"
     mode: Literal["max", "min"] = "max"
     epochs: int | None = Field(None, ge=1, description="per trial; null: train.epochs")
     workers_per_trial: int = Field(1, ge=1, description="Ray Train workers of each trial")
+    cpus_per_worker: float | None = Field(
+        None, gt=0, description="per trial worker; null: scaling.cpus_per_worker"
+    )
+    use_gpu: bool | None = Field(None, description="per trial worker; null: scaling.use_gpu")
+    resources_per_worker: dict[str, float] | None = Field(
+        None,
+        description="per trial worker, e.g. {GPU: 0.25} to fit four trials on one GPU (with"
+        " use_gpu: true) or {student: 1}; null: scaling.resources_per_worker",
+    )
     shared_teacher: bool = Field(
         True,
         description="true: one teacher pass (the cache) serves every trial; false: each trial"
@@ -536,6 +560,25 @@ class TuneConfig(_Section):
             path = qualify(dim.path, top, inner)
             dims.append(Dimension(path, dim.kind, dim.args))
         return dims
+
+    @property
+    def mutations(self) -> list[Dimension]:
+        """The dimensions PBT perturbs: all but grid points (with ``search: grid``, choices
+        are grid points too)."""
+        return [
+            d
+            for d in self.dimensions
+            if d.kind != "grid" and not (self.search == "grid" and d.kind == "choice")
+        ]
+
+    def trial_scaling(self, scaling: dict[str, Any]) -> dict[str, Any]:
+        """A trial's ``scaling`` section (as a dict): the job's, with the per-trial workers
+        and resources set."""
+        out = {**scaling, "workers": self.workers_per_trial}
+        for name in ("cpus_per_worker", "use_gpu", "resources_per_worker"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
 
     @field_validator("space")
     @classmethod
@@ -684,6 +727,26 @@ class JobConfig(_Section):
             loose = [d.key for d in self.tune.dimensions if d.kind not in ("grid", "choice")]
             if loose:
                 raise _KeyedError("tune.search", f"grid cannot enumerate {', '.join(loose)}")
+        if self.tune.search == "tpe":
+            for d in self.tune.dimensions:
+                if d.kind == "grid":
+                    raise _KeyedError(f"tune.space.{d.key}", "tpe draws values: use choice()")
+                scalar = (bool, int, float, str, type(None))
+                if d.kind == "choice" and not all(isinstance(v, scalar) for v in d.args):
+                    raise _KeyedError(
+                        f"tune.space.{d.key}",
+                        "tpe chooses among numbers or strings, not schedules: search their "
+                        "fields instead (alpha.start, alpha.end)",
+                    )
+        if self.tune.scheduler == "pbt":
+            if self.task != "classification":
+                raise _KeyedError("tune.scheduler", "pbt supports task: classification only")
+            if not self.tune.mutations:
+                raise _KeyedError(
+                    "tune.scheduler",
+                    "pbt perturbs the space's non-grid entries, and there are none: give a "
+                    "uniform/loguniform/quniform/randint/choice entry",
+                )
         return self
 
     @property

@@ -145,7 +145,11 @@ def _already_trained(job: JobConfig, role: Role, log: Log) -> StageResult | None
 
 
 def _train(
-    spec: StageSpec, datasets: dict, log: Log, callbacks: list[Any] | None = None
+    spec: StageSpec,
+    datasets: dict,
+    log: Log,
+    callbacks: list[Any] | None = None,
+    resume_from: Path | None = None,
 ) -> StageResult:
     log(
         f"[{spec.name}] training {spec.model.model} for up to {spec.train.epochs} epochs "
@@ -157,7 +161,8 @@ def _train(
         events = tensorboard_dir(spec.job.run_dir, spec.name)
         callbacks = [*(callbacks or []), TensorBoardLogger(events)]
         log(f"[{spec.name}] TensorBoard events: {events}")
-    return run_stage(spec, datasets, spec.job.run_dir, callbacks)
+    loop_config = {"resume_from": str(resume_from)} if resume_from is not None else None
+    return run_stage(spec, datasets, spec.job.run_dir, callbacks, loop_config=loop_config)
 
 
 def _workers(job: JobConfig) -> str:
@@ -253,13 +258,15 @@ def fit_student(
     label: str | None = None,
     cached: dict[str, Any] | None = None,
     shapes: tuple[dict, dict] | None = None,
+    resume_from: Path | None = None,
 ) -> StageResult:
     """Train the student, distilled (``role='student'``) or alone (``role='baseline'``).
 
     ``callbacks`` go to the stage's Ray Train run; ``label`` prefixes its progress lines;
     ``cached`` are the teacher cache's datasets already read (tune reads them once for every
     trial) for a job with ``teacher_pass: cache``; ``shapes`` is :func:`check_pair`'s result
-    when the caller already ran it."""
+    when the caller already ran it; ``resume_from`` is a checkpoint directory (``state.pt``)
+    to continue from (a PBT trial continuing another trial's training)."""
     if (done := _already_trained(job, role, log)) is not None:
         return done
     num_classes = splits["train"].num_classes
@@ -304,7 +311,7 @@ def fit_student(
         teacher_weights=str(teacher_weights) if distill else None,
         label=label,
     )
-    return _train(spec, datasets, log, callbacks)
+    return _train(spec, datasets, log, callbacks, resume_from)
 
 
 def preflight(job: JobConfig, splits: dict[str, LabelledArrays]) -> None:

@@ -83,6 +83,11 @@ def ray_address() -> Iterator[str]:
         "RAY_TMPDIR": str(temp_dir),
         TRAIN_POLL_ENV: TRAIN_POLL_S,
         "PYTHONPATH": python_path,
+        # Every process of the cluster names it: Ray Train's placement-group cleaner otherwise
+        # looks for "the" local Ray, finds several when another cluster runs on the machine
+        # (a second test session, a multi-node test), fails, and leaks each stopped trial's
+        # placement group until no worker can start.
+        "RAY_ADDRESS": f"127.0.0.1:{port}",
     }
     # Everything from `ray start` on sits inside the try: a start that fails or times out
     # still gets its half-started processes stopped.

@@ -166,3 +166,26 @@ def test_explicit_defaults_of_other_kinds_are_fine() -> None:
     assert Schedule.model_validate({"start": 2.0, "end": None, "every": 1}).value(3) == 2.0
     with pytest.raises(ValidationError, match="every"):
         Schedule.model_validate({"kind": "linear", "start": 1.0, "end": 0.0, "every": 2})
+
+
+def test_piecewise_holds_each_value_from_its_epoch() -> None:
+    s = Schedule.model_validate({"kind": "piecewise", "start": 4.0, "changes": {3: 4.8, 6: 5.5}})
+    assert s.values(8) == [4.0, 4.0, 4.0, 4.8, 4.8, 4.8, 5.5, 5.5]
+    assert s.value(100) == 5.5  # past the last change: its value
+    assert s.describe() == "4, 4.8 from 3, 5.5 from 6"
+    # a resolved job writes epochs as strings (JSON keys); they load back as epochs
+    assert Schedule.model_validate(s.model_dump(mode="json")) == s
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"kind": "piecewise", "start": 1.0}, "changes"),
+        ({"kind": "piecewise", "start": 1.0, "changes": {}}, "changes"),
+        ({"kind": "piecewise", "start": 1.0, "changes": {0: 2.0}}, "epochs >= 1"),
+        ({"start": 1.0, "changes": {2: 2.0}}, "only used by kind=piecewise"),
+    ],
+)
+def test_bad_piecewise_specs_raise(spec: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Schedule.model_validate(spec)

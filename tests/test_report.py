@@ -146,7 +146,7 @@ def test_tune_results_join_the_report(tiny_run, tmp_path):
         for i, (t, accs) in enumerate([(2.0, [0.5, 0.7, 0.8]), (8.0, [0.4, 0.45])])
     ]
     (tune_dir / "results.md").write_text(results_markdown(rows, "val_acc", "max") + "\n")
-    write_plots(rows, context, tune_dir, "val_acc")
+    write_plots(rows, context.alpha_of, tune_dir, "val_acc")
 
     # the tune folder leads to its run directory; the table is the one just scored
     files = write_report(tune_dir, summarize_run(tiny_run.run_dir)[1])

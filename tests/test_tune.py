@@ -133,3 +133,75 @@ def test_interrupted_search_resumes_over_one_teacher_pass(
     assert len(found.summary.rows) == 2 and "| trial |" in found.table
     assert found.summary.teacher_forward_passes == 0 and not found.summary.cache_built
     assert samples_labelled(counts) == labelled + 1  # only the pair probe
+
+
+def test_pbt_continues_poor_trials_from_good_checkpoints(
+    ray_address, write_job, tmp_path, teacher_weights
+):
+    """Four trials side by side; one learning rate is hopeless, so PBT has poor trials to move
+    onto a good trial's checkpoint. Per-trial resources ask for the head's custom resource."""
+    counts = tmp_path / "pbt-counts"
+    counts.mkdir()
+    epochs = 4
+    job = load_job(
+        write_job(
+            {
+                "teacher.model": "counting_teacher:counting_cnn",
+                "teacher.args": {"width": 32, "count_dir": str(counts)},
+                "teacher.checkpoint": str(teacher_weights),
+                "distill.teacher_pass": "cache",
+                "train.baseline": False,
+                "tune": {
+                    "space": {
+                        "temperature.start": "uniform(1, 8)",
+                        "train.lr": "choice([0.01, 0.00001])",
+                    },
+                    "scheduler": "pbt",
+                    "num_samples": 4,
+                    "max_concurrent_trials": 4,
+                    "perturbation_interval": 1,
+                    "quantile_fraction": 0.5,
+                    "epochs": epochs,
+                    "workers_per_trial": 1,
+                    "cpus_per_worker": 0.5,
+                    "resources_per_worker": {"student": 0.5},
+                },
+            },
+            name="pbt",
+        )
+    )
+    summary = run_tune(job, log=print)
+    trials_dir = summary.tune_dir / "trials"
+
+    # PBT stops no trial: every one trained all its epochs, and none ran the teacher
+    assert len(summary.rows) == 4 and all(r.error is None for r in summary.rows)
+    assert {r.epochs_run for r in summary.rows} == {epochs}, summary.table()
+    splits = load_splits(job.data)
+    assert samples_labelled(counts) == teacher_pass_rows(job, splits) + 1  # + the pair probe
+
+    # Some trial continued from another trial's checkpoint in a run directory of its own: its
+    # student's history starts with the donor's first epoch (the donor's temperature, as the
+    # donor first reported it to Tune) and goes on to the last epoch.
+    continued = sorted(trials_dir.glob("*.g*/start/state.pt"))
+    assert continued, summary.table()
+    first_temperature = {r.trial_id: r.history[0]["temperature"] for r in summary.rows}
+    exploits = []
+    for start in continued:
+        trial = start.parents[1].name.split(".g")[0]
+        lineage = json.loads((start.parents[1] / "student" / "history.json").read_text())
+        assert [h["epoch"] for h in lineage] == list(range(epochs))
+        donors = [t for t, temp in first_temperature.items() if temp == lineage[0]["temperature"]]
+        assert len(donors) == 1, f"{start}: its first epoch is no trial's first epoch"
+        if donors != [trial]:
+            exploits.append((trial, donors[0]))
+    assert exploits, "no trial continued from another trial's checkpoint"
+
+    # best.yaml replays what the best student trained with and loads as a job
+    best = load_job(summary.best_job)
+    lineage = next(
+        json.loads((d / "student" / "history.json").read_text())
+        for d in sorted(trials_dir.glob(f"{summary.best.trial_id}*"), reverse=True)
+        if (d / "student" / "history.json").is_file()
+    )
+    assert best.distill.temperature.values(epochs) == [h["temperature"] for h in lineage]
+    assert summary.discovered["distill.temperature"]["start"] == lineage[0]["temperature"]

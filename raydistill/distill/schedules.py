@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-ScheduleKind = Literal["constant", "linear", "step", "cosine"]
+ScheduleKind = Literal["constant", "linear", "step", "cosine", "piecewise"]
 
 # Fields that only mean something for some kinds; giving one a non-default value for another kind
 # is almost certainly a mistake in the job file (e.g. ``step: -0.5`` without ``kind: step``), so
@@ -23,6 +23,7 @@ _FIELDS_FOR_KIND: dict[str, frozenset[str]] = {
     "step": frozenset({"step"}),
     "every": frozenset({"step"}),
     "floor": frozenset({"step"}),
+    "changes": frozenset({"piecewise"}),
 }
 
 
@@ -39,6 +40,8 @@ class Schedule(BaseModel):
     * ``cosine``: ``end + (start - end) * (1 + cos(pi * p)) / 2`` with the same ``p``.
     * ``step``: ``start + step * floor(epoch / every)``, never crossing ``floor`` (a minimum when
       ``step < 0``, a maximum when ``step > 0``).
+    * ``piecewise``: ``start``, then from each epoch named in ``changes`` (``{epoch: value}``)
+      that value; this is how ``raydistill tune`` writes a schedule PBT discovered.
 
     The value carries the unit of whatever it schedules (temperature, a mixing weight, ...).
     """
@@ -52,6 +55,7 @@ class Schedule(BaseModel):
     every: int = Field(1, ge=1)
     floor: float | None = None
     epochs: int | None = Field(None, ge=1)
+    changes: dict[int, float] | None = None
 
     @field_validator("start", "end", "step", "floor", "every", "epochs", mode="before")
     @classmethod
@@ -67,6 +71,11 @@ class Schedule(BaseModel):
             raise ValueError(f"kind={self.kind} needs `end` (the value the ramp reaches)")
         if self.kind == "step" and self.step is None:
             raise ValueError("kind=step needs `step` (added every `every` epochs; negative decays)")
+        if self.kind == "piecewise":
+            if not self.changes:
+                raise ValueError("kind=piecewise needs `changes` ({epoch: value from then on})")
+            if min(self.changes) < 1:
+                raise ValueError("piecewise `changes` name epochs >= 1 (epoch 0 is `start`)")
         for name, kinds in _FIELDS_FOR_KIND.items():
             # Compared with the default, not checked for presence: a dumped schedule lists every
             # field (``end: null``, ``every: 1``) and must load back.
@@ -97,6 +106,13 @@ class Schedule(BaseModel):
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         if self.kind == "constant":
             return float(self.start)
+        if self.kind == "piecewise":
+            assert self.changes is not None  # guaranteed by the validator
+            value = self.start
+            for since in sorted(self.changes):
+                if epoch >= since:
+                    value = self.changes[since]
+            return float(value)
         if self.kind == "step":
             assert self.step is not None  # guaranteed by the validator
             value = self.start + self.step * (epoch // self.every)
@@ -123,6 +139,11 @@ class Schedule(BaseModel):
             return f"{self.start:g}"
         if self.kind == "step":
             return f"step {self.start:g}{self.step:+g}/{self.every}"
+        if self.kind == "piecewise":
+            assert self.changes is not None
+            return f"{self.start:.3g}" + "".join(
+                f", {v:.3g} from {k}" for k, v in sorted(self.changes.items())
+            )
         return f"{self.kind} {self.start:g}->{self.end:g}"
 
     def values(self, total_epochs: int) -> list[float]:

@@ -22,7 +22,7 @@ from raydistill.distill.cross_modal import CrossModalDistiller
 from raydistill.distill.distiller import Distiller
 from raydistill.models.specs import build_model, load_weights
 from raydistill.teacher.pool import feature_column
-from raydistill.train.optim import BestTracker, build_lr_scheduler, build_optimizer
+from raydistill.train.optim import BestTracker, build_lr_scheduler, build_optimizer, rebase_lr
 from raydistill.train.spec import StageSpec
 from raydistill.train.state import report_epoch, restore
 
@@ -224,6 +224,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = build_optimizer(train, module.parameters())
     scheduler = build_lr_scheduler(train, optimizer)
     resumed = restore(config, core, optimizer, scheduler)
+    rebase_lr(optimizer, scheduler, train.lr)
     tracker = (
         BestTracker(**resumed.tracker)
         if resumed.tracker

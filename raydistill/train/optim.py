@@ -37,6 +37,25 @@ def build_lr_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
+def rebase_lr(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, lr: float
+) -> None:
+    """Continue a restored lr schedule from the base ``lr`` of the job now running.
+
+    A checkpoint restores its own base lr; a PBT trial continuing another trial's checkpoint
+    (or a resumed run whose ``train.lr`` was changed) means the new one. Every schedule here
+    scales linearly with the base lr (cosine to 0, step, constant), so scaling the current lr
+    by new/old base continues the same curve at the new height."""
+    for i, group in enumerate(optimizer.param_groups):
+        old = scheduler.base_lrs[i]
+        if old == lr or old == 0:
+            continue
+        group["lr"] *= lr / old
+        group["initial_lr"] = lr
+        scheduler.base_lrs[i] = lr
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr says
+
+
 @dataclass
 class BestTracker:
     """Tracks the best epoch on one validation metric, and patience for early stopping."""

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from raydistill.tune.trial import TrialContext
+from typing import Any
 
 EPOCHS_DONE = "epochs_done"  # the scheduler's clock: counts a trial resumed mid-run right
 
@@ -116,10 +114,11 @@ def results_markdown(rows: list[TrialRow], metric: str, mode: str) -> str:
 
 
 def write_plots(
-    rows: list[TrialRow], context: TrialContext, directory: Path, metric: str
+    rows: list[TrialRow], alpha_of: Callable[[TrialRow], str], directory: Path, metric: str
 ) -> list[Path]:
     """``search.png``: the best metric against the starting temperature, coloured by alpha
-    schedule; ``curves.png``: the metric per epoch of every trial."""
+    schedule (``alpha_of`` names a trial's); ``curves.png``: the metric per epoch of every
+    trial."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,8 +128,7 @@ def write_plots(
     fig, ax = plt.subplots(figsize=(6, 4))
     groups: dict[str, list[TrialRow]] = {}
     for r in done:
-        alpha = context.job(r.params, r.trial_id).distill.alpha.describe()
-        groups.setdefault(f"alpha {alpha}", []).append(r)
+        groups.setdefault(f"alpha {alpha_of(r)}", []).append(r)
     for label, members in sorted(groups.items()):
         temps = [float(m.history[0].get("temperature", float("nan"))) for m in members]
         ax.scatter(temps, [m.best_value for m in members], label=label)

@@ -20,16 +20,18 @@ from typing import Any
 import yaml
 
 from raydistill.config import JobConfig, JobError, TuneConfig, job_from_dict
+from raydistill.tune.discovered import discovered_schedules, lineage_history
+from raydistill.tune.in_memory import InMemoryResult
 from raydistill.tune.results import (
-    EPOCHS_DONE,
     TrialRow,
     collect_rows,
     ranked,
     results_markdown,
     write_plots,
 )
+from raydistill.tune.schedulers import build_scheduler
 from raydistill.tune.space import apply_params
-from raydistill.tune.trial import TEACHER_PASSES, TrialContext, run_trial
+from raydistill.tune.trial import TEACHER_PASSES, TRIALS_DIR, TrialContext, run_trial
 
 Log = Callable[[str], None]
 TUNE_DIR = "tune"
@@ -54,6 +56,8 @@ class TuneSummary:
     cache_built: bool
     seconds: float
     plots: list[Path] = field(default_factory=list)
+    # pbt: job key -> the schedule the best student trained with (see :mod:`.discovered`)
+    discovered: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best_params(self) -> dict[str, Any]:
@@ -73,6 +77,7 @@ class TuneSummary:
             "teacher_forward_passes": self.teacher_forward_passes,
             "cache_built_by_this_run": self.cache_built,
             "seconds": round(self.seconds, 1),
+            "discovered_schedules": self.discovered,
         }
 
 
@@ -83,7 +88,8 @@ def planned_tune_cpus(job: JobConfig) -> int:
 
     assert job.tune is not None
     s, t = job.scaling, job.tune
-    per_trial = TRIAL_CPUS + t.workers_per_trial * s.cpus_per_worker
+    cpus_per_worker = t.cpus_per_worker if t.cpus_per_worker is not None else s.cpus_per_worker
+    per_trial = TRIAL_CPUS + t.workers_per_trial * cpus_per_worker
     if not t.shared_teacher:
         per_trial += 2 * s.teacher_pool.max_actors * s.teacher_pool.num_cpus
     return max(planned_cpus(job), math.ceil(t.max_concurrent_trials * per_trial + 2))
@@ -130,8 +136,6 @@ def _param_space(settings: TuneConfig) -> dict[str, Any]:
 
 def _tuner(job: JobConfig, context: TrialContext, tune_dir: Path, resume: bool) -> Any:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     settings = context.settings
     trainable = tune.with_resources(
@@ -141,19 +145,7 @@ def _tuner(job: JobConfig, context: TrialContext, tune_dir: Path, resume: bool) 
         return tune.Tuner.restore(
             str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-    epochs = _trial_epochs(job)
-    scheduler = (
-        ASHAScheduler(
-            time_attr=EPOCHS_DONE,
-            # ASHA stops a trial that reaches max_t at once, killing it before it saves its
-            # student; one more than the last epoch lets finished trials end on their own.
-            max_t=epochs + 1,
-            grace_period=min(settings.grace_period, epochs),
-            reduction_factor=settings.reduction_factor,
-        )
-        if settings.scheduler == "asha"
-        else FIFOScheduler()
-    )
+    pbt = settings.scheduler == "pbt"
     return tune.Tuner(
         trainable,
         param_space=_param_space(settings),
@@ -161,19 +153,41 @@ def _tuner(job: JobConfig, context: TrialContext, tune_dir: Path, resume: bool) 
             metric=settings.metric,
             mode=settings.mode,
             num_samples=settings.num_samples,
-            scheduler=scheduler,
-            # The job's seed fixes the sampled trials: a rerun searches the same points. (Tune
-            # ignores TuneConfig.max_concurrent_trials once a generator is given.)
-            search_alg=BasicVariantGenerator(
-                random_state=job.seed, max_concurrent=settings.max_concurrent_trials
-            ),
+            scheduler=build_scheduler(settings, _trial_epochs(job)),
+            search_alg=_search_alg(job, settings),
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR,
             storage_path=str(tune_dir.parent),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=max(job.scaling.max_failures, 0)),
+            # PBT copies the checkpoint a top trial reported at a perturbation; it must still
+            # be there when a poor trial restarts from it (Ray warns at 2 or fewer).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4) if pbt else None,
         ),
+    )
+
+
+def _search_alg(job: JobConfig, settings: TuneConfig) -> Any:
+    """Where trials are drawn: the job's seed fixes the draws (a rerun searches the same
+    points; with tpe, the same first points). Tune ignores TuneConfig.max_concurrent_trials
+    once a search algorithm is given, so each one is limited here."""
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if settings.search != "tpe":
+        return BasicVariantGenerator(
+            random_state=job.seed, max_concurrent=settings.max_concurrent_trials
+        )
+    try:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError:
+        raise JobError("tune.search: tpe needs Optuna: pip install 'raydistill[tpe]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial otherwise
+    sampler = optuna.samplers.TPESampler(seed=job.seed)
+    return ConcurrencyLimiter(
+        OptunaSearch(sampler=sampler), max_concurrent=settings.max_concurrent_trials
     )
 
 
@@ -200,7 +214,7 @@ def run_tune(
     """
     from raydistill.data.sources import load_splits
     from raydistill.pipeline import check_pair, fit_teacher, prepare_run_dir
-    from raydistill.runtime import ray_session
+    from raydistill.runtime import check_worker_resources, ray_session
     from raydistill.teacher.cache import ensure_cache, read_cache, read_manifest
 
     if job.tune is None:
@@ -227,6 +241,15 @@ def run_tune(
         context = TrialContext(
             _base_job(job), str(weights.resolve()), str(tune_dir), settings, cached, shapes
         )
+        # a trial asking for what no node has (a GPU on a laptop) fails here, not in each trial
+        check_worker_resources(context.job({}, "resources"), log)
+        if settings.scheduler == "pbt" and settings.max_concurrent_trials < settings.trials:
+            log(
+                f"[tune] note: pbt with {settings.max_concurrent_trials} of {settings.trials} "
+                "trials at a time pauses trials at each perturbation so the others catch up "
+                "(each pause restarts a Ray Train run); max_concurrent_trials: "
+                f"{settings.trials} trains the population side by side"
+            )
         dims = ", ".join(f"{d.key} ~ {d}" for d in settings.dimensions)
         log(
             f"[tune] {'resuming' if resume else 'starting'} {settings.trials} trial(s), "
@@ -242,12 +265,22 @@ def run_tune(
         )
     passes += sum(int(r.last.get(TEACHER_PASSES, 0)) for r in rows)
     best = ranked(rows, settings.mode)[0]
-    best_raw = best_job(job, best.params, weights)
+    schedules: dict[str, Any] = {}
+    if settings.scheduler == "pbt":
+        lineage = lineage_history(tune_dir / TRIALS_DIR, best.trial_id)
+        schedules = discovered_schedules(lineage, settings.mutations)
+    # the discovered schedules replace what the trial's last values say about them
+    best_raw = best_job(job, {**best.params, **schedules}, weights)
     best_path = tune_dir / BEST_JOB
     header = (
         f"# {job.name} tuned by `raydistill tune`: best trial {best.trial_id}, "
         f"{settings.metric} {best.best_value:.4f}\n"
     )
+    if schedules:
+        header += (
+            f"# {', '.join(schedules)}: the schedule(s) PBT discovered, as the best student "
+            "trained with them; other searched fields: the trial's last values\n"
+        )
     best_path.write_text(header + yaml.safe_dump(best_raw, sort_keys=False))
     summary = TuneSummary(
         tune_dir=tune_dir,
@@ -259,10 +292,11 @@ def run_tune(
         teacher_forward_passes=passes,
         cache_built=built,
         seconds=time.perf_counter() - started,
+        discovered=schedules,
     )
     (tune_dir / RESULTS_MD).write_text(summary.table() + "\n")
     _write_csv(rows, tune_dir / RESULTS_CSV)
-    summary.plots = write_plots(rows, context, tune_dir, settings.metric)
+    summary.plots = write_plots(rows, context.alpha_of, tune_dir, settings.metric)
     (tune_dir / SUMMARY_JSON).write_text(json.dumps(summary.as_dict(), indent=1))
     return summary
 
@@ -284,7 +318,7 @@ class TemperatureSearchResult:
 
     temperature: float
     alpha: Any
-    summary: TuneSummary
+    summary: TuneSummary | InMemoryResult
 
     @property
     def table(self) -> str:
@@ -292,26 +326,64 @@ class TemperatureSearchResult:
 
 
 class TemperatureSearch:
-    """The classic convenience: search a job's distillation temperature (and alpha).
+    """The classic convenience: search the distillation temperature (and alpha).
 
-    ``job`` is a :class:`JobConfig` or a job YAML path. The temperature is drawn from
-    ``uniform(*temperatures)`` (a constant schedule); ``alphas``, when given, is a list of
-    constants or schedule mappings chosen from. Other ``tune`` settings (``scheduler``,
-    ``max_concurrent_trials``, ``epochs``, ``workers_per_trial``, ...) pass as keywords::
+    Over a job: ``job`` is a :class:`JobConfig` or a job YAML path, and the search is
+    ``raydistill tune`` (one teacher pass through the cache, every trial a Ray Train run). The
+    temperature is drawn from ``uniform(*temperatures)`` (a constant schedule); ``alphas``, when
+    given, is a list of constants or schedule mappings chosen from. Other ``tune`` settings
+    (``scheduler``, ``max_concurrent_trials``, ``epochs``, ``workers_per_trial``, ...) pass as
+    keywords::
 
         result = TemperatureSearch("jobs/digits.yaml", temperatures=(1, 10)).run(trials=20)
         result.temperature, print(result.table)
+
+    Over models in memory (no job file): give ``teacher`` (trained), ``student`` and
+    ``train``/``val`` as ``(inputs [N, ...], labels [N])`` tensors. The teacher labels them once
+    and every trial trains a copy of the student on those logits in plain PyTorch
+    (:mod:`raydistill.tune.in_memory`; keywords: ``epochs``, ``batch_size``, ``lr``,
+    ``max_concurrent_trials``, ``scheduler``, ``metric``, ``seed``, ``storage_path``, ...)::
+
+        result = TemperatureSearch(teacher=teacher, student=student, train=(x, y),
+                                   val=(xv, yv), epochs=10).run(trials=8)
     """
 
     def __init__(
         self,
-        job: JobConfig | str | Path,
+        job: JobConfig | str | Path | None = None,
         temperatures: tuple[float, float] = (1.0, 10.0),
         alphas: list[Any] | None = None,
+        *,
+        teacher: Any = None,
+        student: Any = None,
+        train: Any = None,
+        val: Any = None,
         **settings: Any,
     ) -> None:
         from raydistill.config import load_job
 
+        models = (teacher, student, train, val)
+        self.job: JobConfig | None = None
+        if job is None:
+            if any(m is None for m in models):
+                raise ValueError(
+                    "TemperatureSearch needs a job, or teacher=, student=, train= and val="
+                )
+            from raydistill.tune.in_memory import settings_from
+
+            low, high = temperatures
+            if not 0 < low < high:
+                raise ValueError(f"temperatures: need 0 < low < high, got {temperatures}")
+            if alphas is not None and not all(
+                isinstance(a, int | float) and 0 <= a <= 1 for a in alphas
+            ):
+                raise ValueError(f"alphas: constants in [0, 1] over models, got {alphas}")
+            self.models = models
+            self.in_memory = settings_from(settings)
+            self.temperatures, self.alphas = (float(low), float(high)), alphas
+            return
+        if any(m is not None for m in models):
+            raise ValueError("give a job or models (teacher=, student=, ...), not both")
         base = job if isinstance(job, JobConfig) else load_job(job)
         space: dict[str, Any] = {"distill.temperature": {"uniform": list(temperatures)}}
         if alphas is not None:
@@ -323,7 +395,10 @@ class TemperatureSearch:
     def run(
         self, trials: int = 20, resume: bool = False, fresh: bool = False, log: Log = print
     ) -> TemperatureSearchResult:
-        """Run ``trials`` trials; the best trial's temperature and alpha come back."""
+        """Run ``trials`` trials; the best trial's temperature and alpha come back.
+        (``resume``/``fresh`` apply to a job's search.)"""
+        if self.job is None:
+            return self._run_in_memory(trials, log)
         assert self.job.tune is not None
         self.job.tune.num_samples = trials
         summary = run_tune(self.job, resume=resume, fresh=fresh, log=log)
@@ -334,4 +409,19 @@ class TemperatureSearch:
             if best.distill.alpha.kind == "constant"
             else best.distill.alpha,
             summary=summary,
+        )
+
+    def _run_in_memory(self, trials: int, log: Log) -> TemperatureSearchResult:
+        from ray import tune
+
+        from raydistill.tune.in_memory import search_in_memory
+
+        teacher, student, train, val = self.models
+        alpha = tune.choice(list(self.alphas)) if self.alphas is not None else 0.9
+        space = {"temperature": tune.uniform(*self.temperatures), "alpha": alpha}
+        found = search_in_memory(teacher, student, train, val, space, trials, self.in_memory, log)
+        return TemperatureSearchResult(
+            temperature=float(found.best.params["temperature"]),
+            alpha=float(found.best.params["alpha"]),
+            summary=found,
         )

@@ -80,6 +80,19 @@ class Dimension:
         low, high = self.args[0], self.args[1]
         return [low, high - 1] if self.kind == "randint" else [low, high]
 
+    def clamp(self, value: Any) -> Any:
+        """``value`` brought back inside what this dimension draws: PBT perturbs numbers by
+        factors (0.8x, 1.2x), which can leave the range (an alpha above 1)."""
+        if self.kind in _LIST_KINDS:
+            return value
+        low, high = self.args[0], self.args[1]
+        if self.kind == "randint":
+            return int(min(max(round(value), low), high - 1))
+        if self.kind == "quniform":
+            q = self.args[2]
+            value = round(float(value) / q) * q
+        return min(max(float(value), low), high)
+
     def to_tune(self) -> Any:
         """The Ray Tune domain (``tune.uniform(...)``, ``tune.grid_search([...])``, ...)."""
         from ray import tune

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from raydistill.config import JobConfig, TuneConfig, job_from_dict
-from raydistill.tune.results import EPOCHS_DONE
+from raydistill.tune.results import EPOCHS_DONE, TrialRow
 from raydistill.tune.space import apply_params
 
 TEACHER_PASSES = "teacher_forward_passes"
@@ -33,11 +33,13 @@ class TrialContext:
     cached: dict[str, Any] | None = None
     shapes: tuple[dict, dict] | None = None  # check_pair's feature shapes, measured once
 
-    def job(self, params: dict[str, Any], trial_id: str) -> JobConfig:
+    def job(self, params: dict[str, Any], trial_id: str, generation: int = 0) -> JobConfig:
         """The job one trial trains: the base job with ``params`` set, the teacher fixed to
-        the shared weights, and the shared cache read unless ``shared_teacher`` is off."""
+        the shared weights, and the shared cache read unless ``shared_teacher`` is off.
+        ``generation`` > 0 (PBT: the trial continues from a checkpoint with new values) gives
+        the training a run directory of its own, ``<trial>.g<generation>``."""
         raw = apply_params(self.base, params)
-        raw["name"] = trial_id
+        raw["name"] = trial_id if generation == 0 else f"{trial_id}.g{generation}"
         raw["output"]["storage_path"] = str(Path(self.tune_dir) / TRIALS_DIR)
         raw["teacher"]["checkpoint"] = self.teacher_weights
         raw["distill"]["enabled"] = True
@@ -48,9 +50,14 @@ class TrialContext:
         raw["train"]["baseline"] = False
         if self.settings.epochs is not None:
             raw["train"]["epochs"] = self.settings.epochs
-        raw["scaling"]["workers"] = self.settings.workers_per_trial
+        raw["scaling"] = self.settings.trial_scaling(raw["scaling"])
         raw.pop("tune", None)
         return job_from_dict(raw, f"trial {trial_id}")
+
+
+    def alpha_of(self, row: TrialRow) -> str:
+        """A trial's alpha schedule in words (the search plot's legend)."""
+        return self.job(row.params, row.trial_id).distill.alpha.describe()
 
 
 def _tune_row(metrics: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +81,97 @@ def _reporter(extra: dict[str, Any]) -> Any:
     return EpochReporter()
 
 
+def _checkpoint_forwarder(queue: Any, extra: dict[str, Any]) -> Any:
+    from ray.train import UserCallback
+
+    class CheckpointForwarder(UserCallback):
+        """Hands rank 0's epoch metrics and the epoch's Ray Train checkpoint to the trial
+        function, which reports both to Tune (PBT copies a good trial's checkpoint into a poor
+        one; Ray's TuneReportCallback forwards metrics only)."""
+
+        def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
+            path = checkpoint.path if checkpoint is not None else None
+            queue.put((_tune_row(metrics[0], extra), path))
+
+    return CheckpointForwarder()
+
+
+def _next_generation(trials_dir: Path, trial_id: str) -> int:
+    return 1 + sum(1 for _ in trials_dir.glob(f"{trial_id}.g*"))
+
+
+def _run_pbt_trial(config: dict[str, Any], context: TrialContext, trial_id: str) -> None:
+    """A PBT trial: it starts fresh, or (after an exploit, or a resumed search) continues from
+    the Tune checkpoint it was handed, in a run directory of its own, with its new values; every
+    epoch's checkpoint goes to Tune so that other trials can continue from it."""
+    import queue as stdlib_queue
+    import shutil
+    import threading
+
+    from ray import tune
+    from ray.util.queue import Queue
+
+    from raydistill.data.sources import load_splits
+    from raydistill.pipeline import fit_student, planned_teacher_passes
+    from raydistill.train.state import STATE_FILE
+
+    given = tune.get_checkpoint()
+    generation = 0
+    if given is not None:
+        generation = _next_generation(Path(context.tune_dir) / TRIALS_DIR, trial_id)
+    job = context.job(dict(config), trial_id, generation)
+    start = None
+    if given is not None:
+        start = job.run_dir / "start"
+        start.mkdir(parents=True, exist_ok=True)
+        with given.as_directory() as directory:
+            shutil.copy2(Path(directory) / STATE_FILE, start / STATE_FILE)
+    splits = load_splits(job.data)
+    shared = context.cached if job.distill.teacher_pass == "cache" else None
+    passes = planned_teacher_passes(job, splits)
+    source = f", continuing from {given.path}" if given is not None else ""
+    print(f"[{trial_id}] " + ", ".join(f"{k}={v}" for k, v in config.items()) + source)
+    reports = Queue(actor_options={"num_cpus": 0})
+    failures: list[BaseException] = []
+    finished = threading.Event()
+
+    def train() -> None:
+        try:
+            fit_student(
+                job,
+                splits,
+                "student",
+                Path(context.teacher_weights),
+                log=print,
+                callbacks=[_checkpoint_forwarder(reports, {TEACHER_PASSES: passes})],
+                label=trial_id,
+                cached=shared,
+                shapes=context.shapes,
+                resume_from=start,
+            )
+        except BaseException as exc:  # raised again in the trial's own thread below
+            failures.append(exc)
+        finally:
+            finished.set()
+
+    # Tune's report must come from the trial function's thread; the training runs beside it.
+    # The forwarder's put returns once the item is queued, so when the training has ended
+    # every epoch is in the queue.
+    worker = threading.Thread(target=train, name=f"{trial_id}-train", daemon=True)
+    worker.start()
+    while True:
+        try:
+            row, path = reports.get(timeout=0.5)
+        except stdlib_queue.Empty:
+            if finished.is_set() and reports.empty():
+                break
+            continue
+        tune.report(row, checkpoint=tune.Checkpoint.from_directory(path) if path else None)
+    worker.join()
+    if failures:
+        raise failures[0]
+
+
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """The Tune function trainable: ``config`` holds the trial's sampled job fields."""
     from ray import tune
@@ -86,6 +184,9 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 
     quiet_data()  # this process's Data context is what the trial's datasets carry
     trial_id = tune.get_context().get_trial_id()
+    if context.settings.scheduler == "pbt":
+        _run_pbt_trial(config, context, trial_id)
+        return
     job = context.job(dict(config), trial_id)
     splits = load_splits(job.data)
     shared = context.cached if job.distill.teacher_pass == "cache" else None
