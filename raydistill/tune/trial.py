@@ -54,7 +54,6 @@ class TrialContext:
         raw.pop("tune", None)
         return job_from_dict(raw, f"trial {trial_id}")
 
-
     def alpha_of(self, row: TrialRow) -> str:
         """A trial's alpha schedule in words (the search plot's legend)."""
         return self.job(row.params, row.trial_id).distill.alpha.describe()
@@ -79,6 +78,31 @@ def _reporter(extra: dict[str, Any]) -> Any:
             super().after_report(run_context, [_tune_row(metrics[0], extra)], checkpoint)
 
     return EpochReporter()
+
+
+def _fit(
+    context: TrialContext,
+    job: JobConfig,
+    splits: dict[str, Any],
+    trial_id: str,
+    reporter: Any,
+    resume_from: Path | None = None,
+) -> None:
+    """Train the trial's student on the shared teacher pass, ``reporter`` telling Tune."""
+    from raydistill.pipeline import fit_student
+
+    fit_student(
+        job,
+        splits,
+        "student",
+        Path(context.teacher_weights),
+        log=print,
+        callbacks=[reporter],
+        label=trial_id,
+        cached=context.cached if job.distill.teacher_pass == "cache" else None,
+        shapes=context.shapes,
+        resume_from=resume_from,
+    )
 
 
 def _checkpoint_forwarder(queue: Any, extra: dict[str, Any]) -> Any:
@@ -112,7 +136,7 @@ def _run_pbt_trial(config: dict[str, Any], context: TrialContext, trial_id: str)
     from ray.util.queue import Queue
 
     from raydistill.data.sources import load_splits
-    from raydistill.pipeline import fit_student, planned_teacher_passes
+    from raydistill.pipeline import planned_teacher_passes
     from raydistill.train.state import STATE_FILE
 
     given = tune.get_checkpoint()
@@ -127,7 +151,6 @@ def _run_pbt_trial(config: dict[str, Any], context: TrialContext, trial_id: str)
         with given.as_directory() as directory:
             shutil.copy2(Path(directory) / STATE_FILE, start / STATE_FILE)
     splits = load_splits(job.data)
-    shared = context.cached if job.distill.teacher_pass == "cache" else None
     passes = planned_teacher_passes(job, splits)
     source = f", continuing from {given.path}" if given is not None else ""
     print(f"[{trial_id}] " + ", ".join(f"{k}={v}" for k, v in config.items()) + source)
@@ -137,18 +160,8 @@ def _run_pbt_trial(config: dict[str, Any], context: TrialContext, trial_id: str)
 
     def train() -> None:
         try:
-            fit_student(
-                job,
-                splits,
-                "student",
-                Path(context.teacher_weights),
-                log=print,
-                callbacks=[_checkpoint_forwarder(reports, {TEACHER_PASSES: passes})],
-                label=trial_id,
-                cached=shared,
-                shapes=context.shapes,
-                resume_from=start,
-            )
+            forwarder = _checkpoint_forwarder(reports, {TEACHER_PASSES: passes})
+            _fit(context, job, splits, trial_id, forwarder, resume_from=start)
         except BaseException as exc:  # raised again in the trial's own thread below
             failures.append(exc)
         finally:
@@ -177,7 +190,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     from ray import tune
 
     from raydistill.data.sources import load_splits
-    from raydistill.pipeline import fit_student, planned_teacher_passes
+    from raydistill.pipeline import planned_teacher_passes
     from raydistill.runtime import quiet_data
     from raydistill.train.stage import finished_stage, latest_checkpoint, stage_dir
     from raydistill.train.state import load_state
@@ -189,7 +202,6 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         return
     job = context.job(dict(config), trial_id)
     splits = load_splits(job.data)
-    shared = context.cached if job.distill.teacher_pass == "cache" else None
     passes = planned_teacher_passes(job, splits)  # 0 when the shared cache is read
     # A search resumed after its driver died restarts the trials Tune had not seen end. Their
     # Ray Train runs resume from their own checkpoints; Tune is first told the epochs it
@@ -203,14 +215,4 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         print(f"[{trial_id}] already trained: reported its {done.epochs_run} epochs to Tune")
         return
     print(f"[{trial_id}] " + ", ".join(f"{k}={v}" for k, v in config.items()))
-    fit_student(
-        job,
-        splits,
-        "student",
-        Path(context.teacher_weights),
-        log=print,
-        callbacks=[_reporter({TEACHER_PASSES: passes})],
-        label=trial_id,
-        cached=shared,
-        shapes=context.shapes,
-    )
+    _fit(context, job, splits, trial_id, _reporter({TEACHER_PASSES: passes}))
