@@ -6,15 +6,16 @@
         --features features.7=layer2 --set data.subset=0.1 --set train.epochs=8
     .venv/bin/python benchmarks/quality.py jobs/bbc-news.yaml --seeds 0 1 2   # the job's pairs
 
-Trains the teacher once (seed of the job), then for every seed: the student alone, KD, KD plus
-attention transfer on the ``--features`` pair (without it: KD plus the job's own feature pairs,
-loss and weight), DKD, and KD with dynamic per-sample weighting, each a real pipeline run (Ray
-Data teacher pool, Ray Train workers). Every variant starts from the job's own temperature/alpha
-and training settings; only the method changes. Prints and writes (``--out``, Markdown) mean
-+- std test accuracy over the seeds, parameters, CPU latency per sample (batch 1), and the share
-of the teacher-student gap each variant closes: ``(variant - alone) / (teacher - alone)``.
-The split is fixed by ``data.split.seed``, so every seed is scored on the same test set. Runs go
-to a temporary directory unless ``--storage``.
+Trains the teacher once (seed of the job), then for every seed: the student alone, KD, KD with
+decaying schedules (temperature linear from 2T to T, alpha linear from alpha to alpha/2), KD
+plus attention transfer on the ``--features`` pair (without it: KD plus the job's own feature
+pairs, loss and weight), DKD, and KD with dynamic per-sample weighting, each a real pipeline
+run (Ray Data teacher pool, Ray Train workers). Every variant starts from the job's own
+temperature/alpha and training settings; only the method changes. Prints and writes
+(``--out``, Markdown) mean +- std test accuracy over the seeds, parameters, CPU latency per
+sample (batch 1), and the share of the teacher-student gap each variant closes:
+``(variant - alone) / (teacher - alone)``. The split is fixed by ``data.split.seed``, so every
+seed is scored on the same test set. Runs go to a temporary directory unless ``--storage``.
 """
 
 from __future__ import annotations
@@ -32,13 +33,19 @@ from raydistill.runtime import ray_session
 ALONE = "student alone"
 
 
+SCHEDULED = "KD, decaying schedules"
+
+
 def variants(
     pairs: list[tuple[str, str]],
     feature_loss: str,
     feature_weight: float,
     weighting: str,
+    temperature: float,
+    alpha: float,
 ) -> dict[str, list]:
-    """Overrides of each row; every distilled row starts from plain KD."""
+    """Overrides of each row; every distilled row starts from plain KD with the job's
+    ``temperature`` and ``alpha`` (as constants, their values at epoch 0)."""
     kd = [
         "distill.enabled=true",
         "distill.method=kd",
@@ -47,6 +54,13 @@ def variants(
         "distill.feature_weight=0",
     ]
     rows: dict[str, list[str]] = {ALONE: ["distill.enabled=false"], "KD": kd}
+    # The same KD with the schedules users reach for: a temperature annealed from twice the
+    # job's down to it, and alpha decayed to half, so hard labels weigh more late in training.
+    rows[SCHEDULED] = [
+        *kd,
+        f"distill.temperature={{kind: linear, start: {2 * temperature:g}, end: {temperature:g}}}",
+        f"distill.alpha={{kind: linear, start: {alpha:g}, end: {alpha / 2:g}}}",
+    ]
     if pairs:
         layers = "[" + ", ".join(f"{{student: {s}, teacher: {t}}}" for s, t in pairs) + "]"
         rows[f"KD + {feature_loss.upper()} features"] = [
@@ -127,7 +141,8 @@ def main() -> None:
     else:
         pairs = [(p.student, p.teacher) for p in base.distill.feature_layers]
         loss, weight = base.distill.feature_loss, base.distill.feature_weight
-    rows_spec = variants(pairs, loss, weight, args.weighting)
+    t0, a0 = base.distill.temperature.value(0), base.distill.alpha.value(0)
+    rows_spec = variants(pairs, loss, weight, args.weighting, t0, a0)
     if args.only:
         rows_spec = {k: v for k, v in rows_spec.items() if k == ALONE or k in args.only}
 

@@ -319,7 +319,7 @@ class DistillConfig(_Section):
 
     ``temperature`` and ``alpha`` take a number or a schedule
     (``{kind: step, start: 5.0, step: -0.5, every: 10, floor: 1.0}``; kinds: constant, linear,
-    step, cosine).
+    step, cosine, piecewise).
     """
 
     enabled: bool = Field(True, description="false: train the student alone (the baseline)")
