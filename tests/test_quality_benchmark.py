@@ -1,0 +1,54 @@
+"""benchmarks/quality.py without running it: every row is a job that loads, and the table's
+verdict compares the best variant with the seeds' spread."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+assert _spec is not None and _spec.loader is not None
+quality = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(quality)
+
+
+def test_every_row_is_a_job_and_only_the_method_changes():
+    from raydistill.config import load_job
+
+    rows = quality.variants([("features.7", "layer2")], "at", 10.0, "confidence", 4.0, 0.7)
+    assert list(rows) == [
+        quality.ALONE,
+        "KD",
+        quality.SCHEDULED,
+        "KD + AT features",
+        "DKD",
+        "KD + dynamic weighting (confidence)",
+    ]
+    jobs = {name: load_job(ROOT / "jobs" / "fashion-mnist.yaml", changes) for name, changes in
+            rows.items()}  # fmt: skip
+    assert not jobs[quality.ALONE].distill.enabled
+    kd, scheduled = jobs["KD"].distill, jobs[quality.SCHEDULED].distill
+    assert kd.temperature.values(3) == [4.0] * 3 and kd.alpha.values(3) == [0.7] * 3
+    assert scheduled.temperature.values(5) == [8.0, 7.0, 6.0, 5.0, 4.0]
+    assert scheduled.alpha.values(3) == pytest.approx([0.7, 0.525, 0.35])
+    assert jobs["DKD"].distill.method == "dkd" and kd.method == "kd"
+    assert jobs["KD + AT features"].distill.feature_loss == "at"
+    assert jobs["KD + dynamic weighting (confidence)"].distill.weighting == "confidence"
+
+
+def test_the_verdict_weighs_the_gain_against_the_spread():
+    teacher = {"acc": 90.0, "params": 1000, "latency": 1.0}
+
+    def row(accs):
+        return {"acc": accs, "params": [10] * len(accs), "latency": [0.1] * len(accs)}
+
+    clear = quality.table("t", teacher, {quality.ALONE: row([80, 81]), "KD": row([84, 85])},
+                          [0, 1])  # fmt: skip
+    assert "best distillation variant: KD, +4.00 points" in clear and "it beats" in clear
+    assert "| KD | 84.50 +- 0.71% | 84.00, 85.00 |" in clear and "+42%" in clear
+    noisy = quality.table("t", teacher, {quality.ALONE: row([80, 84]), "KD": row([82, 83])},
+                          [0, 1])  # fmt: skip
+    assert "does NOT beat" in noisy
