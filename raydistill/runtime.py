@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -23,6 +24,7 @@ def planned_cpus(job: JobConfig) -> int:
 
 
 TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
+GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # read by ray.init when it starts a local head
 DRIVER_CWD_ENV = "RAYDISTILL_DRIVER_CWD"  # the driver's working directory, for local workers
 
 
@@ -49,13 +51,34 @@ def ray_session(job: JobConfig, cpus: int | None = None) -> Iterator[None]:
         # cleaner polls; without it every run logs a flood of warnings.
         # Workers of a local Ray do not start in this directory: they get it in DRIVER_CWD_ENV,
         # where relative model and tokenizer paths (hf:data/minilm) are resolved.
-        ray.init(
-            num_cpus=cpus,
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            log_to_driver=True,
-            runtime_env={"env_vars": {DRIVER_CWD_ENV: os.getcwd()}},
-        )
+        # They also get this Ray's own address: the cleaner otherwise looks for "the" local Ray,
+        # and with a second one on the machine (another job, a user's `ray start`) it asks the
+        # wrong one whether our Train controller lives, hears no, and removes our placement
+        # group: training dies with "Destroying worker since its placement group was removed".
+        port = _free_port()
+        previous = os.environ.get(GCS_PORT_ENV)
+        os.environ[GCS_PORT_ENV] = str(port)
+        try:
+            ray.init(
+                # a new Ray of this job's own, even where a `ray start` cluster runs (set
+                # RAY_ADDRESS to join one)
+                address="local",
+                num_cpus=cpus,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                log_to_driver=True,
+                runtime_env={
+                    "env_vars": {
+                        DRIVER_CWD_ENV: os.getcwd(),
+                        "RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{port}",
+                    }
+                },
+            )
+        finally:
+            if previous is None:
+                os.environ.pop(GCS_PORT_ENV, None)
+            else:
+                os.environ[GCS_PORT_ENV] = previous
         _STARTED_HERE = True
     quiet_data()
     try:
@@ -66,6 +89,12 @@ def ray_session(job: JobConfig, cpus: int | None = None) -> Iterator[None]:
 
 
 _STARTED_HERE = False  # a local Ray this process started: no autoscaler will add nodes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 def check_worker_resources(job: JobConfig, log: Callable[[str], None] = print) -> None:
