@@ -161,3 +161,22 @@ def tiny_run(tmp_path_factory):
     from tiny_run import build_tiny_run
 
     return build_tiny_run(tmp_path_factory.mktemp("tiny-run"), epochs=3)
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(ray_address, tmp_path_factory) -> str:
+    """The quickstart's teacher (``jobs/digits.yaml``) trained once per session by the teacher
+    stage on the session's Ray, as the end-to-end tests' short jobs train it (4 epochs, 2
+    workers); returns its weights file, for tests about the student side to pass as
+    ``teacher.checkpoint`` instead of each training its own."""
+    from raydistill.config import load_job
+    from raydistill.pipeline import run_teacher
+
+    directory = tmp_path_factory.mktemp("digits-teacher")
+    raw = yaml.safe_load((ROOT / "jobs" / "digits.yaml").read_text())
+    raw["name"] = "digits-teacher"
+    raw["output"] = {"storage_path": str(directory / "runs")}
+    raw["teacher"]["train"] = {"epochs": 4}
+    raw["scaling"]["teacher_pool"] = {"min_actors": 1, "max_actors": 1, "num_cpus": 0.5}
+    (directory / "digits.yaml").write_text(yaml.safe_dump(raw))
+    return str(run_teacher(load_job(directory / "digits.yaml"), log=print))

@@ -23,8 +23,14 @@ SHORT = {
 }
 
 
-def test_cache_written_once_reused_and_trained_from(ray_address, write_job):
-    changes = {**SHORT, "cache.codec": "topk", "cache.k": 4, "data.augment": {"views": 2}}
+def test_cache_written_once_reused_and_trained_from(ray_address, write_job, digits_teacher):
+    changes = {
+        **SHORT,
+        "teacher.checkpoint": digits_teacher,
+        "cache.codec": "topk",
+        "cache.k": 4,
+        "data.augment": {"views": 2},
+    }
     job = load_job(write_job(changes, name="cached"))
     splits = load_splits(job.data)
     manifest = run_cache(job, log=print)
@@ -79,7 +85,7 @@ def test_cache_written_once_reused_and_trained_from(ray_address, write_job):
     verify_cache(job.cache_dir, rebuilt["key"])
 
 
-def test_teacher_sees_the_augmented_input_the_student_reads(ray_address, write_job):
+def test_teacher_sees_the_augmented_input_the_student_reads(ray_address, write_job, digits_teacher):
     """The teacher output travelling with each augmented row equals the teacher run on it."""
     import numpy as np
     import torch
@@ -94,7 +100,8 @@ def test_teacher_sees_the_augmented_input_the_student_reads(ray_address, write_j
         "views": 2,
         "ops": [{"op": "random_crop", "padding": 1}, {"op": "random_erasing", "p": 0.5}],
     }
-    job = load_job(write_job({**SHORT, "data.augment": augment}, name="augmented"))
+    changes = {**SHORT, "teacher.checkpoint": digits_teacher, "data.augment": augment}
+    job = load_job(write_job(changes, name="augmented"))
     weights = run_teacher(job, log=print)
     splits = load_splits(job.data)
     train = training_datasets(job, splits)["train"]
@@ -115,13 +122,15 @@ def test_teacher_sees_the_augmented_input_the_student_reads(ray_address, write_j
     assert {int(r["view"]) for r in rows} == {0, 1}
 
 
-def test_resource_settings_reach_teacher_actors_and_train_workers(ray_address, write_job):
+def test_resource_settings_reach_teacher_actors_and_train_workers(
+    ray_address, write_job, digits_teacher
+):
     """`teacher_pool.resources` and `resources_per_worker` are what the actors actually held."""
     from ray.util.state import list_actors
 
     changes = {
         **SHORT,
-        "teacher.train": {"epochs": 1},
+        "teacher.checkpoint": digits_teacher,
         "train.epochs": 1,
         "distill.teacher_pass": "once",
         "scaling.teacher_pool": {"num_cpus": 0.25, "resources": {"teacher": 1}},

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from raydistill.runtime import TRAIN_POLL_ENV, TRAIN_POLL_S
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +54,8 @@ def test_teacher_actors_and_train_workers_run_on_their_node_groups(write_job, tm
     temp_dir = tempfile.mkdtemp(prefix="rd-pl-", dir="/tmp")
     out = tmp_path / "placement.json"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR")}
+    # Train's controller polls its workers at the session cluster's pace (conftest), not every 2 s
+    env[TRAIN_POLL_ENV] = TRAIN_POLL_S
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), str(SCRIPT.parent), env.get("PYTHONPATH")) if p
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from raydistill.config import load_job
-from raydistill.pipeline import run_job, run_teacher
+from raydistill.pipeline import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -72,13 +72,13 @@ def test_digits_job_end_to_end(ray_address, write_job):
         assert again.score(name).accuracy == summary.score(name).accuracy
 
 
-def test_driver_killed_mid_run_resumes_from_checkpoint(ray_address, write_job, tmp_path):
+def test_driver_killed_mid_run_resumes_from_checkpoint(
+    ray_address, write_job, tmp_path, digits_teacher
+):
     """Kill the CLI driver after its first student checkpoint; rerunning continues from it."""
-    teacher = load_job(write_job(SHORT, name="teacher-src"))
-    run_teacher(teacher, log=print)
     changes = {
         **SHORT,
-        "teacher.checkpoint": str(teacher.run_dir / "teacher" / "model.pt"),
+        "teacher.checkpoint": digits_teacher,
         "train.baseline": False,
         "train.epochs": 6,
         "scaling.workers": 1,
@@ -108,13 +108,11 @@ def test_driver_killed_mid_run_resumes_from_checkpoint(ray_address, write_job, t
     assert "student (distilled)" in second.stdout
 
 
-def test_teacher_pool_streams_every_epoch(ray_address, write_job):
+def test_teacher_pool_streams_every_epoch(ray_address, write_job, digits_teacher):
     """``teacher_pass: per_epoch`` runs the actor pool inside each epoch's stream."""
-    teacher = load_job(write_job(SHORT, name="teacher-src2"))
-    weights = run_teacher(teacher, log=print)
     changes = {
         **SHORT,
-        "teacher.checkpoint": str(weights),
+        "teacher.checkpoint": digits_teacher,
         "distill.teacher_pass": "per_epoch",
         "train.epochs": 2,
         "train.baseline": False,
@@ -128,15 +126,13 @@ def test_teacher_pool_streams_every_epoch(ray_address, write_job):
 
 @pytest.mark.parametrize(("features_from", "dtype"), [("pool", "float16"), ("worker", "float32")])
 def test_feature_distillation_weighting_schedules_and_early_stop(
-    ray_address, write_job, features_from, dtype
+    ray_address, write_job, digits_teacher, features_from, dtype
 ):
     """Tapped teacher features travel with each row (or come from a frozen teacher copy in the
     worker); adapters, schedules, dynamic weighting and early stopping run."""
-    teacher = load_job(write_job(SHORT, name=f"teacher-src3-{features_from}"))
-    weights = run_teacher(teacher, log=print)
     changes = {
         **SHORT,
-        "teacher.checkpoint": str(weights),
+        "teacher.checkpoint": digits_teacher,
         "distill.feature_layers": [{"student": "features.7", "teacher": "features.7"}],
         "distill.feature_weight": 1.0,
         "distill.features_from": features_from,

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from raydistill.runtime import TRAIN_POLL_ENV, TRAIN_POLL_S
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +44,8 @@ def test_a_removed_node_does_not_end_the_run(write_job, tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="rd-nl-", dir="/tmp")  # Ray's socket paths stay short
     out = tmp_path / "node-loss.json"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR")}
+    # Train's controller polls its workers at the session cluster's pace (conftest), not every 2 s
+    env[TRAIN_POLL_ENV] = TRAIN_POLL_S
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), str(SCRIPT.parent), env.get("PYTHONPATH")) if p
     )
