@@ -9,11 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from raydistill.config import JobError, load_job
 from raydistill.detection.synthetic import write_shapes_coco
+from raydistill.models.specs import read_state_dict
 from raydistill.pipeline import run_teacher
+from raydistill.train.state import latest_checkpoint, load_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,9 +87,14 @@ def test_detection_job_end_to_end(ray_address: str, tmp_path: Path) -> None:
     # the distillation terms fall as the student learns from the teacher
     assert history[-1]["train_imitation"] < history[0]["train_imitation"]
     assert history[-1]["train_soft"] < history[0]["train_soft"]
-    # test = val here; the driver scores on one thread, the workers on two, so a few
-    # low-score boxes may differ: close to the kept epoch's val mAP, not bit-equal
-    assert student["map"] == pytest.approx(history[best]["val_map"], rel=0.5)
+    # the weights the table scored are the kept epoch's, tensor for tensor. (Their test mAP is
+    # not compared with the epoch's val mAP: at this size both are noise-level, ~0.005, and the
+    # driver scores on other threads than the workers, which moves low-score boxes.)
+    kept = load_state(latest_checkpoint(run_dir / "student"))["best_student"]
+    scored = read_state_dict(run_dir / "student" / "model.pt")
+    assert scored.keys() == kept.keys()
+    assert all(torch.equal(scored[k], kept[k]) for k in kept)
+    assert student["map"] >= 0
     summary = (run_dir / "summary.md").read_text()
     assert "| student (distilled) |" in summary and "mAP" in summary
     job = yaml.safe_load((run_dir / "job.yaml").read_text())

@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from counting_teacher import samples_labelled
 
-from raydistill.config import job_from_dict, load_job
+from raydistill.config import load_job
 from raydistill.data.sources import load_splits
-from raydistill.pipeline import run_job, run_teacher, teacher_pass_rows
+from raydistill.pipeline import run_job, teacher_pass_rows
 from raydistill.tune.search import TemperatureSearch, run_tune
 
 pytestmark = pytest.mark.slow
@@ -29,13 +28,9 @@ TRIAL_EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
-def teacher_weights(ray_address, tmp_path_factory) -> Path:
-    """A digits teacher trained once for this module's searches."""
-    root = tmp_path_factory.mktemp("tune-teacher")
-    raw = yaml.safe_load((ROOT / "jobs" / "digits.yaml").read_text())
-    raw["teacher"]["train"]["epochs"] = 3
-    raw["output"] = {"storage_path": str(root / "runs")}
-    return run_teacher(job_from_dict(raw), log=print)
+def teacher_weights(digits_teacher) -> Path:
+    """The session's digits teacher, for this module's searches."""
+    return Path(digits_teacher)
 
 
 def _tune_job(write_job, tmp_path: Path, name: str, weights: Path) -> tuple[Path, Path]:
