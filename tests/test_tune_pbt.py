@@ -204,3 +204,39 @@ def test_tpe_draws_inside_the_space_repeatably_from_the_job_seed():
                                                        "end": 0.1}]}}, search="tpe"))
     with pytest.raises(JobError, match="tpe draws values: use choice"):
         job_from_dict(_job({"train.batch_size": "grid([16, 32])"}, search="tpe"))
+
+
+def test_pbt_explores_choices_along_their_list_and_numbers_inside_their_range():
+    """What PBT's explore step makes of the scheduler this search builds, many times over:
+    a choice only ever becomes one of its values (not 1.2x a learning rate), and a number
+    never leaves its range."""
+    import random
+
+    from ray.tune.schedulers.pbt import _explore
+
+    from raydistill.tune.schedulers import build_scheduler
+
+    raw = _job(
+        {"temperature.start": "uniform(1, 8)", "train.lr": "choice([0.01, 0.00001])"},
+        scheduler="pbt",
+        resample_probability=0.25,
+    )
+    settings = job_from_dict(raw).tune
+    pbt = build_scheduler(settings, epochs=4)
+    assert pbt._hyperparam_mutations["train.lr"] == [0.01, 0.00001]
+    random.seed(0)
+    config = {"distill.temperature.start": 7.5, "train.lr": 0.01}
+    seen_lr, seen_t = set(), []
+    for _ in range(200):
+        new, _ = _explore(
+            config,
+            pbt._hyperparam_mutations,
+            pbt._resample_probability,
+            pbt._perturbation_factors,
+            pbt._custom_explore_fn,
+        )
+        seen_lr.add(new["train.lr"])
+        seen_t.append(new["distill.temperature.start"])
+        config = new
+    assert seen_lr == {0.01, 0.00001}
+    assert 1 <= min(seen_t) and max(seen_t) <= 8 and len(set(seen_t)) > 10

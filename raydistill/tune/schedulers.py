@@ -28,7 +28,12 @@ def build_scheduler(settings: Any, epochs: int) -> Any:
         return PopulationBasedTraining(
             time_attr=EPOCHS_DONE,
             perturbation_interval=settings.perturbation_interval,
-            hyperparam_mutations={d.key: d.to_tune() for d in settings.mutations},
+            # a choice as its list: PBT then moves to a neighbouring value or redraws one (a
+            # Tune domain would be scaled x0.8/x1.2 like a number, off the list)
+            hyperparam_mutations={
+                d.key: list(d.args) if d.kind == "choice" else d.to_tune()
+                for d in settings.mutations
+            },
             quantile_fraction=settings.quantile_fraction,
             resample_probability=settings.resample_probability,
             custom_explore_fn=WithinSpace(tuple(settings.mutations)),
