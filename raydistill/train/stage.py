@@ -126,8 +126,13 @@ def run_stage(
         if cause is None:
             raise
         raise JobError(cause) from None
+    resumed_from = (loop_config or {}).get("resume_from")
     if result.checkpoint is None:
-        raise RuntimeError(f"[{spec.role}] training finished without a checkpoint")
+        # A stage continued from a state whose last epoch was the final one (PBT continuing a
+        # finished trial) had nothing left to train: that state is its result.
+        if resumed_from is None:
+            raise RuntimeError(f"[{spec.role}] training finished without a checkpoint")
+        return collect_stage(spec, load_state(Path(resumed_from)), run_dir)
     with result.checkpoint.as_directory() as directory:
         state = load_state(Path(directory))
     return collect_stage(spec, state, run_dir)

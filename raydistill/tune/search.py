@@ -145,7 +145,6 @@ def _tuner(job: JobConfig, context: TrialContext, tune_dir: Path, resume: bool) 
         return tune.Tuner.restore(
             str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-    pbt = settings.scheduler == "pbt"
     return tune.Tuner(
         trainable,
         param_space=_param_space(settings),
@@ -161,9 +160,9 @@ def _tuner(job: JobConfig, context: TrialContext, tune_dir: Path, resume: bool) 
             storage_path=str(tune_dir.parent),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=max(job.scaling.max_failures, 0)),
-            # PBT copies the checkpoint a top trial reported at a perturbation; it must still
-            # be there when a poor trial restarts from it (Ray warns at 2 or fewer).
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=4) if pbt else None,
+            # No num_to_keep: PBT hands a poor trial the very checkpoint a top trial reported,
+            # and with a limit one trial's rotation deletes what the other still holds (a
+            # trial then fails on a missing checkpoint_00000N). Each is one state.pt.
         ),
     )
 
