@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raydistill.distill.distiller import Distiller, DistillLoss, Inputs, _adapter_key, _logits
+from raydistill.distill.distiller import Distiller, DistillLoss, Inputs, _adapter_key, as_logits
 from raydistill.distill.taps import _call, feature_shapes
 
 ModalMappingKind = Literal["linear", "mlp"]
@@ -156,7 +156,7 @@ class CrossModalDistiller(Distiller):
         if len(self.adapters) != len(self.feature_pairs):
             raise RuntimeError("the modal mappings are not built: call build_adapters first")
         tap.clear()
-        logits = _logits(_call(self.student, inputs))
+        logits = as_logits(_call(self.student, inputs))
         try:
             features = {t: tap.features[s] for s, t in self.feature_pairs}
         except KeyError as exc:

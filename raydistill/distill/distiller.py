@@ -99,7 +99,9 @@ def _to_device(inputs: Inputs, device: torch.device | None) -> Inputs:
     return inputs.to(device)
 
 
-def _logits(output: Any) -> Tensor:
+def as_logits(output: Any) -> Tensor:
+    """A model's output as its logits [N, C]: the tensor itself, or its ``.logits``
+    (Hugging Face outputs)."""
     logits = output.logits if hasattr(output, "logits") else output
     if not isinstance(logits, Tensor):
         raise TypeError(f"the model returned {type(output).__name__}, not logits [N, C]")
@@ -342,7 +344,7 @@ class Distiller(nn.Module):
                     "build_adapters(example_input) first (before the optimizer and DDP)"
                 )
             tap.clear()
-        logits = _logits(_call(self.student, inputs))
+        logits = as_logits(_call(self.student, inputs))
         features: dict[str, Tensor] = {}
         if tap is not None:
             try:
@@ -370,7 +372,7 @@ class Distiller(nn.Module):
         device = first.device if isinstance(first, Tensor) else None
         try:
             with torch.no_grad():
-                logits = _logits(_call(teacher, _to_device(inputs, _module_device(teacher))))
+                logits = as_logits(_call(teacher, _to_device(inputs, _module_device(teacher))))
                 features = dict(tap.features) if tap is not None else {}
         finally:
             if tap is not None:

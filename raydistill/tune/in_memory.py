@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from raydistill.tune.results import EPOCHS_DONE, TrialRow, collect_rows, ranked, results_markdown
+from raydistill.distill.distiller import as_logits
+from raydistill.tune.results import EPOCHS_DONE, TrialRow, ranked, reported_rows, results_markdown
 from raydistill.tune.schedulers import build_scheduler
 
 Pair = tuple[Tensor, Tensor]
@@ -87,12 +88,10 @@ def check_pair(pair: Any, what: str) -> Pair:
 def label_once(teacher: nn.Module, inputs: Tensor, batch_size: int) -> Tensor:
     """The teacher's logits [N, C] for ``inputs``: the one teacher pass of the search."""
     teacher.eval()
-    out = [_logits(teacher(inputs[i : i + batch_size])) for i in range(0, len(inputs), batch_size)]
+    out = [
+        as_logits(teacher(inputs[i : i + batch_size])) for i in range(0, len(inputs), batch_size)
+    ]
     return torch.cat(out).float()
-
-
-def _logits(output: Any) -> Tensor:
-    return output.logits if hasattr(output, "logits") else output
 
 
 def train_trial(
@@ -233,12 +232,7 @@ def search_in_memory(
     finally:
         if started_ray:
             ray.shutdown()
-    rows = collect_rows(grid, settings.metric, settings.mode, settings.epochs)
-    if not rows or all(r.best_value is None for r in rows):
-        errors = [str(r.error) for r in grid if r.error is not None]
-        raise RuntimeError(
-            "no trial reported a result" + (f"; first error: {errors[0]}" if errors else "")
-        )
+    rows = reported_rows(grid, settings.metric, settings.mode, settings.epochs)
     result = InMemoryResult(
         tune_dir=Path(grid.experiment_path),
         rows=rows,

@@ -78,6 +78,18 @@ def collect_rows(grid: Any, metric: str, mode: str, max_epochs: int) -> list[Tri
     return sorted(rows, key=lambda r: r.trial_id)
 
 
+def reported_rows(grid: Any, metric: str, mode: str, max_epochs: int) -> list[TrialRow]:
+    """:func:`collect_rows`, refusing a search in which no trial reported a result (the first
+    trial error is named)."""
+    rows = collect_rows(grid, metric, mode, max_epochs)
+    if not rows or all(r.best_value is None for r in rows):
+        errors = [str(r.error) for r in grid if r.error is not None]
+        raise RuntimeError(
+            "no trial reported a result" + (f"; first error: {errors[0]}" if errors else "")
+        )
+    return rows
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

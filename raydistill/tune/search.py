@@ -24,8 +24,8 @@ from raydistill.tune.discovered import discovered_schedules, lineage_history
 from raydistill.tune.in_memory import InMemoryResult
 from raydistill.tune.results import (
     TrialRow,
-    collect_rows,
     ranked,
+    reported_rows,
     results_markdown,
     write_plots,
 )
@@ -256,12 +256,7 @@ def run_tune(
             f"{settings.metric} ({settings.mode}): {dims}"
         )
         grid = _tuner(job, context, tune_dir, resume).fit()
-    rows = collect_rows(grid, settings.metric, settings.mode, _trial_epochs(job))
-    if not rows or all(r.best_value is None for r in rows):
-        errors = [str(r.error) for r in grid if r.error is not None]
-        raise RuntimeError(
-            "no trial reported a result" + (f"; first error: {errors[0]}" if errors else "")
-        )
+    rows = reported_rows(grid, settings.metric, settings.mode, _trial_epochs(job))
     passes += sum(int(r.last.get(TEACHER_PASSES, 0)) for r in rows)
     best = ranked(rows, settings.mode)[0]
     schedules: dict[str, Any] = {}
