@@ -16,17 +16,24 @@ temperature/alpha and training settings; only the method changes. Prints and wri
 sample (batch 1), and the share of the teacher-student gap each variant closes:
 ``(variant - alone) / (teacher - alone)``. The split is fixed by ``data.split.seed``, so every
 seed is scored on the same test set. Runs go to a temporary directory unless ``--storage``.
+
+The distilled rows read one shared Parquet teacher cache (``distill.teacher_pass: cache``) per
+distinct cache key: one for all rows and seeds, or one per seed where the job augments (the
+views depend on the seed) and one per feature-layer set the pool ships. The teacher runs once
+per cache, not once per row; ``--no-shared-cache`` keeps each row's own teacher pass.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from raydistill.config import load_job
+from raydistill.config import JobConfig, load_job
 from raydistill.pipeline import run_job, run_teacher
 from raydistill.runtime import ray_session
 
@@ -72,6 +79,20 @@ def variants(
     rows["DKD"] = [*kd, "distill.method=dkd"]
     rows[f"KD + dynamic weighting ({weighting})"] = [*kd, f"distill.weighting={weighting}"]
     return rows
+
+
+def shared_cache_overrides(job: JobConfig, storage: Path) -> list[str]:
+    """Overrides that point a distilled run at the cache it can share with the other runs:
+    its directory is named by what the cache key takes from the run (the seed where views are
+    augmented, the feature layers the pool ships), so runs that agree on them share it."""
+    if not job.distill.enabled or job.distill.teacher_pass == "per_epoch":
+        return []
+    varies = {
+        "seed": job.seed if job.data.augment is not None else None,
+        "pool_features": job.pool_feature_layers,
+    }
+    tag = hashlib.sha256(json.dumps(varies, sort_keys=True).encode()).hexdigest()[:10]
+    return ["distill.teacher_pass=cache", f"cache.path={storage / 'teacher-cache' / tag}"]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -128,6 +149,12 @@ def main() -> None:
     parser.add_argument("--at-weight", type=float, default=10.0, help="feature_weight of AT")
     parser.add_argument("--weighting", default="confidence", help="the dynamic weighting row")
     parser.add_argument("--only", nargs="*", default=None, help="run only these rows")
+    parser.add_argument(
+        "--no-shared-cache",
+        dest="shared_cache",
+        action="store_false",
+        help="every distilled row runs its own teacher pass (default: one shared cache)",
+    )
     parser.add_argument("--storage", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="Markdown file (default: storage)")
     args = parser.parse_args()
@@ -147,24 +174,39 @@ def main() -> None:
         rows_spec = {k: v for k, v in rows_spec.items() if k == ALONE or k in args.only}
 
     started = time.perf_counter()
+    out = args.out or storage / f"quality-{base.name}.md"
+    total = len(args.seeds) * len(rows_spec)
     teacher: dict = {}
     rows: dict[str, dict[str, list[float]]] = {}
+
+    def write(done: int) -> str:
+        title = (
+            f"### {base.name}: test accuracy over seeds {args.seeds} "
+            f"({time.perf_counter() - started:.0f} s in all"
+            + (f"; overrides: {' '.join(args.overrides)}" if args.overrides else "")
+            + ")"
+            + ("" if done == total else f" - PARTIAL: {done} of {total} runs")
+        )
+        text = table(title, teacher, rows, args.seeds)
+        out.write_text(text + "\n")
+        return text
+
     with ray_session(base):
         teacher_weights = run_teacher(base)
         for seed in args.seeds:
             for name, changes in rows_spec.items():
                 tag = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-                job = load_job(
-                    args.job,
-                    [
-                        *common,
-                        f"name={base.name}-{tag}-seed{seed}",
-                        f"seed={seed}",
-                        f"teacher.checkpoint={teacher_weights}",
-                        "train.baseline=false",
-                        *changes,
-                    ],
-                )
+                overrides = [
+                    *common,
+                    f"name={base.name}-{tag}-seed{seed}",
+                    f"seed={seed}",
+                    f"teacher.checkpoint={teacher_weights}",
+                    "train.baseline=false",
+                    *changes,
+                ]
+                job = load_job(args.job, overrides)
+                if args.shared_cache:
+                    job = load_job(args.job, [*overrides, *shared_cache_overrides(job, storage)])
                 summary = run_job(job)
                 student = summary.scores[-1]
                 row = rows.setdefault(name, {"acc": [], "params": [], "latency": []})
@@ -178,17 +220,14 @@ def main() -> None:
                         "params": t.parameters,
                         "latency": t.latency_ms,
                     }
+                done = sum(len(r["acc"]) for r in rows.values())
+                # what has run so far survives a run that dies or is stopped later
+                if teacher and ALONE in rows and len(rows) > 1 and done < total:
+                    write(done)
+                    print(f"[quality] {done}/{total} runs; partial table in {out}", flush=True)
 
-    title = (
-        f"### {base.name}: test accuracy over seeds {args.seeds} "
-        f"({time.perf_counter() - started:.0f} s in all"
-        + (f"; overrides: {' '.join(args.overrides)}" if args.overrides else "")
-        + ")"
-    )
-    text = table(title, teacher, rows, args.seeds)
+    text = write(total)
     print("\n" + text)
-    out = args.out or storage / f"quality-{base.name}.md"
-    out.write_text(text + "\n")
     print(f"\nwritten to {out}")
 
 

@@ -47,9 +47,7 @@ def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 512) -> np.n
     """Class predictions [N] for inputs [N, ...]."""
     model.eval()
     out = [
-        model(model_tensor(inputs[i : i + batch_size]))
-        .argmax(-1)
-        .numpy()
+        model(model_tensor(inputs[i : i + batch_size])).argmax(-1).numpy()
         for i in range(0, len(inputs), batch_size)
     ]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)

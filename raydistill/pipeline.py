@@ -16,7 +16,7 @@ import torch
 from raydistill.config import JobConfig, JobError, load_job
 from raydistill.data.arrays import LabelledArrays, model_tensor
 from raydistill.data.balance import ClassBalancer
-from raydistill.data.sources import load_splits, training_datasets
+from raydistill.data.sources import load_splits, split_views, training_datasets
 from raydistill.data.text import for_model
 from raydistill.distill.taps import feature_shapes
 from raydistill.evaluate import ModelScore, score
@@ -162,6 +162,8 @@ def _train(
         callbacks = [*(callbacks or []), TensorBoardLogger(events)]
         log(f"[{spec.name}] TensorBoard events: {events}")
     loop_config = {"resume_from": str(resume_from)} if resume_from is not None else None
+    if spec.job.data.augment is not None:
+        datasets = split_views(datasets, spec.job.data.augment)
     return run_stage(spec, datasets, spec.job.run_dir, callbacks, loop_config=loop_config)
 
 

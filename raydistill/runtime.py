@@ -104,15 +104,19 @@ def check_worker_resources(job: JobConfig, log: Callable[[str], None] = print) -
     import ray
 
     s = job.scaling
-    need = {"CPU": s.cpus_per_worker, **({"GPU": 1.0} if s.use_gpu else {}),
-            **s.resources_per_worker}
+    need = {
+        "CPU": s.cpus_per_worker,
+        **({"GPU": 1.0} if s.use_gpu else {}),
+        **s.resources_per_worker,
+    }
     have = ray.cluster_resources()
     missing = {k: v for k, v in need.items() if have.get(k, 0.0) < v}
     if not missing:
         return
     what = ", ".join(f"{k}: {v:g}" for k, v in missing.items())
     hint = (
-        "set scaling.use_gpu: false to train on CPUs" if "GPU" in missing
+        "set scaling.use_gpu: false to train on CPUs"
+        if "GPU" in missing
         else "start Ray with those resources or change scaling.resources_per_worker"
     )
     if _STARTED_HERE:

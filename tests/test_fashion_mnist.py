@@ -143,6 +143,25 @@ def test_job_models_fit_the_brief() -> None:
     assert teacher.eval()(x).shape == (2, 10) and student.eval()(x).shape == (2, 10)
 
 
+def test_pooled_cnn_taps_match_the_resnet_stages() -> None:
+    """The student's documented taps have the shapes of the width-w teacher's layer1-3, so AT
+    pairs need no adapter; and the pools shrink the map the head sees to 7x7."""
+    import torch
+
+    from raydistill.distill.taps import FeatureTap
+    from raydistill.models.zoo import pooled_cnn, small_input_resnet18
+
+    student, teacher = pooled_cnn(width=4).eval(), small_input_resnet18(width=4).eval()
+    x = torch.rand(3, 1, 28, 28)
+    with FeatureTap(student, ["features.5", "features.12", "features.16"]) as s_taps:
+        assert student(x).shape == (3, 10)
+    with FeatureTap(teacher, ["layer1", "layer2", "layer3"]) as t_taps:
+        teacher(x)
+    shapes = [list(s_taps.features[n].shape) for n in ("features.5", "features.12", "features.16")]
+    assert shapes == [list(t_taps.features[n].shape) for n in ("layer1", "layer2", "layer3")]
+    assert shapes == [[3, 4, 28, 28], [3, 8, 14, 14], [3, 16, 7, 7]]
+
+
 @pytest.mark.slow
 def test_fashion_job_end_to_end_with_dkd_and_attention_transfer(ray_address, tmp_path) -> None:
     """The real job at reduced size on written idx files: teacher stage (the adapted ResNet-18
@@ -163,7 +182,7 @@ def test_fashion_job_end_to_end_with_dkd_and_attention_transfer(ray_address, tmp
             "train.baseline=false",
             "scaling.workers=1",
             "distill.method=dkd",
-            "distill.feature_layers=[{student: features.7, teacher: layer2}]",
+            "distill.feature_layers=[{student: features.12, teacher: layer2}]",
             "distill.feature_loss=at",
             "distill.feature_weight=5",
         ],

@@ -52,3 +52,31 @@ def test_the_verdict_weighs_the_gain_against_the_spread():
     noisy = quality.table("t", teacher, {quality.ALONE: row([80, 84]), "KD": row([82, 83])},
                           [0, 1])  # fmt: skip
     assert "does NOT beat" in noisy
+
+
+def test_distilled_rows_share_one_teacher_cache_per_key(tmp_path):
+    """KD-style rows of every seed read one cache; rows whose cache key differs (pool-shipped
+    features, the seed of augmented views) get their own; the student alone reads none."""
+    from raydistill.config import load_job
+
+    job_file = ROOT / "jobs" / "fashion-mnist.yaml"
+    rows = quality.variants([("features.12", "layer2")], "at", 10.0, "confidence", 4.0, 0.7)
+
+    def cache_of(name: str, *extra: str) -> str | None:
+        job = load_job(job_file, [*rows[name], *extra])
+        overrides = quality.shared_cache_overrides(job, tmp_path)
+        if not overrides:
+            return None
+        assert overrides[0] == "distill.teacher_pass=cache"
+        return overrides[1].removeprefix("cache.path=")
+
+    assert cache_of(quality.ALONE) is None
+    shared = cache_of("KD", "seed=0")
+    assert shared.startswith(str(tmp_path / "teacher-cache"))
+    for name in ("KD", quality.SCHEDULED, "DKD", "KD + dynamic weighting (confidence)"):
+        assert cache_of(name, "seed=1") == shared
+    assert cache_of("KD + AT features") not in (None, shared)
+    assert cache_of("KD + AT features", "distill.features_from=worker") == shared
+    views = "data.augment={views: 2}"
+    assert len({cache_of("KD", views, f"seed={s}") for s in (0, 1)} | {shared}) == 3
+    assert cache_of("KD", "distill.teacher_pass=per_epoch") is None

@@ -200,8 +200,12 @@ def test_tpe_draws_inside_the_space_repeatably_from_the_job_seed():
         job_from_dict({**raw, "tune": None, "train": {**raw["train"], "lr": config["train.lr"]}})
     assert draws() == first  # the job's seed fixes the sampler
     with pytest.raises(JobError, match=r"tune\.space\.distill\.alpha: tpe chooses among numbers"):
-        job_from_dict(_job({"alpha": {"choice": [0.5, {"kind": "linear", "start": 0.9,
-                                                       "end": 0.1}]}}, search="tpe"))
+        job_from_dict(
+            _job(
+                {"alpha": {"choice": [0.5, {"kind": "linear", "start": 0.9, "end": 0.1}]}},
+                search="tpe",
+            )
+        )
     with pytest.raises(JobError, match="tpe draws values: use choice"):
         job_from_dict(_job({"train.batch_size": "grid([16, 32])"}, search="tpe"))
 

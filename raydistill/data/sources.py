@@ -215,6 +215,26 @@ def with_views(ds: ray.data.Dataset, augment: AugmentConfig, seed: int) -> ray.d
     return views[0].union(*views[1:]) if len(views) > 1 else views[0]
 
 
+def view_dataset_name(view: int) -> str:
+    """The Ray Train dataset that holds the training rows of augmented ``view``."""
+    return f"train_view{view}"
+
+
+def split_views(datasets: dict[str, Any], augment: AugmentConfig) -> dict[str, Any]:
+    """``datasets`` with ``train`` (every view, tagged ``view``) replaced by one dataset per view.
+
+    Epoch ``e`` reads only :func:`view_dataset_name` ``(e % views)``, so its batches are full
+    and Ray Train splits that view evenly across workers (the same step count on every rank).
+    Filtering one stream of all views inside the loop instead left most batches with no row of
+    the epoch's view, and each such step trained on a single row.
+    """
+    train = datasets["train"]
+    out = {k: ds for k, ds in datasets.items() if k != "train"}
+    for v in range(augment.views):
+        out[view_dataset_name(v)] = train.filter(expr=f"{VIEW} == {v}")
+    return out
+
+
 def training_datasets(
     job: JobConfig,
     splits: dict[str, LabelledArrays],

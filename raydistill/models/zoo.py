@@ -39,6 +39,39 @@ class DigitsCNN(nn.Module):
         return self.head(self.pool(self.features(x)))
 
 
+class PooledCNN(nn.Module):
+    """A small CNN for 28x28 images (Fashion-MNIST): five 3x3 conv-BN-ReLU blocks, with 2x2 max
+    pools after the second and fourth, so the pooled map sees the whole image.
+
+    :class:`DigitsCNN` keeps 14x14 maps to its global pool, whose ~11-pixel receptive field
+    underfits 28x28 clothing; this one halves twice (28 -> 14 -> 7). Input [N, C, 28, 28] ->
+    logits [N, num_classes]. Taps: ``features.5`` [w, 28, 28], ``features.12`` [2w, 14, 14],
+    ``features.16`` [4w, 7, 7] (the shapes of a width-w ResNet-18's ``layer1``-``layer3``).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        w = width
+        self.features = nn.Sequential(
+            *block(in_channels, w),
+            *block(w, w),
+            nn.MaxPool2d(2),
+            *block(w, 2 * w),
+            *block(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            *block(2 * w, 4 * w),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * w, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)))
+
+
 class MLP(nn.Module):
     """A multilayer perceptron over flattened inputs [N, *] -> [N, num_classes].
 
@@ -64,6 +97,10 @@ class MLP(nn.Module):
 
 def digits_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32) -> DigitsCNN:
     return DigitsCNN(num_classes=num_classes, in_channels=in_channels, width=width)
+
+
+def pooled_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 16) -> PooledCNN:
+    return PooledCNN(num_classes=num_classes, in_channels=in_channels, width=width)
 
 
 def mlp(num_classes: int = 10, in_features: int = 64, hidden: Sequence[int] = (32,)) -> MLP:

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from raydistill.data.augment import VIEW
 from raydistill.data.balance import balance_rng
-from raydistill.data.sources import INPUT, LABEL, ROW_ID
+from raydistill.data.sources import INPUT, LABEL, ROW_ID, view_dataset_name
 from raydistill.data.text import TEACHER_INPUT
 from raydistill.distill.cross_modal import CrossModalDistiller
 from raydistill.distill.distiller import Distiller
@@ -145,14 +144,17 @@ def _batches(shard: Any, spec: StageSpec, seed: int | None) -> Any:
     )
 
 
+def _train_dataset_name(spec: StageSpec, epoch: int) -> str:
+    """An augmented job trains epoch ``e`` on view ``e % views`` (its own dataset)."""
+    augment = spec.job.data.augment
+    return "train" if augment is None else view_dataset_name(epoch % augment.views)
+
+
 def _rows_for_epoch(
     batch: dict[str, torch.Tensor], spec: StageSpec, epoch: int, rank: int, step: int
 ) -> dict[str, torch.Tensor]:
-    """This epoch's augmented view of the batch, resampled by the class balancer."""
+    """The batch resampled by the class balancer (as it came without one)."""
     index = np.arange(len(batch[LABEL]))
-    if VIEW in batch and spec.job.data.augment is not None:
-        views = batch[VIEW].cpu().numpy()
-        index = np.flatnonzero(views == epoch % spec.job.data.augment.views)
     if spec.balancer is not None:
         rng = balance_rng(spec.job.seed, epoch, rank, step)
         index = index[spec.balancer.select(batch[LABEL].cpu().numpy()[index], rng)]
@@ -234,7 +236,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if start_epoch and rank == 0:
         _say(f"[{spec.name}] resumed from the checkpoint of epoch {start_epoch}")
 
-    train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     stopped_early = False
     progress = StepProgress(spec.name, train.epochs)
@@ -249,6 +250,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         class_counts = torch.zeros(spec.num_classes, dtype=torch.float64)
         progress.start(epoch, started)
         schedule = f" T={core.temperature:.2f} alpha={core.alpha:.2f}" if spec.distill else ""
+        train_shard = ray.train.get_dataset_shard(_train_dataset_name(spec, epoch))
         for step, raw in enumerate(_batches(train_shard, spec, seed)):
             batch = _rows_for_epoch(raw, spec, epoch, rank, step)
             class_counts += torch.bincount(batch[LABEL].cpu(), minlength=spec.num_classes)
