@@ -80,3 +80,30 @@ def test_distilled_rows_share_one_teacher_cache_per_key(tmp_path):
     views = "data.augment={views: 2}"
     assert len({cache_of("KD", views, f"seed={s}") for s in (0, 1)} | {shared}) == 3
     assert cache_of("KD", "distill.teacher_pass=per_epoch") is None
+
+
+def test_plain_teacher_augmentation_shifts_and_mirrors_only():
+    """benchmarks/plain_teacher.py's crop_and_flip: every output is a window of the zero-padded
+    input, mirrored or not, and the draws vary across the batch."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("plain", ROOT / "benchmarks" / "plain_teacher.py")
+    assert spec is not None and spec.loader is not None
+    plain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plain)
+
+    x = torch.rand(16, 1, 6, 6)
+    out = plain.crop_and_flip(x, torch.Generator().manual_seed(0), pad=2)
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    draws = set()
+    for i in range(len(x)):
+        windows = {
+            (dy, dx, f): padded[i, :, dy : dy + 6, dx : dx + 6].flip(-1) if f else
+            padded[i, :, dy : dy + 6, dx : dx + 6]
+            for dy in range(5) for dx in range(5) for f in (0, 1)
+        }  # fmt: skip
+        hits = [k for k, w in windows.items() if torch.equal(w, out[i])]
+        assert hits, f"image {i} is not a shifted (mirrored) window of its input"
+        draws.add(hits[0])
+    assert len(draws) > 4
