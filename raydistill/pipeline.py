@@ -162,8 +162,6 @@ def _train(
         callbacks = [*(callbacks or []), TensorBoardLogger(events)]
         log(f"[{spec.name}] TensorBoard events: {events}")
     loop_config = {"resume_from": str(resume_from)} if resume_from is not None else None
-    if spec.job.data.augment is not None:
-        datasets = split_views(datasets, spec.job.data.augment)
     return run_stage(spec, datasets, spec.job.run_dir, callbacks, loop_config=loop_config)
 
 
@@ -299,6 +297,8 @@ def fit_student(
                 f"[teacher] one pass over {rows} rows in {time.perf_counter() - started:.1f}s "
                 f"({job.scaling.teacher_pool.max_actors} actor(s) max)"
             )
+        if job.data.augment is not None:
+            datasets = split_views(datasets, job.data.augment)
     spec = StageSpec(
         role=role,
         job=job,

@@ -117,6 +117,21 @@ def test_each_view_is_its_own_training_dataset(ray_address):
         assert sorted(int(r[ROW_ID]) for r in rows) == list(range(30))
 
 
+def test_a_stage_without_teacher_pass_trains_on_each_view_directly(ray_address, write_job):
+    """The student alone (and the teacher stage) read one dataset per view, built without the
+    all-views stream, and each epoch trains on every training row exactly once."""
+    from raydistill.data.sources import training_datasets, view_dataset_name
+    from raydistill.pipeline import fit_student
+
+    job = load_job(write_job({**SHORT, "data.augment": {"views": 2}}, name="alone-views"))
+    splits = load_splits(job.data)
+    datasets = training_datasets(job, splits, distill=False)
+    assert set(datasets) == {"val", view_dataset_name(0), view_dataset_name(1)}
+    assert datasets[view_dataset_name(1)].count() == len(splits["train"])
+    result = fit_student(job, splits, "baseline", None, log=print)
+    assert [sum(h["class_counts"]) for h in result.history] == [len(splits["train"])] * 3
+
+
 def test_teacher_sees_the_augmented_input_the_student_reads(ray_address, write_job, digits_teacher):
     """The teacher output travelling with each augmented row equals the teacher run on it."""
     import numpy as np

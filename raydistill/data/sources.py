@@ -202,9 +202,9 @@ def _augment_view(
     return batch
 
 
-def with_views(ds: ray.data.Dataset, augment: AugmentConfig, seed: int) -> ray.data.Dataset:
-    """``augment.views`` augmented copies of ``ds``, each row tagged with its ``view``."""
-    views = [
+def view_datasets(ds: ray.data.Dataset, augment: AugmentConfig, seed: int) -> list[Any]:
+    """``augment.views`` augmented copies of ``ds``, one dataset each, rows tagged ``view``."""
+    return [
         ds.map_batches(
             _augment_view,
             fn_kwargs={"view": v, "seed": seed, "augment": augment},
@@ -212,6 +212,11 @@ def with_views(ds: ray.data.Dataset, augment: AugmentConfig, seed: int) -> ray.d
         )
         for v in range(augment.views)
     ]
+
+
+def with_views(ds: ray.data.Dataset, augment: AugmentConfig, seed: int) -> ray.data.Dataset:
+    """Every augmented view of ``ds`` in one dataset (one teacher pass labels them all)."""
+    views = view_datasets(ds, augment, seed)
     return views[0].union(*views[1:]) if len(views) > 1 else views[0]
 
 
@@ -221,7 +226,8 @@ def view_dataset_name(view: int) -> str:
 
 
 def split_views(datasets: dict[str, Any], augment: AugmentConfig) -> dict[str, Any]:
-    """``datasets`` with ``train`` (every view, tagged ``view``) replaced by one dataset per view.
+    """``datasets`` with ``train`` (every view, tagged ``view``: the stream a teacher pass
+    labelled) replaced by one dataset per view.
 
     Epoch ``e`` reads only :func:`view_dataset_name` ``(e % views)``, so its batches are full
     and Ray Train splits that view evenly across workers (the same step count on every rank).
@@ -241,13 +247,19 @@ def training_datasets(
     model: ModelSpec | None = None,
     distill: bool = True,
 ) -> dict[str, Any]:
-    """Ray datasets of the train split (augmented views when the job asks) and the val split,
-    as ``model`` (default: the student) reads them; text rows are tokenized in the pipeline,
-    for the job's teacher too when ``distill``."""
+    """Ray datasets of the train split and the val split, as ``model`` (default: the student)
+    reads them; text rows are tokenized in the pipeline, for the job's teacher too when
+    ``distill``. Augmented views are one ``train`` dataset when ``distill`` (one teacher pass
+    labels them all; :func:`split_views` follows it), else one dataset per view already."""
     train = to_dataset(splits["train"])
-    if job.data.augment is not None:
-        train = with_views(train, job.data.augment, job.seed)
-    datasets = {"train": train, "val": to_dataset(splits["val"])}
+    datasets = {"val": to_dataset(splits["val"])}
+    if job.data.augment is None:
+        datasets["train"] = train
+    elif distill:
+        datasets["train"] = with_views(train, job.data.augment, job.seed)
+    else:
+        views = view_datasets(train, job.data.augment, job.seed)
+        datasets.update({view_dataset_name(v): ds for v, ds in enumerate(views)})
     if job.data.text is None:
         return datasets
     from raydistill.data.text import tokenize_rows, tokenize_stage_kwargs
