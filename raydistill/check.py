@@ -19,18 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raydistill.config import JobConfig, JobError
-from raydistill.data.arrays import LabelledArrays
-from raydistill.data.sources import load_splits
-from raydistill.data.text import for_model
 from raydistill.distill.adapters import build_adapter
-from raydistill.evaluate import THROUGHPUT_BATCH, accuracy, latency_ms, throughput
+from raydistill.evaluate import THROUGHPUT_BATCH
 from raydistill.models.specs import build_model, count_parameters, load_weights
-from raydistill.pipeline import (
-    check_pair,
-    require_classification,
-    teacher_pass_rows,
-    teacher_weights_path,
-)
+from raydistill.pipeline import teacher_pass_rows, teacher_weights_path
+from raydistill.tasks import get_task
+from raydistill.tasks.base import Splits
 
 HEADROOM = 1.2  # the teacher should make at most 1/HEADROOM of the errors the target allows
 MAX_SLOWDOWN = 5.0  # teacher seconds per sample over the student's before warning
@@ -70,11 +64,14 @@ class TeacherCheck:
     target: float | None
     teacher_latency_ms: float
     student_latency_ms: float
-    teacher_throughput: float  # samples/s at batch THROUGHPUT_BATCH, one CPU thread
+    teacher_throughput: float  # samples/s at batch throughput_batch, one CPU thread
     student_throughput: float
     pass_rows: int  # rows of one teacher pass (train views + val)
     actors: int
     teacher_pass: str
+    measure: str = "accuracy"  # what teacher_accuracy is (the task's headline: accuracy, mAP)
+    unit: str = "samples"
+    throughput_batch: int = THROUGHPUT_BATCH  # the batch throughputs were measured at
     features: list[FeatureCheck] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -100,11 +97,11 @@ class TeacherCheck:
         out = [f"parameters: {sizes}"]
         if self.teacher_accuracy is None:
             out.append(
-                f"accuracy: the teacher has no weights yet ({self.teacher_weights}); train it "
-                "with `raydistill teacher JOB` to check its accuracy"
+                f"{self.measure}: the teacher has no weights yet ({self.teacher_weights}); "
+                "train it with `raydistill teacher JOB` to check it"
             )
         else:
-            line = f"accuracy ({self.split}): teacher {100 * self.teacher_accuracy:.2f}%"
+            line = f"{self.measure} ({self.split}): teacher {100 * self.teacher_accuracy:.2f}%"
             if self.target is None:
                 line += "; set student.target (e.g. --set student.target=0.95) to check headroom"
             else:
@@ -116,11 +113,12 @@ class TeacherCheck:
                     f"{100 * need:.2f}% ({HEADROOM}x fewer errors): {verdict}"
                 )
             out.append(line)
+        one = self.unit.removesuffix("s")
         out.append(
-            f"inference (CPU, 1 thread): teacher {self.teacher_latency_ms:.3f} ms/sample at "
-            f"batch 1, {self.teacher_throughput:,.0f} samples/s at batch {THROUGHPUT_BATCH}; "
-            f"student {self.student_latency_ms:.3f} ms, {self.student_throughput:,.0f}/s; "
-            f"teacher {self.slowdown:.1f}x slower per sample: "
+            f"inference (CPU, 1 thread): teacher {self.teacher_latency_ms:.3f} ms/{one} at "
+            f"batch 1, {self.teacher_throughput:,.0f} {self.unit}/s at batch "
+            f"{self.throughput_batch}; student {self.student_latency_ms:.3f} ms, "
+            f"{self.student_throughput:,.0f}/s; teacher {self.slowdown:.1f}x slower per {one}: "
             + ("ok" if self.slowdown <= MAX_SLOWDOWN else "SLOW")
         )
         out.append(
@@ -142,11 +140,11 @@ class TeacherCheck:
 
 
 def _feature_checks(
-    job: JobConfig, weights: Path | None, train: LabelledArrays
+    job: JobConfig, weights: Path | None, splits: Splits
 ) -> tuple[list[FeatureCheck], list[str]]:
     """The driver's dry forward (the one training runs), then each pair's adapter."""
     try:
-        s_shapes, t_shapes = check_pair(job, weights, train)
+        s_shapes, t_shapes = get_task(job).check_pair(job, weights, splits, lambda _: None)
     except JobError as exc:
         return [], [str(exc)]
     checks, problems = [], []
@@ -171,11 +169,14 @@ def check_teacher(job: JobConfig, split: str = "val") -> TeacherCheck:
     The teacher's accuracy is measured on ``split`` when it has weights (the job's checkpoint
     or a trained teacher stage); costs and feature shapes are measured either way.
     """
-    require_classification(job, "check-teacher")
-    splits = load_splits(job.data)
+    task = get_task(job)
+    task.require("check-teacher")
+    task.check_job(job)
+    job = task.prepare(job)
+    splits = task.read_splits(job, lambda _: None)
     if split not in splits:
         raise JobError(f"unknown split '{split}' (one of {sorted(splits)})")
-    num_classes = splits["train"].num_classes
+    num_classes = task.num_classes(splits)
     data = splits[split]
     weights_file = teacher_weights_path(job)
     weights = weights_file if weights_file.is_file() else None
@@ -183,25 +184,28 @@ def check_teacher(job: JobConfig, split: str = "val") -> TeacherCheck:
     if weights is not None:
         load_weights(teacher, weights, what="the teacher")
     student = build_model(job.student, num_classes)
-    teacher_rows = for_model(job, job.teacher, data)
-    inputs = teacher_rows.inputs[:THROUGHPUT_BATCH]
-    student_inputs = for_model(job, job.student, data).inputs[:THROUGHPUT_BATCH]
+    teacher_speed = task.speed(job, teacher, job.teacher, data)
+    student_speed = task.speed(job, student, job.student, data)
+    measured = task.score(job, "teacher", teacher, job.teacher, data) if weights else None
     result = TeacherCheck(
         teacher_parameters=count_parameters(teacher),
         student_parameters=count_parameters(student),
         split=split,
-        teacher_accuracy=accuracy(teacher, teacher_rows) if weights is not None else None,
+        teacher_accuracy=measured.headline if measured is not None else None,
         teacher_weights=weights_file,
         target=job.student.target,
-        teacher_latency_ms=latency_ms(teacher, inputs[0]),
-        student_latency_ms=latency_ms(student, student_inputs[0]),
-        teacher_throughput=throughput(teacher, inputs),
-        student_throughput=throughput(student, student_inputs),
+        teacher_latency_ms=teacher_speed[0],
+        student_latency_ms=student_speed[0],
+        teacher_throughput=teacher_speed[1],
+        student_throughput=student_speed[1],
         pass_rows=teacher_pass_rows(job, splits),
         actors=job.scaling.teacher_pool.max_actors,
-        teacher_pass=job.distill.teacher_pass,
+        teacher_pass=task.teacher_pass(job),
+        measure=task.headline_name,
+        unit=task.unit,
+        throughput_batch=teacher_speed[2],
     )
-    result.features, result.problems = _feature_checks(job, weights, splits["train"])
+    result.features, result.problems = _feature_checks(job, weights, splits)
     target, measured = job.student.target, result.teacher_accuracy
     if target is not None and measured is not None:
         need = required_teacher_accuracy(target)

@@ -204,16 +204,21 @@ def tune(job_file: str, overrides: tuple[str, ...], resume: bool, fresh: bool) -
 def evaluate(
     job_file: str, overrides: tuple[str, ...], checkpoint: str | None, split: str, model: str
 ) -> None:
-    """Score a checkpoint (default: the run's student) on a split: accuracy, size, latency."""
+    """Score a checkpoint (default: the run's student) on a split: the task's figure (accuracy,
+    mAP), size, latency."""
     from pathlib import Path
 
     from raydistill.pipeline import evaluate_checkpoint
 
+    from raydistill.tasks import get_task
+
     job = _load(job_file, overrides)
     result = evaluate_checkpoint(job, Path(checkpoint) if checkpoint else None, split, model)
+    task = get_task(job)
     click.echo(
-        f"{result.name}: accuracy {100 * result.accuracy:.2f}%, {result.parameters:,} parameters, "
-        f"{result.latency_ms:.3f} ms per sample (CPU, batch 1)"
+        f"{result.name}: {task.headline_name} {100 * result.headline:.2f}%, "
+        f"{result.parameters:,} parameters, {result.latency_ms:.3f} ms per "
+        f"{task.unit.removesuffix('s')} (CPU, batch 1)"
     )
 
 

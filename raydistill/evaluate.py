@@ -30,6 +30,11 @@ class ModelScore:
     throughput: float = 0.0  # samples per second at batch THROUGHPUT_BATCH, one CPU thread
     per_class: tuple[float, ...] = field(default=())  # accuracy of each class, in [0, 1]
 
+    @property
+    def headline(self) -> float:
+        """The task's figure of merit: accuracy."""
+        return self.accuracy
+
     def as_dict(self) -> dict[str, float | int | str | list[float]]:
         return {
             "name": self.name,

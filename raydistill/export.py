@@ -23,24 +23,22 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from torch import nn
 
-from raydistill.config import JobError, ModelSpec, load_job
+from raydistill.config import JobError, ModelSpec
 from raydistill.data.arrays import model_tensor
-from raydistill.data.sources import load_splits
-from raydistill.data.text import for_model
 from raydistill.models.hf import HFTextClassifier
 from raydistill.models.specs import build_model, load_weights
-from raydistill.pipeline import JOB_FILE, require_classification, teacher_weights_path
-from raydistill.train.stage import WEIGHTS_FILE, stage_dir
+from raydistill.pipeline import read_run_job, teacher_weights_path
+from raydistill.rundir import EXPORT_DIR, weights_file
+from raydistill.tasks import get_task
 
 ExportFormat = Literal["torchscript", "onnx", "safetensors", "hf"]
 FORMATS: tuple[str, ...] = get_args(ExportFormat)
-EXPORT_DIR = "export"
 _SUFFIX = {"torchscript": ".torchscript.pt", "onnx": ".onnx", "safetensors": ".safetensors"}
 _META_MODEL, _META_ARGS, _META_CLASSES = "raydistill.model", "raydistill.args", "num_classes"
 CHECK_ROWS = 8  # test inputs the export is checked on (more than the traced batch of 2)
@@ -57,27 +55,25 @@ class ExportResult:
     max_abs_diff: float  # largest |export logits - PyTorch logits| over CHECK_ROWS test inputs
 
 
-def _run_model(run_dir: Path, stage: str) -> tuple[nn.Module, ModelSpec, int, np.ndarray]:
-    """The stage's trained model (eval mode), its spec, class count and a few test inputs."""
-    if not (run_dir / JOB_FILE).is_file():
-        raise JobError(f"{run_dir}: not a run directory (no {JOB_FILE}; run raydistill train)")
-    job = load_job(run_dir / JOB_FILE)
-    require_classification(job, "export")
+def _run_model(run_dir: Path, stage: str) -> tuple[nn.Module, ModelSpec, int, Any, Any]:
+    """The stage's trained model (eval mode), its spec, class count, a few test inputs as the
+    model reads them, and the run's job."""
+    job = read_run_job(run_dir, "export")
     if stage == "teacher":
         spec: ModelSpec = job.teacher
         weights = teacher_weights_path(job, run_dir)
     elif stage in ("student", "baseline"):
-        spec, weights = job.student, stage_dir(run_dir, stage) / WEIGHTS_FILE
+        spec, weights = job.student, weights_file(run_dir, stage)
     else:
         raise JobError(f"unknown stage '{stage}' (one of teacher, student, baseline)")
     if not weights.is_file():
         raise JobError(f"{run_dir}: the {stage} has no trained weights ({weights} is missing)")
-    splits = load_splits(job.data)
-    num_classes = splits["train"].num_classes
+    task = get_task(job)
+    splits = task.read_splits(job, lambda _: None)
+    num_classes = task.num_classes(splits)
     model = load_weights(build_model(spec, num_classes, load=False), weights, f"the {stage}")
-    test = splits["test"]
-    rows = for_model(job, spec, test.take(np.arange(min(CHECK_ROWS, len(test)))))
-    return model.eval(), spec, num_classes, rows.inputs
+    inputs = task.example_inputs(job, spec, splits["test"], CHECK_ROWS)
+    return model.eval(), spec, num_classes, inputs, job
 
 
 def write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -145,8 +141,10 @@ def _hf_save(model: nn.Module, spec: ModelSpec, path: Path) -> None:
 
 
 @torch.no_grad()
-def _max_diff(fmt: str, path: Path, model: nn.Module, inputs: np.ndarray) -> float:
-    """Load the export back with its own runtime and compare logits with the PyTorch model."""
+def _max_diff(fmt: str, path: Path, model: nn.Module, inputs: Any, job: Any) -> float:
+    """Load the export back with its own runtime and compare outputs with the PyTorch model."""
+    if fmt == "safetensors":
+        return get_task(job).output_difference(model, load_safetensors(path), inputs)
     x = model_tensor(inputs)
     expected = model(x).numpy()
     if fmt == "torchscript":
@@ -158,8 +156,6 @@ def _max_diff(fmt: str, path: Path, model: nn.Module, inputs: np.ndarray) -> flo
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = session.run(None, {"input": x.numpy()})[0]
-    elif fmt == "safetensors":
-        got = load_safetensors(path)(x).numpy()
     elif isinstance(model, HFTextClassifier):
         from transformers import AutoModelForSequenceClassification
 
@@ -181,15 +177,19 @@ def export_run(
     if format not in FORMATS:
         raise JobError(f"unknown export format '{format}' (one of {', '.join(FORMATS)})")
     run_dir = Path(run_dir).resolve()
-    model, spec, num_classes, inputs = _run_model(run_dir, stage)
+    model, spec, num_classes, inputs, job = _run_model(run_dir, stage)
+    task = get_task(job)
+    if format not in task.export_formats:
+        raise JobError(
+            f"task {task.name} exports as {', '.join(task.export_formats)}, not {format}"
+        )
     suffix = _SUFFIX.get(format, "-hf")
     path = Path(output) if output is not None else run_dir / EXPORT_DIR / f"{stage}{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = model_tensor(inputs[:2])
     if format == "torchscript":
-        write_torchscript(model, example, path)
+        write_torchscript(model, model_tensor(inputs[:2]), path)
     elif format == "onnx":
-        write_onnx(model, example, path)
+        write_onnx(model, model_tensor(inputs[:2]), path)
     elif format == "safetensors":
         write_safetensors(model, spec, num_classes, path)
     else:
@@ -199,4 +199,4 @@ def export_run(
         if path.is_dir()
         else path.stat().st_size
     )
-    return ExportResult(path, format, stage, size, _max_diff(format, path, model, inputs))
+    return ExportResult(path, format, stage, size, _max_diff(format, path, model, inputs, job))

@@ -19,13 +19,23 @@ from pathlib import Path
 from typing import Any
 
 from raydistill.config import JobError
-from raydistill.evaluate import THROUGHPUT_BATCH, ModelScore
-from raydistill.pipeline import JOB_FILE, STAGE_NAMES, RunSummary, summarize_run
+from raydistill.pipeline import RunSummary, summarize_run
+from raydistill.rundir import (
+    BEST_JOB,
+    CURVES_PLOT,
+    JOB_FILE,
+    PLOTS_DIR,
+    REPORT_HTML,
+    REPORT_MD,
+    RESULTS_MD,
+    SEARCH_PLOT,
+    SEARCH_SUMMARY,
+    TUNE_DIR,
+)
+from raydistill.tasks import task_named
+from raydistill.tasks.summary import STAGE_NAMES, human_bytes
 
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
-PLOTS_DIR = "report"
-TUNE_DIR = "tune"  # where raydistill tune writes results.md, search.png, curves.png
+__all__ = ["REPORT_HTML", "REPORT_MD", "ReportFiles", "human_bytes", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -145,68 +155,11 @@ def _html(blocks: Sequence[_Block], title: str) -> str:
 # ------------------------------------------------------------------ the comparison table
 
 
-def human_bytes(n: int) -> str:
-    """``1536`` -> ``1.5 KiB``."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def _ratio(value: float) -> str:
-    return f"{value:.2f}x" if math.isfinite(value) else "-"
-
-
 def comparison_table(summary: RunSummary) -> _Table:
-    """One row per scored model: accuracy, points vs the teacher, parameters, size on disk,
-    latency at batch 1, throughput at batch 64, and the speedups over the teacher."""
-    teacher = next((s for s in summary.scores if s.name == STAGE_NAMES["teacher"]), None)
-    roles = {name: role for role, name in STAGE_NAMES.items()}
-    rows = []
-    for s in summary.scores:
-        stage = summary.stages.get(roles.get(s.name, ""))
-        rows.append(
-            [
-                s.name,
-                f"{100 * s.accuracy:.2f}%",
-                f"{100 * (s.accuracy - teacher.accuracy):+.2f}" if teacher else "-",
-                f"{s.parameters:,}",
-                human_bytes(s.size_bytes),
-                f"{s.latency_ms:.3f} ms",
-                f"{s.throughput:,.0f}/s",
-                _ratio(teacher.latency_ms / s.latency_ms) if teacher else "-",
-                _ratio(s.throughput / teacher.throughput) if teacher else "-",
-                str(stage.epochs_run) if stage else "-",
-            ]
-        )
-    header = [
-        "model",
-        "test accuracy",
-        "vs teacher (points)",
-        "parameters",
-        "size on disk",
-        "latency / sample (batch 1)",
-        f"throughput (batch {THROUGHPUT_BATCH})",
-        "speedup (batch 1)",
-        f"speedup (batch {THROUGHPUT_BATCH})",
-        "epochs",
-    ]
-    return _Table(header, rows, frozenset(range(1, len(header))))
-
-
-def _size_note(scores: list[ModelScore]) -> list[str]:
-    names = {s.name: s for s in scores}
-    teacher, student = names.get(STAGE_NAMES["teacher"]), names.get(STAGE_NAMES["student"])
-    if not (teacher and student and student.size_bytes):
-        return []
-    return [
-        f"student on disk: {human_bytes(student.size_bytes)}, "
-        f"{teacher.size_bytes / student.size_bytes:.1f}x smaller than the teacher; "
-        f"{student.throughput / teacher.throughput:.1f}x the teacher's throughput at batch "
-        f"{THROUGHPUT_BATCH}"
-    ]
+    """The task's detailed comparison (classification: accuracy, size on disk, latency,
+    throughput and speedups; detection: the COCO AP figures)."""
+    table = summary.comparison(detailed=True)
+    return _Table(table.header, table.rows, frozenset(range(1, len(table.header))))
 
 
 # ------------------------------------------------------------------ plots
@@ -227,32 +180,30 @@ def _series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
 
 
 def plot_curves(summary: RunSummary, path: Path) -> Path:
-    """Per stage: the stage's objective, the cross entropy with the labels (comparable across
-    stages) and validation accuracy, per epoch; solid: train, dashed: validation."""
+    """Per stage and per epoch, the task's panels (classification: the objective, the cross
+    entropy with the labels, comparable across stages, and validation accuracy; detection: the
+    objective, val mAP and AP50); solid: train, dashed: validation."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    panels = [
-        ("objective", "train_loss", "val_loss"),
-        ("cross entropy with labels", "train_hard", "val_ce"),
-        ("validation accuracy", None, "val_acc"),
-    ]
-    for ax, (title, train_key, val_key) in zip(axes, panels, strict=True):
+    panels = task_named(summary.task).curves
+    fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.8), squeeze=False)
+    for ax, (title, train_key, val_key) in zip(axes[0], panels, strict=True):
         # the table's order and colours, however the run collected its stages
         ordered = [r for r in STAGE_NAMES if r in summary.stages]
         for i, role in enumerate(ordered):
             stage, color = summary.stages[role], f"C{i}"
             if train_key:
                 ax.plot(*_series(stage.history, train_key), color=color, label=f"{role} train")
-            ax.plot(
-                *_series(stage.history, val_key),
-                color=color,
-                linestyle="--" if train_key else "-",
-                label=f"{role} val",
-                marker="." if not train_key else None,
-            )
+            if val_key:
+                ax.plot(
+                    *_series(stage.history, val_key),
+                    color=color,
+                    linestyle="--" if train_key else "-",
+                    label=f"{role} val",
+                    marker="." if not train_key else None,
+                )
         ax.set_title(title)
         ax.set_xlabel("epoch")
-    axes[0].legend(fontsize="x-small")
+    axes[0][0].legend(fontsize="x-small")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -274,7 +225,7 @@ def plot_schedules(history: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def plot_per_class(scores: list[ModelScore], path: Path) -> Path:
+def plot_per_class(scores: list[Any], path: Path) -> Path:
     """Grouped bars: accuracy of each class for every scored model."""
     plt = _pyplot()
     classes = max(len(s.per_class) for s in scores)
@@ -298,7 +249,7 @@ def plot_per_class(scores: list[ModelScore], path: Path) -> Path:
 # ------------------------------------------------------------------ sections
 
 
-def _per_class_table(scores: list[ModelScore]) -> _Table:
+def _per_class_table(scores: list[Any]) -> _Table:
     classes = max(len(s.per_class) for s in scores)
     rows = []
     for c in range(classes):
@@ -339,24 +290,24 @@ def _markdown_table(text: str) -> _Table | None:
 def _tune_section(run_dir: Path) -> list[_Block]:
     """A tune search's results table and the plots ``raydistill tune`` already drew."""
     tune_dir = run_dir / TUNE_DIR
-    results = tune_dir / "results.md"
+    results = tune_dir / RESULTS_MD
     if not results.is_file():
         return []
     blocks: list[_Block] = [_Heading(2, "Hyperparameter search (raydistill tune)")]
     table = _markdown_table(results.read_text())
     if table is not None:
         blocks.append(table)
-    summary_file = tune_dir / "summary.json"
+    summary_file = tune_dir / SEARCH_SUMMARY
     if summary_file.is_file():
         info = json.loads(summary_file.read_text())
         passes = info.get("teacher_forward_passes")
         if passes is not None:
             blocks.append(_Para(f"Teacher forward passes for the whole search: {passes:,}."))
-    if (tune_dir / "best.yaml").is_file():
+    if (tune_dir / BEST_JOB).is_file():
         blocks.append(
-            _Para(f"Best job: {TUNE_DIR}/best.yaml (raydistill train {tune_dir / 'best.yaml'}).")
+            _Para(f"Best job: {TUNE_DIR}/{BEST_JOB} (raydistill train {tune_dir / BEST_JOB}).")
         )
-    for name, alt in (("search.png", "metric vs searched parameters"), ("curves.png", "trials")):
+    for name, alt in ((SEARCH_PLOT, "metric vs searched parameters"), (CURVES_PLOT, "trials")):
         if (tune_dir / name).is_file():
             blocks.append(_Image(tune_dir / name, alt))
     return blocks
@@ -393,22 +344,17 @@ def write_report(run_dir: Path | str, summary: RunSummary | None = None) -> Repo
     ]
     plots: list[Path] = []
     if summary.scores:
+        table = summary.comparison(detailed=True)
         blocks.append(comparison_table(summary))
-        blocks.append(
-            _Para(
-                "Accuracy on the job's test split. Size: the weights as a file. Latency: median "
-                f"of one sample; throughput: batches of {THROUGHPUT_BATCH}; both on one CPU "
-                "thread of the machine that wrote this report. Speedups are over the teacher."
-            )
-        )
-        notes = summary.notes() + _size_note(summary.scores)
-        if notes:
-            blocks.append(_Bullets(notes))
+        if table.caption:
+            blocks.append(_Para(table.caption))
+        if table.notes:
+            blocks.append(_Bullets(table.notes))
     else:
         blocks.append(_Para("No trained model in this run directory yet."))
     if summary.stages:
         blocks.append(_Heading(2, "Training curves"))
-        plots.append(plot_curves(summary, plots_dir / "curves.png"))
+        plots.append(plot_curves(summary, plots_dir / CURVES_PLOT))
         blocks.append(_Image(plots[-1], "training and validation curves per stage"))
     distilled = summary.stages.get("student")
     if distilled is not None and distilled.history:
@@ -416,7 +362,7 @@ def write_report(run_dir: Path | str, summary: RunSummary | None = None) -> Repo
         plots.append(plot_schedules(distilled.history, plots_dir / "schedules.png"))
         blocks.append(_Image(plots[-1], "temperature, alpha and learning rate per epoch"))
         blocks.append(_schedule_table(distilled.history))
-    scored = [s for s in summary.scores if s.per_class]
+    scored = [s for s in summary.scores if getattr(s, "per_class", ())]
     if scored:
         blocks.append(_Heading(2, "Per-class accuracy (test split)"))
         plots.append(plot_per_class(scored, plots_dir / "per_class.png"))

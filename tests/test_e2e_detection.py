@@ -15,7 +15,7 @@ import yaml
 from raydistill.config import JobError, load_job
 from raydistill.detection.synthetic import write_shapes_coco
 from raydistill.models.specs import read_state_dict
-from raydistill.pipeline import run_teacher
+from raydistill.pipeline import run_cache, run_job, run_teacher
 from raydistill.train.state import latest_checkpoint, load_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,9 +52,13 @@ def test_the_example_jobs_validate(tmp_path: Path) -> None:
     for name in ("coco", "shapes"):
         job = load_job(ROOT / "jobs" / f"{name}.yaml", sets)
         assert job.task == "detection" and job.distill.temperature.start == 2.0
-    # commands that do not handle detection yet say so instead of failing deep inside
-    with pytest.raises(JobError, match="`raydistill teacher` does not support task: detection"):
-        run_teacher(job)
+    # commands detection does not run refuse in one line, from the task's capabilities
+    with pytest.raises(JobError, match="`raydistill cache` does not run task: detection: its"):
+        run_cache(job)
+    with pytest.raises(JobError, match="distill.teacher_pass: detection runs its teacher"):
+        run_teacher(load_job(ROOT / "jobs" / "shapes.yaml", [*sets, "distill.teacher_pass=cache"]))
+    with pytest.raises(JobError, match=r"data\.augment: not used by task: detection"):
+        run_job(load_job(ROOT / "jobs" / "shapes.yaml", [*sets, "data.augment={views: 2}"]))
     with pytest.raises(JobError, match=r"task: detection reads data\.source: coco"):
         load_job(ROOT / "jobs" / "shapes.yaml", [*sets, "task=classification"])
 

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-VIEW = "view"
+from raydistill.columns import VIEW as VIEW  # re-exported: the column augment adds
 
 
 class _Op(BaseModel):

@@ -8,16 +8,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from raydistill.columns import INPUT, LABEL, ROW_ID, TEXT, VIEW, view_dataset_name
 from raydistill.config import AugmentConfig, DataConfig, JobConfig, JobError, ModelSpec
 from raydistill.data.arrays import LabelledArrays, register_tensor_types, split_arrays
-from raydistill.data.augment import VIEW, augment_batch
+from raydistill.data.augment import augment_batch
 from raydistill.data.digits import load_digits_arrays
 from raydistill.data.idx import IdxError, load_fashion_mnist
 
 if TYPE_CHECKING:
     import ray.data
 
-INPUT, LABEL, ROW_ID = "input", "label", "row_id"
+__all__ = ["INPUT", "LABEL", "ROW_ID", "load_splits", "training_datasets", "view_dataset_name"]
 
 
 def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -173,8 +174,6 @@ def to_arrow(arrays: LabelledArrays) -> pa.Table:
     rows carry ``text`` (strings) and have ``input`` only when paired with an image."""
     from ray.data.extensions import ArrowTensorArray
 
-    from raydistill.data.text import TEXT
-
     columns: dict[str, pa.Array] = {}
     if arrays.texts is None or arrays.inputs[0].size:
         columns[INPUT] = ArrowTensorArray.from_numpy(np.ascontiguousarray(arrays.inputs))
@@ -218,11 +217,6 @@ def with_views(ds: ray.data.Dataset, augment: AugmentConfig, seed: int) -> ray.d
     """Every augmented view of ``ds`` in one dataset (one teacher pass labels them all)."""
     views = view_datasets(ds, augment, seed)
     return views[0].union(*views[1:]) if len(views) > 1 else views[0]
-
-
-def view_dataset_name(view: int) -> str:
-    """The Ray Train dataset that holds the training rows of augmented ``view``."""
-    return f"train_view{view}"
 
 
 def split_views(datasets: dict[str, Any], augment: AugmentConfig) -> dict[str, Any]:

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raydistill.columns import INPUT, TEACHER_INPUT, TEXT
 from raydistill.config import DataConfig, JobConfig, JobError, ModelSpec
 from raydistill.data.arrays import LabelledArrays, register_tensor_types
 
-TEXT = "text"
-TEACHER_INPUT = "teacher_input"
+__all__ = ["TEACHER_INPUT", "TEXT", "for_model", "read_text_arrays", "tokenize_rows"]
 TEXT_FORMATS = {"csv": "csv", "jsonl": "json", "parquet": "parquet"}
 
 
@@ -129,8 +129,6 @@ def tokenize_rows(
     or the image when ``tokenizer`` is None); ``teacher_input`` is added for a distilling
     teacher that reads something else (its own tokens, or the image when
     ``teacher_images``). The text column is dropped."""
-    from raydistill.data.sources import INPUT
-
     texts = batch.pop(TEXT)
     if teacher_images:
         batch[TEACHER_INPUT] = batch[INPUT]
@@ -143,11 +141,12 @@ def tokenize_rows(
 
 def tokenize_stage_kwargs(job: JobConfig, model: ModelSpec, distill: bool) -> dict[str, Any]:
     """:func:`tokenize_rows` arguments for a stage training ``model`` (``distill``: with the
-    job's teacher beside it)."""
+    job's teacher beside it). A teacher without a tokenizer beside text rows reads the rows'
+    images (the schema allows that only for cross-modal jobs)."""
     assert job.data.text is not None
     own = model.text_tokenizer
     teacher = job.teacher.text_tokenizer
-    cross = distill and job.task == "cross_modal"
+    cross = distill and teacher is None
     return {
         "tokenizer": own,
         "teacher_tokenizer": teacher if distill and not cross and teacher != own else None,

@@ -12,23 +12,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from raydistill.columns import FEATURE_PREFIX, INPUT, TEACHER_INPUT, TEACHER_LOGITS, feature_column
 from raydistill.config import JobConfig, ModelSpec, TeacherPoolConfig
 from raydistill.data.arrays import model_tensor
-from raydistill.data.sources import INPUT
-from raydistill.data.text import TEACHER_INPUT
 from raydistill.distill.taps import FeatureTap
 from raydistill.models.specs import build_model, load_weights
-from raydistill.teacher.codec import LOGITS, LogitCodec
+from raydistill.teacher.codec import LogitCodec
 
 if TYPE_CHECKING:
     import ray.data
 
-TEACHER_LOGITS = LOGITS
-FEATURE_PREFIX = "teacher_feat."
-
-
-def feature_column(layer: str) -> str:
-    return FEATURE_PREFIX + layer
+__all__ = [
+    "FEATURE_PREFIX",
+    "TEACHER_LOGITS",
+    "TeacherPredictor",
+    "attach_teacher",
+    "feature_column",
+]
 
 
 class TeacherPredictor:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from raydistill.config import JobError
 from raydistill.models.specs import build_model, save_weights
+from raydistill.rundir import HISTORY_FILE, WEIGHTS_FILE, stage_dir
 from raydistill.runtime import check_worker_resources
 from raydistill.train.loop import NonFiniteLossError, train_loop_per_worker
 from raydistill.train.spec import StageSpec
@@ -19,8 +20,6 @@ from raydistill.train.state import load_state
 if TYPE_CHECKING:
     import ray.data
 
-WEIGHTS_FILE = "model.pt"
-HISTORY_FILE = "history.json"
 
 
 @dataclass(frozen=True)
@@ -34,10 +33,6 @@ class StageResult:
     @property
     def epochs_run(self) -> int:
         return len(self.history)
-
-
-def stage_dir(run_dir: Path, role: str) -> Path:
-    return run_dir / role
 
 
 def finished_stage(run_dir: Path, role: str) -> StageResult | None:
@@ -81,8 +76,8 @@ def run_stage(
     Ray Train restores a run whose ``RunConfig(name, storage_path)`` matches an earlier one, so a
     stable per-stage name makes resume automatic. ``callbacks`` are Ray Train ``UserCallback``s
     (a tune trial forwards each epoch's report to Tune with one). ``loop`` is the per-worker
-    function (the task's: classification by default) and ``loop_config`` extra entries of its
-    config.
+    function (the shared epoch loop) and ``loop_config`` extra entries of its config (the
+    task's extras, ``resume_from``).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

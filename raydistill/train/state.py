@@ -70,7 +70,11 @@ def restore(config: dict[str, Any], core: nn.Module, optimizer: Any, scheduler: 
             states.append(load_state(Path(path)))
     if not states:
         return Resumed()
-    state = max(states, key=lambda s: int(s["epoch"]))
+    return apply_state(max(states, key=lambda s: int(s["epoch"])), core, optimizer, scheduler)
+
+
+def apply_state(state: dict[str, Any], core: nn.Module, optimizer: Any, scheduler: Any) -> Resumed:
+    """Load one checkpoint's state into the loop's objects; where the loop continues."""
     core.load_state_dict(state["distiller"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -82,6 +86,30 @@ def restore(config: dict[str, Any], core: nn.Module, optimizer: Any, scheduler: 
         best_student=state["best_student"],
         tracker=dict(state["tracker"]),
     )
+
+
+def epoch_state(
+    *,
+    epoch: int,
+    core: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    tracker: Any,
+    history: list[dict[str, Any]],
+    best_student: dict[str, torch.Tensor] | None,
+) -> dict[str, Any]:
+    """Everything :func:`apply_state` needs to continue after ``epoch``."""
+    return {
+        "epoch": epoch,
+        "distiller": core.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "tracker": tracker.state(),
+        "history": history,
+        "best_student": best_student,
+        "final_student": core.student.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+    }
 
 
 def report_epoch(
@@ -104,17 +132,15 @@ def report_epoch(
     if rank != 0:
         ray.train.report(metrics)
         return
-    state = {
-        "epoch": epoch,
-        "distiller": core.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "tracker": tracker.state(),
-        "history": history,
-        "best_student": best_student,
-        "final_student": core.student.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-    }
+    state = epoch_state(
+        epoch=epoch,
+        core=core,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        tracker=tracker,
+        history=history,
+        best_student=best_student,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         save_state(Path(tmp), state)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

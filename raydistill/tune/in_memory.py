@@ -21,7 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from raydistill.distill.distiller import as_logits
+from raydistill.columns import INPUT, LABEL, TEACHER_LOGITS
+from raydistill.config import job_from_dict
+from raydistill.distill.distiller import Distiller, as_logits
+from raydistill.tasks.classification import ClassificationTask
+from raydistill.train.context import LocalContext, LocalShard
+from raydistill.train.loop import run_epochs
+from raydistill.train.spec import StageSpec
 from raydistill.tune.results import EPOCHS_DONE, TrialRow, ranked, reported_rows, results_markdown
 from raydistill.tune.schedulers import build_scheduler
 
@@ -94,6 +100,52 @@ def label_once(teacher: nn.Module, inputs: Tensor, batch_size: int) -> Tensor:
     return torch.cat(out).float()
 
 
+class InMemoryTask(ClassificationTask):
+    """Classification whose student is a module held in memory (each trial trains a deep
+    copy of it), not a model spec."""
+
+    def __init__(self, student: nn.Module) -> None:
+        self.student = student
+
+    def build_core(self, spec: StageSpec) -> Distiller:
+        d = spec.job.distill
+        return Distiller(
+            copy.deepcopy(self.student),
+            temperature=d.temperature,
+            alpha=d.alpha,
+            total_epochs=spec.train.epochs,
+        )
+
+
+def trial_spec(config: dict[str, Any], settings: InMemorySettings, num_classes: int) -> StageSpec:
+    """The stage one trial runs: the settings as a job whose models live in memory."""
+    job = job_from_dict(
+        {
+            "name": settings.name,
+            "seed": settings.seed,
+            "teacher": {"model": "memory:teacher"},
+            "student": {"model": "memory:student"},
+            "data": {"shuffle_buffer": 1},
+            "distill": {"temperature": config["temperature"], "alpha": config["alpha"]},
+            "train": {
+                "epochs": settings.epochs,
+                "batch_size": settings.batch_size,
+                "lr": settings.lr,
+                "optimizer": "adamw",
+            },
+        },
+        "in-memory search",
+    )
+    return StageSpec(
+        role="student",
+        job=job,
+        model=job.student,
+        train=job.train,
+        num_classes=num_classes,
+        distill=True,
+    )
+
+
 def train_trial(
     config: dict[str, Any],
     *,
@@ -104,53 +156,29 @@ def train_trial(
     settings: InMemorySettings,
 ) -> None:
     """One trial (a Tune function trainable): ``config`` holds ``temperature`` and ``alpha``;
-    ``teacher_logits`` are the teacher's logits for train and val, made once."""
+    ``teacher_logits`` are the teacher's logits for train and val, made once. It runs the
+    shared epoch loop in this process, reporting every epoch to Tune."""
     from ray import tune
 
-    from raydistill.distill.distiller import Distiller
+    num_classes = int(teacher_logits[0].shape[1])
+    spec = trial_spec(config, settings, num_classes)
 
-    torch.manual_seed(settings.seed)
-    core = Distiller(
-        copy.deepcopy(student),
-        temperature=config["temperature"],
-        alpha=config["alpha"],
-        total_epochs=settings.epochs,
-    )
-    optimizer = torch.optim.AdamW(core.trainable_parameters(), lr=settings.lr)
-    (x, y), (xv, yv) = train, val
-    t_train, t_val = teacher_logits
-    order = torch.Generator().manual_seed(settings.seed)
-    for epoch in range(settings.epochs):
-        started = time.perf_counter()
-        core.set_epoch(epoch)
-        core.train()
-        total, seen = 0.0, 0
-        for idx in torch.randperm(len(x), generator=order).split(settings.batch_size):
-            logits, _ = core(x[idx])
-            out = core.loss(logits, y[idx], t_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            out.total.backward()
-            optimizer.step()
-            total, seen = total + out.total.item() * len(idx), seen + len(idx)
-        core.eval()
-        with torch.no_grad():
-            logits = torch.cat([core(xv[i : i + 512])[0] for i in range(0, len(xv), 512)])
-            val_loss = core.loss(logits, yv, t_val).total.item()
-            val_ce = nn.functional.cross_entropy(logits, yv).item()
-            val_acc = (logits.argmax(-1) == yv).float().mean().item()
-        tune.report(
-            {
-                "epoch": epoch,
-                EPOCHS_DONE: epoch + 1,
-                "train_loss": total / max(seen, 1),
-                "val_loss": val_loss,
-                "val_ce": val_ce,
-                "val_acc": val_acc,
-                "temperature": core.temperature,
-                "alpha": core.alpha,
-                "epoch_s": time.perf_counter() - started,
-            }
+    def rows(pair: Pair, logits: Tensor) -> LocalShard:
+        inputs, labels = pair
+        return LocalShard(
+            {INPUT: inputs.numpy(), LABEL: labels.numpy(), TEACHER_LOGITS: logits.numpy()}
         )
+
+    def report(metrics: dict[str, Any]) -> None:
+        reported = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+        tune.report({**reported, EPOCHS_DONE: int(metrics["epoch"]) + 1})
+
+    ctx = LocalContext(
+        {"train": rows(train, teacher_logits[0]), "val": rows(val, teacher_logits[1])},
+        on_report=report,
+        log=lambda _: None,
+    )
+    run_epochs(InMemoryTask(student), spec, ctx)
 
 
 @dataclass

@@ -1,0 +1,56 @@
+"""The run directory: every file name a run or a search writes, in one place.
+
+::
+
+    <output.storage_path>/<name>/
+      job.yaml                 the job as resolved (earlier versions: job.<n>.yaml)
+      summary.md, metrics.json the test-split comparison
+      teacher/ student/ baseline/
+        model.pt               the stage's kept weights (written last: the stage is done)
+        history.json           one entry per epoch
+        checkpoint_*/state.pt  Ray Train's checkpoints (resume)
+      teacher_cache/           the Parquet teacher cache (manifest.json) unless cache.path
+      tensorboard/<stage>/     event files (output.tensorboard)
+      tune/                    results.md, results.csv, best.yaml, summary.json, search.png,
+                               curves.png, trials/<trial>/ (raydistill tune)
+      report.md, report.html, report/*.png   raydistill report
+      export/                  raydistill export
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+JOB_FILE = "job.yaml"
+SUMMARY_FILE = "summary.md"
+METRICS_FILE = "metrics.json"
+WEIGHTS_FILE = "model.pt"
+HISTORY_FILE = "history.json"
+STATE_FILE = "state.pt"
+TEACHER_CACHE_DIR = "teacher_cache"
+TENSORBOARD_DIR = "tensorboard"
+TUNE_DIR = "tune"
+TRIALS_DIR = "trials"
+BEST_JOB = "best.yaml"
+RESULTS_CSV = "results.csv"
+RESULTS_MD = "results.md"
+SEARCH_SUMMARY = "summary.json"
+SEARCH_PLOT = "search.png"
+CURVES_PLOT = "curves.png"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+PLOTS_DIR = "report"
+EXPORT_DIR = "export"
+
+
+def stage_dir(run_dir: Path, role: str) -> Path:
+    """Where a stage (teacher, student, baseline) keeps its weights, history and checkpoints."""
+    return Path(run_dir) / role
+
+
+def weights_file(run_dir: Path, role: str) -> Path:
+    return stage_dir(run_dir, role) / WEIGHTS_FILE
+
+
+def history_file(run_dir: Path, role: str) -> Path:
+    return stage_dir(run_dir, role) / HISTORY_FILE

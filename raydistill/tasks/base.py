@@ -1,0 +1,237 @@
+"""The task interface: what differs between classification, detection and cross-modal jobs.
+
+A task answers, for one job, what the shared pipeline (:mod:`raydistill.pipeline`) and the shared
+epoch loop (:mod:`raydistill.train.loop`) ask: how to read and check the data, which Ray datasets
+a model reads, how to build the stage's trainable module, one train step, evaluation on the
+validation shard, and how to score a model on the test split. Neither the pipeline nor the loop
+ever asks which task it runs.
+
+Driver side (plain Python, before and after Ray Train): ``prepare``, ``read_splits``,
+``describe_data``, ``num_classes``, ``check_student``, ``check_pair``, ``datasets``,
+``loop_extras``, ``score``, ``example_inputs``, ``table``.
+Worker side (inside every Ray Train worker, or Ray-free in tests and in-memory searches):
+``build_core``, ``train_batches``, ``step``, ``validate``, ``epoch_line``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from raydistill.config import JobConfig, JobError, ModelSpec
+
+if TYPE_CHECKING:
+    from raydistill.train.context import LoopContext
+    from raydistill.train.spec import StageSpec
+
+Log = Callable[[str], None]
+Splits = dict[str, Any]  # "train", "val", "test" -> the task's split objects
+Shapes = tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]  # student, teacher
+
+# Every command a job can be given; a task lists those it runs (its capabilities).
+COMMANDS = (
+    "validate",
+    "teacher",
+    "cache",
+    "train",
+    "tune",
+    "evaluate",
+    "report",
+    "export",
+    "check-teacher",
+)
+
+
+@dataclass
+class StepOutput:
+    """One train step's result.
+
+    ``total`` is the scalar loss to back-propagate; ``parts`` its named terms as floats (logged
+    per epoch as ``train_<name>``, sample-weighted; ``loss`` is the total); ``n`` the samples
+    the step trained on; ``where`` names the batch's rows for a non-finite-loss report;
+    ``counts`` per-class label counts [C] of the step (summed into the epoch's
+    ``class_counts``), when the task has them.
+    """
+
+    total: Tensor
+    parts: dict[str, float]
+    n: int
+    where: str
+    counts: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SummaryTable:
+    """A comparison table as the report and ``summary.md`` show it (cells already formatted)."""
+
+    header: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+class Task:
+    """Base class of every task; subclasses fill in the hooks. One instance serves every job."""
+
+    name: ClassVar[str]
+    commands: ClassVar[frozenset[str]] = frozenset(COMMANDS)
+    # why a command is refused, for those not in ``commands`` (one line each)
+    refusals: ClassVar[dict[str, str]] = {}
+    # the validation metric keep_best and early stopping watch unless the job says
+    monitor: ClassVar[str] = "val_acc"
+    # distill.teacher_pass modes this task's student stage can run
+    teacher_passes: ClassVar[frozenset[str]] = frozenset({"once", "per_epoch", "cache"})
+    # a short word for one sample in progress lines ("samples", "images")
+    unit: ClassVar[str] = "samples"
+    # the formats `raydistill export` writes for this task's models
+    export_formats: ClassVar[tuple[str, ...]] = ("torchscript", "onnx", "safetensors", "hf")
+    # what a score's ``headline`` (a fraction) is called
+    headline_name: ClassVar[str] = "accuracy"
+    # the report's training-curve panels: (title, train metric or None, val metric or None)
+    curves: ClassVar[tuple[tuple[str, str | None, str | None], ...]] = (
+        ("objective", "train_loss", "val_loss"),
+    )
+    # the named terms of StepOutput.parts, in a fixed order (every rank sums the same ones)
+    loss_parts: ClassVar[tuple[str, ...]] = ("loss",)
+    # whether steps count labels per class (StepOutput.counts -> the epoch's class_counts)
+    counts: ClassVar[bool] = False
+
+    # ------------------------------------------------------------------ capabilities
+
+    def require(self, command: str) -> None:
+        """Refuse ``command`` in one line when this task does not run it."""
+        if command not in self.commands:
+            why = self.refusals.get(command, "not supported for this task yet")
+            raise JobError(f"`raydistill {command}` does not run task: {self.name}: {why}")
+
+    # ------------------------------------------------------------------ driver side
+
+    def prepare(self, job: JobConfig) -> JobConfig:
+        """The job as its stages run it (defaults a task fills into the model specs)."""
+        return job
+
+    def check_job(self, job: JobConfig) -> None:
+        """Refuse settings this task would otherwise ignore (one line naming the key)."""
+        if job.distill.teacher_pass not in self.teacher_passes:
+            raise JobError(
+                f"distill.teacher_pass: task {self.name} runs "
+                f"{' or '.join(sorted(self.teacher_passes))}, not {job.distill.teacher_pass}"
+            )
+
+    def teacher_pass(self, job: JobConfig) -> str:
+        """How the teacher reaches the distilled student (a :mod:`raydistill.teacher.passes`
+        strategy name)."""
+        return job.distill.teacher_pass
+
+    def read_splits(self, job: JobConfig, log: Log = print) -> Splits:
+        raise NotImplementedError
+
+    def describe_data(self, job: JobConfig, splits: Splits) -> str:
+        """One line saying what was read (sizes, classes)."""
+        raise NotImplementedError
+
+    def num_classes(self, splits: Splits) -> int:
+        return int(splits["train"].num_classes)
+
+    def split_rows(self, split: Any) -> int:
+        """Rows (samples) of one split."""
+        return len(split)
+
+    def balancer(self, job: JobConfig, splits: Splits, log: Log = print) -> Any:
+        """The class balancer each training batch is resampled with, or None."""
+        return None
+
+    def check_student(self, job: JobConfig, splits: Splits) -> None:
+        """The student (with its ``checkpoint``) builds."""
+        raise NotImplementedError
+
+    def check_pair(
+        self, job: JobConfig, teacher_weights: Path | None, splits: Splits, log: Log = print
+    ) -> Shapes:
+        """One dry forward of both models; returns the tapped feature shapes (no batch dim)
+        that size the adapters. Without ``teacher_weights`` the teacher keeps its initial
+        weights (shapes do not depend on them)."""
+        raise NotImplementedError
+
+    def datasets(
+        self, job: JobConfig, splits: Splits, model: ModelSpec, distill: bool
+    ) -> dict[str, Any]:
+        """Ray datasets of train (or one per augmented view) and val, as ``model`` reads them."""
+        raise NotImplementedError
+
+    def loop_extras(self, job: JobConfig, splits: Splits) -> dict[str, Any]:
+        """Entries of every worker's loop config beyond the stage spec (picklable)."""
+        return {}
+
+    def score(
+        self, job: JobConfig, name: str, model: nn.Module, spec: ModelSpec, split: Any
+    ) -> Any:
+        """A model's test-split row: an object with ``name``, ``headline`` (the task's main
+        figure as a fraction), ``parameters``, ``latency_ms`` and ``as_dict()``."""
+        raise NotImplementedError
+
+    def speed(
+        self, job: JobConfig, model: nn.Module, spec: ModelSpec, split: Any
+    ) -> tuple[float, float, int]:
+        """CPU cost of ``model`` on one thread: (milliseconds per sample at batch 1, samples
+        per second at the returned batch size, that batch size)."""
+        raise NotImplementedError
+
+    def example_inputs(self, job: JobConfig, spec: ModelSpec, split: Any, rows: int) -> Any:
+        """A few rows of ``split`` as ``spec``'s model reads them (export checks)."""
+        raise NotImplementedError
+
+    def output_difference(self, model: nn.Module, loaded: nn.Module, inputs: Any) -> float:
+        """The largest absolute difference between two models' outputs on ``inputs`` (an
+        export loaded back against the model it was written from)."""
+        raise NotImplementedError
+
+    def table(
+        self, scores: list[Any], epochs: dict[str, int], detailed: bool = False
+    ) -> SummaryTable:
+        """The comparison of scored models (``epochs``: epochs run per stage); ``detailed``:
+        the report's wider version."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ worker side
+
+    def build_core(self, spec: StageSpec) -> nn.Module:
+        """The stage's trainable module: ``.student`` (the model whose weights are kept),
+        ``.teacher`` (a frozen copy or None), ``set_epoch``, ``temperature`` and ``alpha``."""
+        raise NotImplementedError
+
+    def train_batches(
+        self, shard: Any, spec: StageSpec, epoch: int, rank: int, seed: int
+    ) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def step(
+        self, module: nn.Module, core: nn.Module, spec: StageSpec, batch: Any, ctx: LoopContext
+    ) -> StepOutput:
+        raise NotImplementedError
+
+    def validate(
+        self, module: nn.Module, core: nn.Module, spec: StageSpec, shard: Any, ctx: LoopContext
+    ) -> dict[str, float]:
+        """Validation metrics over every worker's shard (the same values on each)."""
+        raise NotImplementedError
+
+    def epoch_line(self, spec: StageSpec, metrics: dict[str, Any]) -> str:
+        """The task's part of the per-epoch progress line."""
+        raise NotImplementedError
+
+
+def batch_rows(values: np.ndarray | Tensor | list[Any], most: int = 8) -> str:
+    """The first ``most`` ids of a batch, for error messages."""
+    listed = [int(v) for v in values[:most]]
+    return f"{listed}{'...' if len(values) > most else ''}"
+
+
+def as_float_tensor(values: list[float]) -> Tensor:
+    return torch.tensor(values, dtype=torch.float64)

@@ -1,0 +1,135 @@
+"""How the teacher reaches the distilled student: one strategy per ``distill.teacher_pass``.
+
+=============  =============================================================  ===============
+strategy       what happens                                                   teacher passes
+=============  =============================================================  ===============
+``once``       the actor pool labels train and val once; rows are             one
+               materialized in the object store for every epoch
+``per_epoch``  the pool runs inside the lazy pipeline, so each epoch sees     one per epoch
+               fresh teacher outputs
+``cache``      ``raydistill cache`` (or the first train) writes the pool's    one, then none
+               outputs as Parquet; train and tune read them
+``worker``     no pool: a frozen teacher copy runs inside every train         one per epoch
+               worker (detection, where proposals must be shared)
+=============  =============================================================  ===============
+
+Tapped features wanted with ``features_from: worker`` add a frozen copy's per-epoch pass to any
+strategy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from raydistill.config import JobConfig
+from raydistill.teacher.cache import ensure_cache, job_codec, read_cache, read_manifest
+from raydistill.teacher.codec import LogitCodec
+from raydistill.teacher.pool import attach_teacher
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Attached:
+    """The student stage's datasets with the teacher's outputs in their rows, and the codec
+    those outputs are encoded with."""
+
+    datasets: dict[str, Any]
+    codec: LogitCodec
+
+
+class TeacherPass:
+    """One way of running the teacher for a distilled stage."""
+
+    name: ClassVar[str]
+
+    def planned_passes(self, job: JobConfig, rows: int) -> int:
+        """Samples the teacher will label for the stage (``rows``: one pass's rows)."""
+        raise NotImplementedError
+
+    def attach(
+        self,
+        job: JobConfig,
+        datasets: dict[str, Any],
+        teacher_weights: Path,
+        splits: dict[str, Any],
+        num_classes: int,
+        log: Log,
+        cached: dict[str, Any] | None = None,
+    ) -> Attached:
+        raise NotImplementedError
+
+
+class PoolPerEpoch(TeacherPass):
+    name = "per_epoch"
+
+    def planned_passes(self, job: JobConfig, rows: int) -> int:
+        return rows * job.train.epochs
+
+    def attach(self, job, datasets, teacher_weights, splits, num_classes, log, cached=None):
+        return Attached(
+            {
+                k: attach_teacher(ds, job, teacher_weights, num_classes)
+                for k, ds in datasets.items()
+            },
+            LogitCodec(),
+        )
+
+
+class PoolOnce(PoolPerEpoch):
+    name = "once"
+
+    def planned_passes(self, job: JobConfig, rows: int) -> int:
+        return rows
+
+    def attach(self, job, datasets, teacher_weights, splits, num_classes, log, cached=None):
+        lazy = super().attach(job, datasets, teacher_weights, splits, num_classes, log)
+        started = time.perf_counter()
+        materialized = {k: ds.materialize() for k, ds in lazy.datasets.items()}
+        labelled = sum(ds.count() for ds in materialized.values())
+        log(
+            f"[teacher] one pass over {labelled} rows in {time.perf_counter() - started:.1f}s "
+            f"({job.scaling.teacher_pool.max_actors} actor(s) max)"
+        )
+        return Attached(materialized, lazy.codec)
+
+
+class CachePass(TeacherPass):
+    name = "cache"
+
+    def planned_passes(self, job: JobConfig, rows: int) -> int:
+        return 0 if read_manifest(job.cache_dir) is not None else rows
+
+    def attach(self, job, datasets, teacher_weights, splits, num_classes, log, cached=None):
+        if cached is None:  # tune reads the cache once for every trial and passes it here
+            manifest = ensure_cache(job, teacher_weights, splits, log)
+            cached = read_cache(job.cache_dir, manifest)
+        return Attached(cached, job_codec(job))
+
+
+class WorkerCopy(TeacherPass):
+    name = "worker"
+
+    def planned_passes(self, job: JobConfig, rows: int) -> int:
+        return rows * job.train.epochs
+
+    def attach(self, job, datasets, teacher_weights, splits, num_classes, log, cached=None):
+        return Attached(datasets, LogitCodec())
+
+
+STRATEGIES: dict[str, TeacherPass] = {
+    s.name: s for s in (PoolOnce(), PoolPerEpoch(), CachePass(), WorkerCopy())
+}
+
+
+def planned_teacher_passes(job: JobConfig, mode: str, rows: int) -> int:
+    """Teacher forward passes (samples) of the distilled stage with strategy ``mode``, plus a
+    frozen copy's per-worker passes when the workers compute the tapped features themselves."""
+    passes = STRATEGIES[mode].planned_passes(job, rows)
+    if mode != "worker" and job.distill.feature_layers and job.distill.features_from == "worker":
+        passes += rows * job.train.epochs
+    return passes
