@@ -16,7 +16,8 @@ def planned_cpus(job: JobConfig) -> int:
 
     Train workers, two teacher pools (train and val splits stream together) and headroom for
     Ray Data's read tasks. A local Ray is started with at least this many logical CPUs: an
-    actor-pool stage feeding Train otherwise hangs on a 2-core machine (ray-notes).
+    actor-pool stage feeding Train otherwise hangs on a 2-core machine (Ray 2.60 waits forever:
+    "Cluster resources are not enough to run any task from ActorPoolMapOperator").
     """
     s = job.scaling
     pool = s.teacher_pool.max_actors * s.teacher_pool.num_cpus * 2

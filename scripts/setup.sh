@@ -13,7 +13,7 @@ stamp="$VENV/.raydistill-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing raydistill and its dependencies into $VENV (first time: a few minutes)"
-  # torch first, so nothing else pulls a different build (see ../shared/ray-notes.md)
+  # torch first, so nothing else pulls a different build (torchvision must match it)
   "$VENV/bin/python" -m pip install --quiet torch==2.14.1 torchvision==0.29.1
   "$VENV/bin/python" -m pip install --quiet -e '.[test]'
   "$VENV/bin/python" -c "import raydistill, ray, torch, torchvision"

@@ -75,7 +75,7 @@ def ray_address() -> Iterator[str]:
     port, dashboard_port = _free_port(), _free_port()
     from raydistill.runtime import TRAIN_POLL_ENV, TRAIN_POLL_S
 
-    # A loopback-only test cluster: no token auth, on both sides (ray-notes: Jobs).
+    # A loopback-only test cluster: no token auth, on both sides (Ray 2.60 enables it by default).
     os.environ["RAY_AUTH_MODE"] = "disabled"
     python_path = os.pathsep.join(p for p in (str(HELPERS), os.environ.get("PYTHONPATH")) if p)
     env = {

@@ -4,7 +4,7 @@ Two short distilled runs of the same job (teacher given as weights, the teacher 
 the data once, one train worker) under different run names must log identical histories:
 every loss, accuracy, temperature, alpha, learning rate and class count of every epoch, and
 the same chosen weights. Only the timing fields may differ. With more workers Ray Data's
-streaming split decides at run time which worker reads which rows, so runs differ (README).
+streaming split decides at run time which worker reads which rows, so runs differ (docs/running.md).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """One Tune trial: the job with the trial's parameters, trained as a real Ray Train run.
 
-Ray Tune cannot run a ``TorchTrainer`` directly in 2.60 (ray-notes), so each trial is a function
-trainable that builds the trial's job and runs the student stage, whose ``TorchTrainer`` reports
-every epoch back to Tune through :class:`EpochReporter` (the scheduler stops trials on those).
+Ray Tune cannot run a ``TorchTrainer`` directly in 2.60 (``TuneError: Improper 'run'``), so each
+trial is a function trainable that builds the trial's job and runs the student stage, whose
+``TorchTrainer`` reports every epoch back to Tune through :class:`EpochReporter` (the scheduler
+stops trials on those).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def main(job_file: str, out: str, temp_dir: str) -> None:
     from raydistill.pipeline import run_job
     from raydistill.runtime import quiet_data
 
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # a loopback-only cluster (ray-notes: Jobs)
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # a loopback-only cluster needs no token auth
     node_args = {"object_store_memory": STORE, "temp_dir": temp_dir}
     cluster = Cluster(
         initialize_head=True,
