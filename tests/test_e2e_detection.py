@@ -55,7 +55,7 @@ def test_the_example_jobs_validate(tmp_path: Path) -> None:
     # commands detection does not run refuse in one line, from the task's capabilities
     with pytest.raises(JobError, match="`raydistill cache` does not run task: detection: its"):
         run_cache(job)
-    with pytest.raises(JobError, match="distill.teacher_pass: detection runs its teacher"):
+    with pytest.raises(JobError, match=r"distill\.teacher_pass: detection runs its teacher"):
         run_teacher(load_job(ROOT / "jobs" / "shapes.yaml", [*sets, "distill.teacher_pass=cache"]))
     with pytest.raises(JobError, match=r"data\.augment: not used by task: detection"):
         run_job(load_job(ROOT / "jobs" / "shapes.yaml", [*sets, "data.augment={views: 2}"]))
