@@ -209,7 +209,6 @@ def evaluate(
     from pathlib import Path
 
     from raydistill.pipeline import evaluate_checkpoint
-
     from raydistill.tasks import get_task
 
     job = _load(job_file, overrides)
