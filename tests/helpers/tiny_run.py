@@ -1,10 +1,9 @@
 """A small but real run directory, trained in-process without Ray.
 
 The digits job is written with tiny models; its teacher, distilled student and baseline are
-trained for a few epochs in plain PyTorch with the same :class:`Distiller` the Ray Train loop
-uses, and saved exactly where ``raydistill train`` puts them (``job.yaml``,
-``<stage>/model.pt``, ``<stage>/history.json`` with the loop's metric names). Takes a few
-seconds on one CPU thread.
+trained for a few epochs in-process by the shared epoch loop (no Ray), and saved exactly where
+``raydistill train`` puts them (``job.yaml``, ``<stage>/model.pt``, ``<stage>/history.json``).
+Takes a few seconds on one CPU thread.
 """
 
 from __future__ import annotations
@@ -13,15 +12,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
+from local_rows import classification_rows
 
 from raydistill.config import JobConfig, load_job
 from raydistill.data.arrays import LabelledArrays
 from raydistill.data.sources import load_splits
-from raydistill.distill import Distiller
 from raydistill.models import build_model, save_weights
+from raydistill.tasks import get_task
+from raydistill.train.context import LocalContext
+from raydistill.train.loop import run_epochs
+from raydistill.train.spec import StageSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,13 +50,6 @@ def write_tiny_job(directory: Path, name: str = "tiny", **changes: Any) -> Path:
     return path
 
 
-def _batches(data: LabelledArrays, batch: int, rng: np.random.Generator | None):
-    order = rng.permutation(len(data)) if rng is not None else np.arange(len(data))
-    for i in range(0, len(data), batch):
-        idx = order[i : i + batch]
-        yield torch.from_numpy(data.inputs[idx].copy()), torch.from_numpy(data.labels[idx].copy())
-
-
 def train_stage(
     job: JobConfig,
     role: str,
@@ -62,53 +57,22 @@ def train_stage(
     epochs: int,
     teacher: torch.nn.Module | None = None,
 ) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
-    """Train one stage in-process; returns the model and its per-epoch history."""
-    torch.manual_seed(job.seed)
-    spec = job.teacher if role == "teacher" else job.student
-    model = build_model(spec, 10)
-    distiller = Distiller(
-        model,
-        teacher,
-        temperature=job.distill.temperature,
-        alpha=job.distill.alpha,
-        total_epochs=epochs,
+    """Train one stage in-process through the shared epoch loop; returns the kept model and
+    its per-epoch history."""
+    spec = StageSpec(
+        role=role,  # type: ignore[arg-type]
+        job=job,
+        model=job.teacher if role == "teacher" else job.student,
+        train=job.train.model_validate({**job.train.model_dump(), "epochs": epochs}),
+        num_classes=10,
+        distill=teacher is not None,
     )
-    optimizer = torch.optim.AdamW(distiller.parameters(), lr=job.train.lr)
-    rng = np.random.default_rng(job.seed)
-    history = []
-    for epoch in range(epochs):
-        distiller.set_epoch(epoch)
-        distiller.train()
-        sums = np.zeros(5)
-        for x, y in _batches(splits["train"], 64, rng):
-            out = distiller.step(x, y)
-            optimizer.zero_grad()
-            out.total.backward()
-            optimizer.step()
-            parts = out.as_floats()
-            sums += np.array([parts["loss"], parts["soft"], parts["hard"], parts["feature"], 1])
-        distiller.eval()
-        with torch.no_grad():
-            vx = torch.from_numpy(splits["val"].inputs.copy())
-            vy = torch.from_numpy(splits["val"].labels.copy())
-            val = distiller.step(vx, vy)
-            val_acc = float((model(vx).argmax(-1) == vy).float().mean())
-        n = sums[4]
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": sums[0] / n,
-                "train_soft": sums[1] / n,
-                "train_hard": sums[2] / n,
-                "train_feature": sums[3] / n,
-                "temperature": distiller.temperature,
-                "alpha": distiller.alpha if teacher is not None else 0.0,
-                "lr": job.train.lr,
-                "val_loss": float(val.total),
-                "val_ce": float(val.hard),
-                "val_acc": val_acc,
-            }
-        )
+    rows = {k: classification_rows(job, splits[k], teacher) for k in ("train", "val")}
+    ctx = LocalContext(rows, log=lambda _: None, keep_state=True)
+    history = run_epochs(get_task(job), spec, ctx)
+    assert ctx.last_state is not None
+    model = build_model(spec.model, 10, load=False)
+    model.load_state_dict(ctx.last_state["best_student"])
     return model.eval(), history
 
 

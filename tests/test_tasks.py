@@ -1,0 +1,187 @@
+"""The task seam, Ray-free: every task runs the one shared epoch loop in-process (LocalContext),
+and what a task does not run is refused in one line from its capabilities."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from local_rows import classification_rows, detection_rows
+from tiny_run import write_tiny_job
+
+from raydistill.config import JobError, load_job
+from raydistill.data.sources import load_splits
+from raydistill.models.specs import build_model
+from raydistill.tasks import COMMANDS, TASKS, capabilities, get_task, task_named
+from raydistill.train.context import LocalContext
+from raydistill.train.loop import NonFiniteLossError, run_epochs
+from raydistill.train.spec import StageSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _spec(job, role="student", **changes) -> StageSpec:
+    train = type(job.train).model_validate({**job.train.model_dump(), **changes})
+    return StageSpec(
+        role=role,
+        job=job,
+        model=job.student if role != "teacher" else job.teacher,
+        train=train,
+        num_classes=10,
+        distill=role == "student",
+    )
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tasks")
+    job = load_job(write_tiny_job(directory), ["train.batch_size=64", "data.shuffle_buffer=64"])
+    splits = load_splits(job.data)
+    torch.manual_seed(0)
+    teacher = build_model(job.teacher, 10)
+    return job, splits, teacher
+
+
+def test_every_task_is_in_the_registry_and_lists_only_known_commands():
+    assert set(TASKS) == {"classification", "cross_modal", "detection"}
+    for name, commands in capabilities().items():
+        assert commands <= set(COMMANDS), name
+        assert task_named(name).name == name
+    assert capabilities()["classification"] == frozenset(COMMANDS)
+    detection = task_named("detection")
+    assert {"cache", "tune"} == set(COMMANDS) - detection.commands
+    with pytest.raises(JobError, match=r"^`raydistill tune` does not run task: detection: "):
+        detection.require("tune")
+    detection.require("report")  # runs: no error
+
+
+def test_classification_runs_the_shared_loop_in_process(digits):
+    job, splits, teacher = digits
+    rows = {
+        "train": classification_rows(job, splits["train"], teacher),
+        "val": classification_rows(job, splits["val"], teacher),
+    }
+    lines: list[str] = []
+    ctx = LocalContext(rows, log=lines.append, keep_state=True)
+    history = run_epochs(get_task(job), _spec(job, epochs=2), ctx)
+    assert [h["epoch"] for h in history] == [0, 1]
+    first = history[0]
+    for key in ("train_loss", "train_soft", "train_hard", "train_feature", "val_acc", "val_ce"):
+        assert math.isfinite(first[key]), key
+    # every training row counted once per epoch, by class
+    assert sum(first["class_counts"]) == len(splits["train"])
+    assert first["class_counts"] == np.bincount(splits["train"].labels, minlength=10).tolist()
+    # the schedule the job asks for, as the loop ran it (linear 6 -> 2 over 4 epochs)
+    assert first["temperature"] == pytest.approx(6.0) and first["alpha"] == pytest.approx(0.9)
+    assert lines[0].startswith("[student] epoch 1/2 loss ") and "val_acc" in lines[0]
+    assert ctx.reports == history and ctx.last_state["epoch"] == 1
+
+    # resumed from that state with more epochs: only the new epoch trains
+    resumed = LocalContext(rows, log=lines.append, resume=ctx.last_state)
+    more = run_epochs(get_task(job), _spec(job, epochs=3), resumed)
+    assert [h["epoch"] for h in more] == [0, 1, 2] and more[2]["started_at_epoch"] == 2
+    assert "[student] resumed from the checkpoint of epoch 2" in lines
+
+
+def test_a_run_that_stopped_early_stays_stopped_when_resumed(digits):
+    job, splits, teacher = digits
+    rows = {
+        "train": classification_rows(job, splits["train"]),
+        "val": classification_rows(job, splits["val"]),
+    }
+    early = {"monitor": "val_acc", "patience": 1, "min_delta": 1.0}  # no epoch improves by 1.0
+    spec = _spec(job, "baseline", epochs=4, early_stopping=early)
+    ctx = LocalContext(rows, log=lambda _: None, keep_state=True)
+    history = run_epochs(get_task(job), spec, ctx)
+    assert len(history) == 2 and history[-1]["stopped_early"] == 1.0
+    again = run_epochs(get_task(job), spec, LocalContext(rows, resume=ctx.last_state))
+    assert len(again) == 2  # nothing more trained
+
+
+def test_a_non_finite_loss_names_the_step_and_its_rows(digits):
+    job, splits, _ = digits
+    rows = classification_rows(job, splits["train"])
+    rows.columns["input"] = rows.columns["input"].copy()
+    rows.columns["input"][:] = np.inf
+    ctx = LocalContext({"train": rows, "val": rows}, log=lambda _: None)
+    spec = _spec(job, "baseline", epochs=1)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 0 step 0 \(worker 0, batch rows \["):
+        run_epochs(get_task(job), spec, ctx)
+
+
+def test_cross_modal_runs_the_shared_loop_in_process(tmp_path, monkeypatch):
+    from raydistill.data.captions import write_captions
+
+    monkeypatch.chdir(tmp_path)
+    write_captions(tmp_path / "data" / "captions")
+    job = load_job(ROOT / "jobs" / "cross-modal.yaml", ["train.batch_size=128"])
+    task = get_task(job)
+    splits = task.read_splits(job)
+    torch.manual_seed(0)
+    teacher = build_model(job.teacher, task.num_classes(splits))
+    shapes = task.check_pair(job, None, splits, lambda _: None)
+    spec = StageSpec(
+        role="student",
+        job=job,
+        model=job.student,
+        train=job.train.model_copy(update={"epochs": 1}),
+        num_classes=task.num_classes(splits),
+        distill=True,
+        student_shapes=shapes[0],
+        teacher_shapes=shapes[1],
+    )
+    # features from the pool: the teacher's tapped embedding rides in the rows
+    from raydistill.columns import feature_column
+    from raydistill.distill.taps import FeatureTap
+
+    rows = {}
+    for name in ("train", "val"):
+        shard = classification_rows(job, splits[name], teacher)
+        layer = job.distill.feature_layers[0].teacher
+        tap = FeatureTap(teacher, [layer])
+        with torch.no_grad():
+            teacher(torch.from_numpy(shard.columns["teacher_input"]))
+        shard.columns[feature_column(layer)] = tap.features[layer].numpy()
+        rows[name] = shard
+    core = task.build_core(spec)
+    assert type(core).__name__ == "CrossModalDistiller"
+    history = run_epochs(task, spec, LocalContext(rows, log=lambda _: None))
+    assert len(history) == 1 and history[0]["train_feature"] > 0
+    assert math.isfinite(history[0]["val_acc"])
+
+
+def test_detection_runs_the_shared_loop_in_process(tmp_path):
+    from raydistill.detection.scoring import load_images
+    from raydistill.detection.synthetic import write_shapes_coco
+
+    data = write_shapes_coco(tmp_path / "data", train=2, val=1, size=32, seed=0)
+    sets = [
+        f"data.coco.{split}.{key}={data[split][i]}"
+        for split in ("train", "val")
+        for i, key in enumerate(("images", "annotations"))
+    ]
+    job = load_job(ROOT / "jobs" / "shapes.yaml", [*sets, "data.coco.image_size=32"])
+    task = get_task(job)
+    job = task.prepare(job)
+    splits = task.read_splits(job, lambda _: None)
+    rows = {k: detection_rows(load_images(splits[k], 32)) for k in ("train", "val")}
+    spec = StageSpec(
+        role="baseline",
+        job=job,
+        model=job.student,
+        train=job.train.model_copy(update={"epochs": 1, "batch_size": 2}),
+        num_classes=task.num_classes(splits),
+        distill=False,
+    )
+    lines: list[str] = []
+    ctx = LocalContext(rows, log=lines.append, extras=task.loop_extras(job, splits))
+    history = run_epochs(task, spec, ctx)
+    assert len(history) == 1
+    m = history[0]
+    assert math.isfinite(m["train_loss"]) and m["train_detector"] > 0 and m["train_soft"] == 0
+    assert 0 <= m["val_map50"] <= 1 and "class_counts" not in m
+    assert lines[0].startswith("[baseline] epoch 1/1 loss ") and "val mAP" in lines[0]
+    assert "images/s" in lines[0]
