@@ -87,7 +87,7 @@ def test_classification_runs_the_shared_loop_in_process(digits):
 
 
 def test_a_run_that_stopped_early_stays_stopped_when_resumed(digits):
-    job, splits, teacher = digits
+    job, splits, _ = digits
     rows = {
         "train": classification_rows(job, splits["train"]),
         "val": classification_rows(job, splits["val"]),
