@@ -16,7 +16,7 @@ from typing import Any
 
 from ray.train import UserCallback
 
-TENSORBOARD_DIR = "tensorboard"
+from raydistill.rundir import TENSORBOARD_DIR as TENSORBOARD_DIR
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:

@@ -66,7 +66,7 @@ def test_the_example_jobs_validate(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_detection_job_end_to_end(ray_address: str, tmp_path: Path) -> None:
     data = write_shapes_coco(tmp_path / "data", train=64, val=24, size=64, seed=0)
-    job_file = _job(tmp_path, data)
+    job_file = _job(tmp_path, data, **{"output.tensorboard": True})
     proc = subprocess.run(
         [sys.executable, "-m", "raydistill.cli", "train", str(job_file)],
         capture_output=True,
@@ -103,3 +103,36 @@ def test_detection_job_end_to_end(ray_address: str, tmp_path: Path) -> None:
     assert "| student (distilled) |" in summary and "mAP" in summary
     job = yaml.safe_load((run_dir / "job.yaml").read_text())
     assert job["student"]["args"]["min_size"] == 64  # the shared detection resize, recorded
+    # every stage wrote TensorBoard events (the setting is no longer ignored for detection)
+    for role in ("teacher", "student"):
+        assert list((run_dir / "tensorboard" / role).glob("events.out.tfevents.*")), role
+    _commands_on_the_run(job_file, run_dir, scores)
+
+
+def _commands_on_the_run(job_file: Path, run_dir: Path, scores: dict) -> None:
+    """report, export, evaluate and check-teacher work on a detection run (Ray-free)."""
+    from raydistill.check import check_teacher
+    from raydistill.export import export_run, load_safetensors
+    from raydistill.pipeline import evaluate_checkpoint
+    from raydistill.report import write_report
+
+    files = write_report(run_dir)
+    md = files.markdown.read_text()
+    assert "| mAP | AP50 |" in md and "| student (distilled) |" in md
+    assert "COCO AP (percent)" in md and "mAP points over" not in md  # no baseline in this run
+    assert (run_dir / "report" / "curves.png").is_file() and "data:image/png" in (
+        files.html.read_text()
+    )
+    exported = export_run(run_dir, "safetensors")
+    assert exported.max_abs_diff == 0.0  # the same weights give the same boxes and scores
+    assert hasattr(load_safetensors(exported.path), "roi_heads")  # rebuilt as a detector
+    with pytest.raises(JobError, match="task detection exports as safetensors, not onnx"):
+        export_run(run_dir, "onnx")
+    job = load_job(job_file)
+    evaluated = evaluate_checkpoint(job)
+    # the student's weights scored again on the test split: the table's figure
+    assert evaluated.headline == pytest.approx(scores["student (distilled)"]["map"], abs=1e-4)
+    checked = check_teacher(job, "val")
+    lines = "\n".join(checked.lines())
+    assert checked.teacher_accuracy is not None and "mAP (val): teacher" in lines
+    assert "images/s at batch 1" in lines and not checked.problems
