@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,23 +81,29 @@ def weights_bytes(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, example: np.ndarray, runs: int = 50, warmup: int = 5) -> float:
-    """Median wall time of one forward pass on one sample [1, ...], on one CPU thread."""
-    model.eval()
-    x = model_tensor(example[None])
+def median_call_ms(call: Callable[[], Any], runs: int = 50, warmup: int = 5) -> float:
+    """Median wall time of ``call()`` in milliseconds, on one CPU thread (the caller's thread
+    count is restored)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for _ in range(warmup):
-            model(x)
+            call()
         times = []
         for _ in range(runs):
             started = time.perf_counter()
-            model(x)
+            call()
             times.append(time.perf_counter() - started)
     finally:
         torch.set_num_threads(threads)
     return statistics.median(times) * 1000
+
+
+def latency_ms(model: nn.Module, example: np.ndarray, runs: int = 50, warmup: int = 5) -> float:
+    """Median wall time of one forward pass on one sample [1, ...], on one CPU thread."""
+    model.eval()
+    x = model_tensor(example[None])
+    return median_call_ms(lambda: model(x), runs, warmup)
 
 
 @torch.no_grad()

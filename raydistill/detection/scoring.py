@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +11,7 @@ from torch import nn
 from raydistill.detection.coco import CocoSplit
 from raydistill.detection.data import _encode, rows_to_tensors
 from raydistill.detection.metrics import coco_map, to_coco_results
+from raydistill.evaluate import median_call_ms
 from raydistill.models.specs import count_parameters
 
 
@@ -62,22 +61,10 @@ def score_detector(
     return DetectionScore(name, stats, count_parameters(model), latency)
 
 
-@torch.no_grad()
 def _latency_ms(model: nn.Module, image: list[torch.Tensor], runs: int = 10) -> float:
     """Median wall time of one forward pass on one image, on one CPU thread (milliseconds)."""
     model.eval()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model(image)
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            model(image)
-            times.append(time.perf_counter() - started)
-    finally:
-        torch.set_num_threads(threads)
-    return statistics.median(times) * 1000
+    return median_call_ms(lambda: model(image), runs, warmup=1)
 
 
 def image_latency_ms(model: nn.Module, split: CocoSplit, image_size: int) -> float:

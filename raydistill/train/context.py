@@ -52,7 +52,8 @@ class LoopContext:
     def restore(self, core: nn.Module, optimizer: Any, scheduler: Any) -> Resumed:
         return Resumed()
 
-    def report(self, metrics: dict[str, Any], **state: Any) -> None:
+    def report(self, metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        """One epoch's metrics, and the state to continue from (see ``epoch_state``)."""
         raise NotImplementedError
 
     def say(self, line: str) -> None:
@@ -103,10 +104,10 @@ class RayTrainContext(LoopContext):
 
         return restore(self.config, core, optimizer, scheduler)
 
-    def report(self, metrics: dict[str, Any], **state: Any) -> None:
+    def report(self, metrics: dict[str, Any], state: dict[str, Any]) -> None:
         from raydistill.train.state import report_epoch
 
-        report_epoch(self.rank, metrics, **state)
+        report_epoch(self.rank, metrics, state)
 
 
 class LocalShard:
@@ -184,12 +185,10 @@ class LocalContext(LoopContext):
 
         return apply_state(self.resume, core, optimizer, scheduler)
 
-    def report(self, metrics: dict[str, Any], **state: Any) -> None:
+    def report(self, metrics: dict[str, Any], state: dict[str, Any]) -> None:
         self.reports.append(metrics)
         if self.keep_state:
-            from raydistill.train.state import epoch_state
-
-            self.last_state = epoch_state(**state)
+            self.last_state = state
         if self.on_report is not None:
             self.on_report(metrics)
 

@@ -22,6 +22,7 @@ from raydistill.tasks.base import Task
 from raydistill.train.context import LoopContext, RayTrainContext
 from raydistill.train.optim import BestTracker, build_lr_scheduler, build_optimizer, rebase_lr
 from raydistill.train.spec import StageSpec
+from raydistill.train.state import epoch_state
 
 PROGRESS_EVERY_S = 30.0  # inside an epoch, a progress line at most this often (seconds)
 
@@ -183,8 +184,7 @@ def run_epochs(task: Task, spec: StageSpec, ctx: LoopContext) -> list[dict[str, 
         metrics["best_epoch"] = tracker.best_epoch
         metrics["stopped_early"] = float(stopped_early)
         history.append(metrics)
-        ctx.report(
-            metrics,
+        state = epoch_state(
             epoch=epoch,
             core=core,
             optimizer=optimizer,
@@ -193,6 +193,7 @@ def run_epochs(task: Task, spec: StageSpec, ctx: LoopContext) -> list[dict[str, 
             history=history,
             best_student=best_student,
         )
+        ctx.report(metrics, state)
         ctx.say(_epoch_line(task, spec, metrics, elapsed))
         if stopped_early:
             ctx.say(

@@ -112,35 +112,14 @@ def epoch_state(
     }
 
 
-def report_epoch(
-    rank: int,
-    metrics: dict[str, Any],
-    *,
-    epoch: int,
-    core: nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    tracker: Any,
-    history: list[dict[str, Any]],
-    best_student: dict[str, torch.Tensor] | None,
-) -> None:
-    """Report one epoch to Ray Train; rank 0 attaches the checkpoint that :func:`restore` reads
-    (every rank must report, or the others wait). ``core`` holds the model as ``core.student``;
-    ``tracker`` is the loop's ``BestTracker``."""
+def report_epoch(rank: int, metrics: dict[str, Any], state: dict[str, Any]) -> None:
+    """Report one epoch to Ray Train; rank 0 attaches ``state`` (:func:`epoch_state`) as the
+    checkpoint that :func:`restore` reads (every rank must report, or the others wait)."""
     import ray.train
 
     if rank != 0:
         ray.train.report(metrics)
         return
-    state = epoch_state(
-        epoch=epoch,
-        core=core,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        tracker=tracker,
-        history=history,
-        best_student=best_student,
-    )
     with tempfile.TemporaryDirectory() as tmp:
         save_state(Path(tmp), state)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
