@@ -63,7 +63,7 @@ def main() -> None:
 def validate(job_file: str, overrides: tuple[str, ...], clusters: tuple[str, ...]) -> None:
     """Check a job and print it fully resolved (every default filled in)."""
     job = _load(job_file, overrides)
-    problems = []
+    problems = _own_factories_missing(job)
     if clusters:
         from raydistill.cluster import load_node_types, unplaceable
 
@@ -87,6 +87,22 @@ def teacher(job_file: str, overrides: tuple[str, ...], fresh: bool) -> None:
 
     path = run_teacher(_load(job_file, overrides), fresh=fresh, log=click.echo)
     click.echo(f"teacher weights: {path}")
+
+
+def _own_factories_missing(job: JobConfig) -> list[str]:
+    """``raydistill.*`` factories the job names that do not exist (raydistill's own modules are
+    safe to import; a user's ``module:factory`` is checked only when a command builds it)."""
+    from raydistill.models.specs import resolve_builder
+
+    problems = []
+    for side in ("teacher", "student"):
+        spec = getattr(job, side).model
+        if spec.startswith("raydistill."):
+            try:
+                resolve_builder(spec)
+            except JobError as exc:
+                problems.append(f"{side}.model: {exc}")
+    return problems
 
 
 @main.command()

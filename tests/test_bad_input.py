@@ -81,6 +81,19 @@ def _label_out_of_range(tmp_path: Path) -> Path:
     return _npz(tmp_path, inputs, labels, **{"data.num_classes": 10})
 
 
+def _stray_label_in_parquet(tmp_path: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    inputs, labels = _digits()
+    labels[17] = 42  # among labels 0-9, and no data.num_classes to refuse it
+    table = pa.table(
+        {"input": [row.ravel().tolist() for row in inputs], "label": labels.tolist()}
+    )
+    pq.write_table(table, tmp_path / "data.parquet")
+    return _job(tmp_path, {"data.source": "parquet", "data.path": str(tmp_path / "data.parquet")})
+
+
 def _nan_input(tmp_path: Path) -> Path:
     inputs, labels = _digits()
     inputs[23, 0, 4, 4] = np.nan
@@ -258,6 +271,20 @@ CASES = [
         _label_out_of_range,
         [],
         ["{dir}/data.npz", "row 17: label 12 is outside num_classes=10"],
+    ),
+    (
+        "stray-label-in-parquet",
+        "train",
+        _stray_label_in_parquet,
+        [],
+        ["data: label 42 has 1 row(s) (row 17 of {dir}/data.parquet)", "labels have that (0-9)"],
+    ),
+    (
+        "missing-raydistill-factory",
+        "validate",
+        _changed({"student.model": "raydistill.models.zoo:digits_cnnn"}),
+        [],
+        ["student.model: model 'raydistill.models.zoo:digits_cnnn': 'raydistill.models.zoo' has"],
     ),
     ("nan-input", "train", _nan_input, [], ["{dir}/data.npz", "row 23: input holds NaN"]),
     ("corrupt-npz", "train", _garbage_npz, [], ["data.path: cannot read {dir}/data.npz as .npz"]),

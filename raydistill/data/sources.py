@@ -165,8 +165,43 @@ def load_splits(data: DataConfig) -> dict[str, LabelledArrays]:
             "val": train.take(np.sort(val_idx)),
             "test": subsample(parts["test"], data.subset, seed),
         }
-    arrays = subsample(load_arrays(data), data.subset, seed)
+    arrays = load_arrays(data)
+    _check_class_sizes(arrays, data)
+    arrays = subsample(arrays, data.subset, seed)
     return split_arrays(arrays, data.split.val, data.split.test, seed)
+
+
+MIN_ROWS_PER_CLASS = 3  # a stratified train/val/test split puts one row of a class in each
+
+
+def _check_class_sizes(arrays: LabelledArrays, data: DataConfig) -> None:
+    """Name a label too rare to split (often a stray label, such as a 42 among 0-9) with its
+    rows, instead of the stratified split's traceback."""
+    counts = np.bincount(arrays.labels, minlength=arrays.num_classes)
+    rare = [int(c) for c in np.flatnonzero((counts > 0) & (counts < MIN_ROWS_PER_CLASS))]
+    if not rare:
+        return
+    label = rare[0]
+    rows = np.flatnonzero(arrays.labels == label)[:5].tolist()
+    common = [int(c) for c in np.flatnonzero(counts >= MIN_ROWS_PER_CLASS)]
+    where = f" of {data.path}" if data.path else ""
+    raise JobError(
+        f"data: label {label} has {counts[label]} row(s) (row {', '.join(map(str, rows))}"
+        f"{where}); a stratified train/val/test split needs at least {MIN_ROWS_PER_CLASS} per "
+        f"label, and {len(common)} labels have that ({_ranges(common)}): fix the label, or "
+        "set data.num_classes to refuse labels outside it"
+    )
+
+
+def _ranges(values: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``0-2, 5``."""
+    parts: list[str] = []
+    for v in values:
+        if parts and v == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{v}"
+        else:
+            parts.append(str(v))
+    return ", ".join(parts)
 
 
 def to_arrow(arrays: LabelledArrays) -> pa.Table:
