@@ -21,6 +21,28 @@ _set_option = click.option(
 _fresh_option = click.option(
     "--fresh", is_flag=True, help="Start over: delete this job's run directory first."
 )
+_changes_options = [
+    click.option(
+        "--fresh-stage",
+        "fresh_stages",
+        multiple=True,
+        type=click.Choice(["teacher", "student", "baseline"]),
+        help="Retrain this stage (and those trained from it: the teacher's student); the "
+        "others are kept. Repeatable.",
+    ),
+    click.option(
+        "--allow-changed",
+        is_flag=True,
+        help="Keep stages trained with other settings than the job's now: a finished stage is "
+        "reused as trained, an unfinished one resumes and trains on with the new settings.",
+    ),
+]
+
+
+def _changes(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_changes_options):
+        fn = option(fn)
+    return fn
 
 
 def _load(job_file: str, overrides: tuple[str, ...], **updates: Any) -> JobConfig:
@@ -80,12 +102,25 @@ def validate(job_file: str, overrides: tuple[str, ...], clusters: tuple[str, ...
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @_set_option
 @_fresh_option
+@_changes
 @_clean_errors
-def teacher(job_file: str, overrides: tuple[str, ...], fresh: bool) -> None:
+def teacher(
+    job_file: str,
+    overrides: tuple[str, ...],
+    fresh: bool,
+    fresh_stages: tuple[str, ...],
+    allow_changed: bool,
+) -> None:
     """Train the job's teacher (when it has no checkpoint) and save it in the run directory."""
     from raydistill.pipeline import run_teacher
 
-    path = run_teacher(_load(job_file, overrides), fresh=fresh, log=click.echo)
+    path = run_teacher(
+        _load(job_file, overrides),
+        fresh=fresh,
+        log=click.echo,
+        fresh_stages=fresh_stages,
+        allow_changed=allow_changed,
+    )
     click.echo(f"teacher weights: {path}")
 
 
@@ -129,13 +164,27 @@ def cache(job_file: str, overrides: tuple[str, ...], fresh: bool) -> None:
 @click.option(
     "--baseline", is_flag=True, help="Train the student alone, without a teacher (the baseline)."
 )
+@_changes
 @_clean_errors
-def train(job_file: str, overrides: tuple[str, ...], fresh: bool, baseline: bool) -> None:
+def train(
+    job_file: str,
+    overrides: tuple[str, ...],
+    fresh: bool,
+    baseline: bool,
+    fresh_stages: tuple[str, ...],
+    allow_changed: bool,
+) -> None:
     """Distil the teacher into the student (training the teacher first if needed)."""
     from raydistill.pipeline import run_job
 
     updates = {"distill.enabled": "false"} if baseline else {}
-    summary = run_job(_load(job_file, overrides, **updates), fresh=fresh, log=click.echo)
+    summary = run_job(
+        _load(job_file, overrides, **updates),
+        fresh=fresh,
+        log=click.echo,
+        fresh_stages=fresh_stages,
+        allow_changed=allow_changed,
+    )
     click.echo("")
     click.echo(summary.table())
     click.echo(f"\nrun directory: {summary.run_dir}")

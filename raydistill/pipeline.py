@@ -16,8 +16,16 @@ from typing import Any
 
 from raydistill.config import JobConfig, JobError, load_job
 from raydistill.data.sources import split_views
+from raydistill.files import atomic_write_text
+from raydistill.fingerprint import (
+    check_unchanged,
+    read_fingerprint,
+    record_fingerprint,
+    stage_inputs,
+    stages_to_retrain,
+)
 from raydistill.models.specs import build_model, load_weights
-from raydistill.rundir import JOB_FILE, METRICS_FILE, SUMMARY_FILE, weights_file
+from raydistill.rundir import JOB_FILE, METRICS_FILE, SUMMARY_FILE, stage_dir, weights_file
 from raydistill.runtime import ray_session
 from raydistill.tasks import get_task
 from raydistill.tasks.base import Shapes, Splits, SummaryTable
@@ -88,19 +96,49 @@ class RunSummary:
         return self.comparison().notes
 
 
-def prepare_run_dir(job: JobConfig, fresh: bool, log: Log) -> Path:
-    """Create (or with ``fresh`` wipe and recreate) the run directory; record the resolved job."""
+def prepare_run_dir(
+    job: JobConfig, fresh: bool, log: Log, fresh_stages: tuple[str, ...] | list[str] = ()
+) -> Path:
+    """Create (or with ``fresh`` wipe and recreate) the run directory, remove the stages
+    ``fresh_stages`` retrain, and record the resolved job (an earlier, different version is
+    kept as ``job.<n>.yaml``)."""
     run_dir = job.run_dir
     if fresh and run_dir.exists():
         log(f"--fresh: removing {run_dir}")
         shutil.rmtree(run_dir)
+    for role in stages_to_retrain(fresh_stages):
+        directory = stage_dir(run_dir, role)
+        if directory.exists():
+            log(f"--fresh-stage: removing {directory}")
+            shutil.rmtree(directory)
     run_dir.mkdir(parents=True, exist_ok=True)
     job_file = run_dir / JOB_FILE
     resolved = job.to_yaml()
     if job_file.exists() and job_file.read_text() != resolved:
-        log(f"note: {job_file} differs from this job; resuming with the new settings")
-    job_file.write_text(resolved)
+        n = 1
+        while (kept := run_dir / f"job.{n}.yaml").exists():
+            n += 1
+        job_file.rename(kept)
+        log(f"note: the run's earlier job is kept as {kept}")
+    atomic_write_text(job_file, resolved)
     return run_dir
+
+
+def _check_stages(
+    job: JobConfig,
+    splits: Splits,
+    roles: list[str],
+    fresh: bool,
+    fresh_stages: tuple[str, ...] | list[str],
+    allow_changed: bool,
+    log: Log,
+) -> None:
+    """Before anything is written or Ray starts: stages trained with other settings are
+    refused (unless retrained, or kept with ``allow_changed``)."""
+    if fresh:
+        return
+    kept = [r for r in roles if r not in stages_to_retrain(fresh_stages)]
+    check_unchanged(job, splits, kept, teacher_weights_path(job), allow_changed, log)
 
 
 def teacher_weights_path(job: JobConfig, run_dir: Path | None = None) -> Path:
@@ -179,7 +217,18 @@ def fit_teacher(job: JobConfig, splits: Splits, log: Log) -> Path:
         balancer=task.balancer(job, splits, log),
     )
     datasets = task.datasets(job, splits, job.teacher, distill=False)
+    _record(job, "teacher", splits, None)
     return _train(spec, datasets, splits, log).weights
+
+
+def _record(job: JobConfig, role: Role, splits: Splits, teacher_weights: Path | None) -> None:
+    """The stage's fingerprint, unless an earlier run of it recorded one (a stage continued
+    with --allow-changed keeps what it was started with, and notes the change)."""
+    inputs = stage_inputs(job, role, splits, teacher_weights)
+    old = read_fingerprint(job.run_dir, role)
+    if old is not None and old != inputs:
+        inputs = {**old, "continued_with": inputs}
+    record_fingerprint(job.run_dir, role, inputs)
 
 
 def check_pair(job: JobConfig, teacher_weights: Path | None, train: Any) -> Shapes:
@@ -240,6 +289,7 @@ def fit_student(
         teacher_weights=str(teacher_weights) if distill else None,
         label=label,
     )
+    _record(job, role, splits, teacher_weights)
     return _train(spec, datasets, splits, log, callbacks, resume_from)
 
 
@@ -268,10 +318,17 @@ def _start(job: JobConfig, command: str, log: Log) -> tuple[JobConfig, Splits]:
     return job, task.read_splits(job, log)
 
 
-def run_teacher(job: JobConfig, fresh: bool = False, log: Log = print) -> Path:
+def run_teacher(
+    job: JobConfig,
+    fresh: bool = False,
+    log: Log = print,
+    fresh_stages: tuple[str, ...] | list[str] = (),
+    allow_changed: bool = False,
+) -> Path:
     """``raydistill teacher``: train (or find) the teacher; returns its weights file."""
     job, splits = _start(job, "teacher", log)  # unreadable data fails before the run dir exists
-    prepare_run_dir(job, fresh, log)
+    _check_stages(job, splits, ["teacher"], fresh, fresh_stages, allow_changed, log)
+    prepare_run_dir(job, fresh, log, fresh_stages)
     with ray_session(job):
         return fit_teacher(job, splits, log)
 
@@ -288,18 +345,29 @@ def run_cache(job: JobConfig, fresh: bool = False, log: Log = print) -> dict:
         return ensure_cache(job, weights, splits, log, fresh=fresh)
 
 
-def run_job(job: JobConfig, fresh: bool = False, log: Log = print) -> RunSummary:
+def run_job(
+    job: JobConfig,
+    fresh: bool = False,
+    log: Log = print,
+    fresh_stages: tuple[str, ...] | list[str] = (),
+    allow_changed: bool = False,
+) -> RunSummary:
     """``raydistill train``: teacher stage if needed, the student (distilled unless
     ``distill.enabled`` is false), the baseline when ``train.baseline``, then the test table
-    (the task's: accuracy for classification, COCO mAP for detection)."""
+    (the task's: accuracy for classification, COCO mAP for detection).
+
+    A stage an earlier run trained (or started) with other settings is refused before Ray
+    starts, naming the changed keys, unless ``fresh_stages`` retrains it or ``allow_changed``
+    keeps it (see :mod:`raydistill.fingerprint`)."""
     job, splits = _start(job, "train", log)
     preflight(job, splits)
-    run_dir = prepare_run_dir(job, fresh, log)
-    log(f"{get_task(job).describe_data(job, splits)}; run directory {run_dir}")
-    summary = RunSummary(run_dir, task=job.task)
     roles: list[Role] = ["student"] if job.distill.enabled else ["baseline"]
     if job.distill.enabled and job.train.baseline:
         roles.append("baseline")
+    _check_stages(job, splits, ["teacher", *roles], fresh, fresh_stages, allow_changed, log)
+    run_dir = prepare_run_dir(job, fresh, log, fresh_stages)
+    log(f"{get_task(job).describe_data(job, splits)}; run directory {run_dir}")
+    summary = RunSummary(run_dir, task=job.task)
     with ray_session(job):
         teacher_weights = None
         if job.distill.enabled or teacher_weights_path(job).is_file():

@@ -8,6 +8,7 @@
       teacher/ student/ baseline/
         model.pt               the stage's kept weights (written last: the stage is done)
         history.json           one entry per epoch
+        fingerprint.json       what the stage was trained from (written when it starts)
         checkpoint_*/state.pt  Ray Train's checkpoints (resume)
       teacher_cache/           the Parquet teacher cache (manifest.json) unless cache.path
       tensorboard/<stage>/     event files (output.tensorboard)
@@ -27,6 +28,7 @@ METRICS_FILE = "metrics.json"
 WEIGHTS_FILE = "model.pt"
 HISTORY_FILE = "history.json"
 STATE_FILE = "state.pt"
+FINGERPRINT_FILE = "fingerprint.json"
 TEACHER_CACHE_DIR = "teacher_cache"
 TENSORBOARD_DIR = "tensorboard"
 TUNE_DIR = "tune"

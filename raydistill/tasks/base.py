@@ -15,6 +15,7 @@ Worker side (inside every Ray Train worker, or Ray-free in tests and in-memory s
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,16 @@ class Task:
 
     def num_classes(self, splits: Splits) -> int:
         return int(splits["train"].num_classes)
+
+    def data_fingerprint(self, splits: Splits) -> str:
+        """A hash of the rows every split holds: equal rows, equal fingerprint."""
+        digest = hashlib.sha256()
+        for name in sorted(splits):
+            digest.update(f"{name}:{self.split_fingerprint(splits[name])};".encode())
+        return digest.hexdigest()
+
+    def split_fingerprint(self, split: Any) -> str:
+        raise NotImplementedError
 
     def split_rows(self, split: Any) -> int:
         """Rows (samples) of one split."""

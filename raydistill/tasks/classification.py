@@ -56,6 +56,9 @@ class ClassificationTask(Task):
         sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
         return f"data: {job.data.source}: {sizes} rows, {self.num_classes(splits)} classes"
 
+    def split_fingerprint(self, split: Any) -> str:
+        return split.fingerprint()
+
     def balancer(self, job: JobConfig, splits: Splits, log: Log = print) -> ClassBalancer | None:
         return make_balancer(job, splits["train"], log)
 

@@ -8,6 +8,7 @@ the figure of merit is COCO mAP@[.5:.95] on the validation shard of every worker
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -97,6 +98,13 @@ class DetectionTask(Task):
     def read_splits(self, job: JobConfig, log: Log = print) -> Splits:
         require_pycocotools()
         return read_splits(job, log)
+
+    def split_fingerprint(self, split: Any) -> str:
+        digest = hashlib.sha256()
+        for r in split.records:
+            digest.update(f"{r['image_id']}|{r['path']}|{r['width']}x{r['height']}|".encode())
+            digest.update(r["boxes"].tobytes() + r["labels"].tobytes())
+        return digest.hexdigest()
 
     def split_rows(self, split: Any) -> int:
         return len(split.records)
