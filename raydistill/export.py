@@ -27,14 +27,16 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from raydistill.config import JobError, ModelSpec, load_job
 from raydistill.data.arrays import model_tensor
 from raydistill.data.sources import load_splits
 from raydistill.data.text import for_model
+from raydistill.files import atomic_output
 from raydistill.models.hf import HFTextClassifier
-from raydistill.models.specs import build_model, load_weights
+from raydistill.models.specs import build_model, check_spec_allowed, load_weights
 from raydistill.pipeline import JOB_FILE, require_classification, teacher_weights_path
 from raydistill.train.stage import WEIGHTS_FILE, stage_dir
 
@@ -57,11 +59,16 @@ class ExportResult:
     max_abs_diff: float  # largest |export logits - PyTorch logits| over CHECK_ROWS test inputs
 
 
-def _run_model(run_dir: Path, stage: str) -> tuple[nn.Module, ModelSpec, int, np.ndarray]:
-    """The stage's trained model (eval mode), its spec, class count and a few test inputs."""
+def _run_model(
+    run_dir: Path, stage: str, trusted: bool = True
+) -> tuple[nn.Module, ModelSpec, int, np.ndarray]:
+    """The stage's trained model (eval mode), its spec, class count and a few test inputs.
+    Unless ``trusted``, the run's ``job.yaml`` may name allow-listed models only."""
     if not (run_dir / JOB_FILE).is_file():
         raise JobError(f"{run_dir}: not a run directory (no {JOB_FILE}; run raydistill train)")
     job = load_job(run_dir / JOB_FILE)
+    for role in ("teacher", "student"):
+        check_spec_allowed(getattr(job, role).model, trusted, f"{run_dir / JOB_FILE} ({role})")
     require_classification(job, "export")
     if stage == "teacher":
         spec: ModelSpec = job.teacher
@@ -115,18 +122,37 @@ def write_safetensors(model: nn.Module, spec: ModelSpec, num_classes: int, path:
     save_model(model, str(path), metadata=metadata)
 
 
-def load_safetensors(path: Path | str) -> nn.Module:
+def load_safetensors(path: Path | str, trusted: bool = False) -> nn.Module:
     """Rebuild the model a ``safetensors`` export names (spec, args, classes) and load its
-    weights; returns it in eval mode."""
-    from safetensors import safe_open
+    weights; returns it in eval mode.
+
+    The file's metadata names the model builder, so a received file could name any
+    ``module:callable`` (``os:system``): only allow-listed specs are built (see
+    :func:`~raydistill.models.specs.check_spec_allowed`) unless ``trusted`` says the file
+    comes from a source you trust (a user model factory of your own)."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_model
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise JobError(f"{path}: not a readable safetensors file ({exc})") from None
     if _META_MODEL not in meta:
         raise JobError(f"{path}: no raydistill metadata (not written by raydistill export)")
-    spec = ModelSpec(model=meta[_META_MODEL], args=json.loads(meta.get(_META_ARGS, "{}")))
-    model = build_model(spec, int(meta[_META_CLASSES]), load=False)
+    check_spec_allowed(meta[_META_MODEL], trusted, f"{path}'s metadata")
+    try:
+        args = json.loads(meta.get(_META_ARGS, "{}"))
+        classes = int(meta[_META_CLASSES])
+    except (ValueError, KeyError) as exc:
+        raise JobError(f"{path}: damaged raydistill metadata ({exc})") from None
+    if not isinstance(args, dict):
+        raise JobError(f"{path}: damaged raydistill metadata (args are not a mapping)")
+    try:
+        spec = ModelSpec(model=meta[_META_MODEL], args=args)
+    except ValidationError as exc:
+        raise JobError(f"{path}: damaged raydistill metadata ({exc.errors()[0]['msg']})") from None
+    model = build_model(spec, classes, load=False)
     load_model(model, str(path))
     return model.eval()
 
@@ -159,7 +185,8 @@ def _max_diff(fmt: str, path: Path, model: nn.Module, inputs: np.ndarray) -> flo
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = session.run(None, {"input": x.numpy()})[0]
     elif fmt == "safetensors":
-        got = load_safetensors(path)(x).numpy()
+        # the spec came from this run's own job (trusted input), not from a received file
+        got = load_safetensors(path, trusted=True)(x).numpy()
     elif isinstance(model, HFTextClassifier):
         from transformers import AutoModelForSequenceClassification
 
@@ -175,25 +202,34 @@ def export_run(
     format: ExportFormat,
     stage: str = "student",
     output: Path | str | None = None,
+    trusted: bool = True,
 ) -> ExportResult:
     """``raydistill export``: write the run's ``stage`` model in ``format`` (default location:
-    ``<run dir>/export/<stage>.<ext>``), load it back and measure the largest logit difference."""
+    ``<run dir>/export/<stage>.<ext>``), load it back and measure the largest logit difference.
+
+    A run directory's ``job.yaml`` names model code, like the job file it came from (trusted
+    input); ``trusted=False`` builds only allow-listed models from it (see
+    :func:`~raydistill.models.specs.check_spec_allowed`), for a run directory received from
+    elsewhere."""
     if format not in FORMATS:
         raise JobError(f"unknown export format '{format}' (one of {', '.join(FORMATS)})")
     run_dir = Path(run_dir).resolve()
-    model, spec, num_classes, inputs = _run_model(run_dir, stage)
+    model, spec, num_classes, inputs = _run_model(run_dir, stage, trusted)
     suffix = _SUFFIX.get(format, "-hf")
     path = Path(output) if output is not None else run_dir / EXPORT_DIR / f"{stage}{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
     example = model_tensor(inputs[:2])
-    if format == "torchscript":
-        write_torchscript(model, example, path)
-    elif format == "onnx":
-        write_onnx(model, example, path)
-    elif format == "safetensors":
-        write_safetensors(model, spec, num_classes, path)
+    if format == "hf":
+        _hf_save(model, spec, path)  # a directory of files, written by transformers
     else:
-        _hf_save(model, spec, path)
+        # a temporary file renamed onto the export: a kill never leaves half of one
+        with atomic_output(path) as tmp:
+            if format == "torchscript":
+                write_torchscript(model, example, tmp)
+            elif format == "onnx":
+                write_onnx(model, example, tmp)
+            else:
+                write_safetensors(model, spec, num_classes, tmp)
     size = (
         sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         if path.is_dir()

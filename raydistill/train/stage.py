@@ -13,8 +13,8 @@ from raydistill.models.specs import build_model, save_weights
 from raydistill.runtime import check_worker_resources
 from raydistill.train.loop import NonFiniteLossError, train_loop_per_worker
 from raydistill.train.spec import StageSpec
+from raydistill.train.state import final_state
 from raydistill.train.state import latest_checkpoint as latest_checkpoint  # re-exported
-from raydistill.train.state import load_state
 
 if TYPE_CHECKING:
     import ray.data
@@ -127,14 +127,12 @@ def run_stage(
             raise
         raise JobError(cause) from None
     resumed_from = (loop_config or {}).get("resume_from")
-    if result.checkpoint is None:
-        # A stage continued from a state whose last epoch was the final one (PBT continuing a
-        # finished trial) had nothing left to train: that state is its result.
-        if resumed_from is None:
-            raise RuntimeError(f"[{spec.role}] training finished without a checkpoint")
-        return collect_stage(spec, load_state(Path(resumed_from)), run_dir)
-    with result.checkpoint.as_directory() as directory:
-        state = load_state(Path(directory))
+    # The newest state by its recorded epoch: Ray's registered checkpoint can be older than
+    # one a killed driver left in the stage directory (see final_state).
+    registered = result.checkpoint.path if result.checkpoint is not None else None
+    state = final_state(registered, directory, resumed_from)
+    if state is None:
+        raise RuntimeError(f"[{spec.role}] training finished without a checkpoint")
     return collect_stage(spec, state, run_dir)
 
 
