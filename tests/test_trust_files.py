@@ -185,7 +185,7 @@ def test_a_damaged_file_is_one_line_naming_it(tmp_path, reader, content, says):
 
 
 def test_damaged_search_outputs_read_back_as_one_line(tmp_path):
-    from raydistill.tune.search import read_best_job, read_summary
+    from raydistill.tune.record import read_best_job, read_summary
 
     (tmp_path / "best.yaml").write_text("# tuned\nname: x\ndistill: {temperature: [")
     with pytest.raises(JobError, match=r"tuned job .*best\.yaml is damaged") as err:
