@@ -27,14 +27,16 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from raydistill.config import JobError, ModelSpec
 from raydistill.data.arrays import model_tensor
+from raydistill.files import atomic_output
 from raydistill.models.hf import HFTextClassifier
-from raydistill.models.specs import build_model, load_weights
+from raydistill.models.specs import build_model, check_spec_allowed, load_weights
 from raydistill.pipeline import read_run_job, teacher_weights_path
-from raydistill.rundir import EXPORT_DIR, weights_file
+from raydistill.rundir import EXPORT_DIR, JOB_FILE, weights_file
 from raydistill.tasks import get_task
 
 ExportFormat = Literal["torchscript", "onnx", "safetensors", "hf"]
@@ -55,10 +57,15 @@ class ExportResult:
     max_abs_diff: float  # largest |export logits - PyTorch logits| over CHECK_ROWS test inputs
 
 
-def _run_model(run_dir: Path, stage: str) -> tuple[nn.Module, ModelSpec, int, Any, Any]:
+def _run_model(
+    run_dir: Path, stage: str, trusted: bool = True
+) -> tuple[nn.Module, ModelSpec, int, Any, Any]:
     """The stage's trained model (eval mode), its spec, class count, a few test inputs as the
-    model reads them, and the run's job."""
+    model reads them, and the run's job. Unless ``trusted``, the run's ``job.yaml`` may name
+    allow-listed models only."""
     job = read_run_job(run_dir, "export")
+    for role in ("teacher", "student"):
+        check_spec_allowed(getattr(job, role).model, trusted, f"{run_dir / JOB_FILE} ({role})")
     if stage == "teacher":
         spec: ModelSpec = job.teacher
         weights = teacher_weights_path(job, run_dir)
@@ -111,18 +118,37 @@ def write_safetensors(model: nn.Module, spec: ModelSpec, num_classes: int, path:
     save_model(model, str(path), metadata=metadata)
 
 
-def load_safetensors(path: Path | str) -> nn.Module:
+def load_safetensors(path: Path | str, trusted: bool = False) -> nn.Module:
     """Rebuild the model a ``safetensors`` export names (spec, args, classes) and load its
-    weights; returns it in eval mode."""
-    from safetensors import safe_open
+    weights; returns it in eval mode.
+
+    The file's metadata names the model builder, so a received file could name any
+    ``module:callable`` (``os:system``): only allow-listed specs are built (see
+    :func:`~raydistill.models.specs.check_spec_allowed`) unless ``trusted`` says the file
+    comes from a source you trust (a user model factory of your own)."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_model
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise JobError(f"{path}: not a readable safetensors file ({exc})") from None
     if _META_MODEL not in meta:
         raise JobError(f"{path}: no raydistill metadata (not written by raydistill export)")
-    spec = ModelSpec(model=meta[_META_MODEL], args=json.loads(meta.get(_META_ARGS, "{}")))
-    model = build_model(spec, int(meta[_META_CLASSES]), load=False)
+    check_spec_allowed(meta[_META_MODEL], trusted, f"{path}'s metadata")
+    try:
+        args = json.loads(meta.get(_META_ARGS, "{}"))
+        classes = int(meta[_META_CLASSES])
+    except (ValueError, KeyError) as exc:
+        raise JobError(f"{path}: damaged raydistill metadata ({exc})") from None
+    if not isinstance(args, dict):
+        raise JobError(f"{path}: damaged raydistill metadata (args are not a mapping)")
+    try:
+        spec = ModelSpec(model=meta[_META_MODEL], args=args)
+    except ValidationError as exc:
+        raise JobError(f"{path}: damaged raydistill metadata ({exc.errors()[0]['msg']})") from None
+    model = build_model(spec, classes, load=False)
     load_model(model, str(path))
     return model.eval()
 
@@ -144,7 +170,9 @@ def _hf_save(model: nn.Module, spec: ModelSpec, path: Path) -> None:
 def _max_diff(fmt: str, path: Path, model: nn.Module, inputs: Any, job: Any) -> float:
     """Load the export back with its own runtime and compare outputs with the PyTorch model."""
     if fmt == "safetensors":
-        return get_task(job).output_difference(model, load_safetensors(path), inputs)
+        # the spec came from this run's own job (trusted input), not from a received file
+        loaded = load_safetensors(path, trusted=True)
+        return get_task(job).output_difference(model, loaded, inputs)
     x = model_tensor(inputs)
     expected = model(x).numpy()
     if fmt == "torchscript":
@@ -171,13 +199,19 @@ def export_run(
     format: ExportFormat,
     stage: str = "student",
     output: Path | str | None = None,
+    trusted: bool = True,
 ) -> ExportResult:
     """``raydistill export``: write the run's ``stage`` model in ``format`` (default location:
-    ``<run dir>/export/<stage>.<ext>``), load it back and measure the largest logit difference."""
+    ``<run dir>/export/<stage>.<ext>``), load it back and measure the largest logit difference.
+
+    A run directory's ``job.yaml`` names model code, like the job file it came from (trusted
+    input); ``trusted=False`` builds only allow-listed models from it (see
+    :func:`~raydistill.models.specs.check_spec_allowed`), for a run directory received from
+    elsewhere."""
     if format not in FORMATS:
         raise JobError(f"unknown export format '{format}' (one of {', '.join(FORMATS)})")
     run_dir = Path(run_dir).resolve()
-    model, spec, num_classes, inputs, job = _run_model(run_dir, stage)
+    model, spec, num_classes, inputs, job = _run_model(run_dir, stage, trusted)
     task = get_task(job)
     if format not in task.export_formats:
         raise JobError(
@@ -186,14 +220,17 @@ def export_run(
     suffix = _SUFFIX.get(format, "-hf")
     path = Path(output) if output is not None else run_dir / EXPORT_DIR / f"{stage}{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if format == "torchscript":
-        write_torchscript(model, model_tensor(inputs[:2]), path)
-    elif format == "onnx":
-        write_onnx(model, model_tensor(inputs[:2]), path)
-    elif format == "safetensors":
-        write_safetensors(model, spec, num_classes, path)
+    if format == "hf":
+        _hf_save(model, spec, path)  # a directory of files, written by transformers
     else:
-        _hf_save(model, spec, path)
+        # a temporary file renamed onto the export: a kill never leaves half of one
+        with atomic_output(path) as tmp:
+            if format == "torchscript":
+                write_torchscript(model, model_tensor(inputs[:2]), tmp)
+            elif format == "onnx":
+                write_onnx(model, model_tensor(inputs[:2]), tmp)
+            else:
+                write_safetensors(model, spec, num_classes, tmp)
     size = (
         sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         if path.is_dir()

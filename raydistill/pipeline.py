@@ -7,8 +7,6 @@ teacher reaches the student; the run directory's layout is :mod:`raydistill.rund
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 
 from raydistill.config import JobConfig, JobError, load_job
 from raydistill.data.sources import split_views
-from raydistill.files import atomic_write_text
+from raydistill.files import atomic_write_json, atomic_write_text, remove_owned_dir
 from raydistill.fingerprint import (
     check_unchanged,
     read_fingerprint,
@@ -25,7 +23,14 @@ from raydistill.fingerprint import (
     stages_to_retrain,
 )
 from raydistill.models.specs import build_model, load_weights
-from raydistill.rundir import JOB_FILE, METRICS_FILE, SUMMARY_FILE, stage_dir, weights_file
+from raydistill.rundir import (
+    JOB_FILE,
+    METRICS_FILE,
+    STAGE_MARKERS,
+    SUMMARY_FILE,
+    stage_dir,
+    weights_file,
+)
 from raydistill.runtime import ray_session
 from raydistill.tasks import get_task
 from raydistill.tasks.base import Shapes, Splits, SummaryTable
@@ -105,12 +110,13 @@ def prepare_run_dir(
     run_dir = job.run_dir
     if fresh and run_dir.exists():
         log(f"--fresh: removing {run_dir}")
-        shutil.rmtree(run_dir)
+        # only a run directory raydistill made (its job.yaml) is deleted, never a user's folder
+        remove_owned_dir(run_dir, [JOB_FILE], "run directory")
     for role in stages_to_retrain(fresh_stages):
         directory = stage_dir(run_dir, role)
         if directory.exists():
             log(f"--fresh-stage: removing {directory}")
-            shutil.rmtree(directory)
+            remove_owned_dir(directory, STAGE_MARKERS, "stage directory")
     run_dir.mkdir(parents=True, exist_ok=True)
     job_file = run_dir / JOB_FILE
     resolved = job.to_yaml()
@@ -458,13 +464,11 @@ def evaluate_checkpoint(
 
 
 def write_summary(summary: RunSummary) -> None:
-    (summary.run_dir / SUMMARY_FILE).write_text(summary.table() + "\n")
-    (summary.run_dir / METRICS_FILE).write_text(
-        json.dumps(
-            {
-                "test": [s.as_dict() for s in summary.scores],
-                "epochs": {k: v.epochs_run for k, v in summary.stages.items()},
-            },
-            indent=1,
-        )
+    atomic_write_text(summary.run_dir / SUMMARY_FILE, summary.table() + "\n")
+    atomic_write_json(
+        summary.run_dir / METRICS_FILE,
+        {
+            "test": [s.as_dict() for s in summary.scores],
+            "epochs": {k: v.epochs_run for k, v in summary.stages.items()},
+        },
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from raydistill.config import JobError
+from raydistill.files import atomic_write_text
 from raydistill.pipeline import RunSummary, summarize_run
 from raydistill.rundir import (
     BEST_JOB,
@@ -34,6 +34,7 @@ from raydistill.rundir import (
 )
 from raydistill.tasks import task_named
 from raydistill.tasks.summary import STAGE_NAMES, human_bytes
+from raydistill.tune.record import read_summary
 
 __all__ = ["REPORT_HTML", "REPORT_MD", "ReportFiles", "human_bytes", "write_report"]
 
@@ -299,7 +300,7 @@ def _tune_section(run_dir: Path) -> list[_Block]:
         blocks.append(table)
     summary_file = tune_dir / SEARCH_SUMMARY
     if summary_file.is_file():
-        info = json.loads(summary_file.read_text())
+        info = read_summary(tune_dir)
         passes = info.get("teacher_forward_passes")
         if passes is not None:
             blocks.append(_Para(f"Teacher forward passes for the whole search: {passes:,}."))
@@ -371,7 +372,7 @@ def write_report(run_dir: Path | str, summary: RunSummary | None = None) -> Repo
     blocks += [_Heading(2, "The job as resolved"), _Code(job_text)]
 
     markdown = run_dir / REPORT_MD
-    markdown.write_text(_markdown(blocks, run_dir))
+    atomic_write_text(markdown, _markdown(blocks, run_dir))
     page = run_dir / REPORT_HTML
-    page.write_text(_html(blocks, f"raydistill report: {name}"))
+    atomic_write_text(page, _html(blocks, f"raydistill report: {name}"))
     return ReportFiles(markdown, page, plots)

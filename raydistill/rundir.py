@@ -29,6 +29,8 @@ WEIGHTS_FILE = "model.pt"
 HISTORY_FILE = "history.json"
 STATE_FILE = "state.pt"
 FINGERPRINT_FILE = "fingerprint.json"
+# a stage directory raydistill made holds one of these (--fresh-stage deletes only such)
+STAGE_MARKERS = (FINGERPRINT_FILE, "model.pt", "history.json")
 TEACHER_CACHE_DIR = "teacher_cache"
 TENSORBOARD_DIR = "tensorboard"
 TUNE_DIR = "tune"

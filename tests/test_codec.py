@@ -1,4 +1,5 @@
-"""Teacher-logit codecs: what they keep, what they cost, and the KD loss error of top-k."""
+"""Teacher-logit codecs: what they keep, what they cost, the KD loss error of top-k, and that a
+logit offset (which changes nothing a student learns) changes nothing they store."""
 
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ def test_dense_codecs_round_trip():
     )
     fp16 = LogitCodec("fp16")
     decoded = fp16.decode(fp16.encode(logits), 10)
-    assert torch.allclose(decoded, torch.from_numpy(logits), atol=1e-2)
+    # fp16 stores log-probabilities: the logits less their logsumexp, same softmax
+    log_p = torch.log_softmax(torch.from_numpy(logits).double(), -1).float()
+    assert torch.allclose(decoded, log_p, atol=1e-2)
+    assert torch.allclose(torch.softmax(decoded, -1), torch.softmax(log_p, -1), atol=1e-3)
 
 
 def test_topk_keeps_top_probabilities_and_tail_mass_exactly_at_t1():
@@ -74,3 +78,40 @@ def test_bytes_per_sample():
     assert [topk.bytes_per_sample(c) for c in (10, 1000, 32000, 50000)] == [44, 68, 68, 100]
     encoded = topk.encode(_peaked_logits(4, 1000))
     assert sum(a.nbytes for a in encoded.values()) == 4 * topk.bytes_per_sample(1000)
+
+
+@pytest.mark.parametrize("codec", [LogitCodec("fp16"), LogitCodec("topk", k=16)], ids=str)
+def test_a_logit_offset_costs_no_precision(codec):
+    """+500 on every logit leaves the soft targets unchanged, so what a codec decodes must not
+    depend on it (raw logits in float16 lost precision with magnitude: the top-k probability
+    error grew from 0.001 to 0.031). Checked at T=1 (top probabilities) and T=4 (the tail)."""
+    logits = _peaked_logits(256, 1000, seed=3)
+    dense = torch.softmax(torch.from_numpy(logits).double(), -1)
+    top = torch.topk(dense, 16, dim=-1).indices
+    decoded = {}
+    for offset in (0.0, 500.0):
+        decoded[offset] = codec.decode(codec.encode(logits + np.float32(offset)), 1000)
+        p = torch.softmax(decoded[offset].double(), -1)
+        assert (p.gather(1, top) - dense.gather(1, top)).abs().max() < 2e-3, offset
+        for t in (1.0, 4.0):
+            p_t = torch.softmax(decoded[offset].double() / t, -1)
+            dense_t = torch.softmax(torch.from_numpy(logits).double() / t, -1)
+            if codec.kind == "fp16":  # dense: every class is kept, the soft targets match
+                assert 0.5 * (p_t - dense_t).abs().sum(-1).max() < 1e-3, (offset, t)
+    # the stored values themselves are offset-free (float32 input rounding aside)
+    assert torch.allclose(decoded[0.0], decoded[500.0], atol=2e-2)
+    assert torch.equal(decoded[0.0].argmax(-1), torch.from_numpy(logits).argmax(-1))
+
+
+def test_decoded_values_are_log_probabilities():
+    """Decode's output is usable as logits and is itself log p: softmax at any T matches."""
+    logits = _peaked_logits(16, 50, seed=4) + 123.0
+    for codec in (LogitCodec("fp16"), LogitCodec("topk", k=50)):
+        decoded = codec.decode(codec.encode(logits), 50)
+        assert decoded.max().item() <= 0.0
+        assert torch.allclose(
+            torch.logsumexp(decoded.double(), -1), torch.zeros(16).double(), atol=2e-2
+        )
+        for t in (1.0, 4.0):
+            expected = torch.softmax(torch.from_numpy(logits) / t, -1)
+            assert torch.allclose(torch.softmax(decoded / t, -1), expected, atol=2e-3)

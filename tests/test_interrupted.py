@@ -38,6 +38,8 @@ def cached_job(write_job, tmp_path):
     teacher = save_weights(build_model(job.teacher, 10, load=False), tmp_path / "teacher.pt")
     splits = load_splits(job.data)
     directory = job.cache_dir
+    directory.mkdir(parents=True)
+    (directory / cache.BUILD_MARKER).write_text("built by raydistill\n")
     files = []
     for split in cache.SPLITS:
         (directory / split).mkdir(parents=True)
@@ -46,7 +48,7 @@ def cached_job(write_job, tmp_path):
             table = pa.table({"row_id": rows, "label": splits[split].labels[rows]})
             path = directory / split / f"part-{part}.parquet"
             pq.write_table(table, path)
-            files.append({"path": f"{split}/{path.name}", "bytes": path.stat().st_size})
+            files.append(cache.file_entry(directory, path))
     manifest = {
         "format": cache.FORMAT,
         "key": cache.cache_key(job, teacher, splits),
@@ -123,22 +125,29 @@ def test_a_cache_made_with_other_teacher_weights_is_refused(cached_job, rebuilds
     assert rebuilds == []
 
 
-def test_a_rebuild_drops_the_old_manifest_before_anything_else(cached_job, monkeypatch):
-    """Killed anywhere inside a rebuild, the directory has no manifest and is rebuilt again;
-    an old manifest never vouches for new, partial files."""
+def test_a_rebuild_killed_midway_leaves_the_old_cache_whole(cached_job, monkeypatch):
+    """A rebuild writes into a sibling build directory and renames it into place: killed in
+    the teacher pass, the old cache is still whole (its manifest vouches for its own files,
+    never for new, partial ones), and the failed build's directory is gone (one a SIGKILL
+    leaves is cleared by the next build: test_trust_cache.py)."""
     job, teacher, splits = cached_job
+    before = (job.cache_dir / cache.MANIFEST).read_text()
 
     class Killed(Exception):
         pass
 
-    def killed_while_deleting(path, *args, **kwargs):
-        assert not (Path(path) / cache.MANIFEST).exists()
+    def killed_mid_pass(job, teacher_weights, splits, directory):
+        assert directory.parent == job.cache_dir.parent and directory != job.cache_dir
+        (directory / "train").mkdir()
+        (directory / "train" / "part-0.parquet").write_bytes(b"half a file")
         raise Killed
 
-    monkeypatch.setattr(cache.shutil, "rmtree", killed_while_deleting)
+    monkeypatch.setattr(cache, "_teacher_pass", killed_mid_pass)
     with pytest.raises(Killed):
         cache.write_cache(job, teacher, splits, job.cache_dir)
-    assert cache.read_manifest(job.cache_dir) is None
+    assert (job.cache_dir / cache.MANIFEST).read_text() == before
+    cache.verify_cache(job.cache_dir, cache.cache_key(job, teacher, splits))
+    assert not list(job.cache_dir.parent.glob(f".{job.cache_dir.name}.build-*"))
 
 
 # ---------------------------------------------------------------- stage checkpoints

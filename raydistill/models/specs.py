@@ -14,8 +14,35 @@ import torch
 from torch import nn
 
 from raydistill.config import JobError, ModelSpec
+from raydistill.files import atomic_output
 
 WEIGHTS_FORMAT = "raydistill.weights/1"
+# Model specs a file raydistill did not write itself may name without being trusted: builders
+# that look a model up by name in a registry, and raydistill's own model factories. Anything
+# else (``os:system``, ``mypkg.models:net``) imports and calls code the file chose.
+ALLOWED_PREFIXES = ("torchvision", "timm", "hf")
+ALLOWED_FACTORY_MODULES = ("raydistill.models.zoo",)
+
+
+def check_spec_allowed(spec: str, trusted: bool = False, source: str = "file") -> None:
+    """Refuse (one-line :class:`JobError`) a model spec read from an untrusted ``source`` (a
+    received export, a run directory's ``job.yaml``) unless it is on the allow-list:
+    ``torchvision:<name>``, ``timm:<name>``, ``hf:<name>`` or a public factory of raydistill's
+    own zoo (``raydistill.models.zoo:<factory>``). ``trusted=True`` skips the check: the
+    caller vouches for the source, as for a job file the user wrote."""
+    if trusted:
+        return
+    prefix, _, name = spec.partition(":")
+    if prefix in ALLOWED_PREFIXES and name:
+        return
+    if prefix in ALLOWED_FACTORY_MODULES and name.isidentifier() and not name.startswith("_"):
+        return
+    allowed = ", ".join(f"{p}:" for p in (*ALLOWED_PREFIXES, *ALLOWED_FACTORY_MODULES))
+    raise JobError(
+        f"{source} names model '{spec}', which is not on the allow-list ({allowed}): building "
+        "it would import and call code the file chose; refused. Pass trusted=True only if "
+        "you trust where the file came from"
+    )
 
 
 def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
@@ -82,10 +109,8 @@ def build_model(spec: ModelSpec, num_classes: int | None = None, load: bool = Tr
 def save_weights(model: nn.Module, path: Path, meta: dict[str, Any] | None = None) -> Path:
     """Write a model's weights (tensors and plain metadata only, so loading needs no pickle)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format": WEIGHTS_FORMAT, "meta": meta or {}, "model": model.state_dict()}, tmp)
-    tmp.replace(path)  # atomic: a killed run never leaves a half-written weights file
+    with atomic_output(path) as tmp:  # a killed run never leaves a half-written weights file
+        torch.save({"format": WEIGHTS_FORMAT, "meta": meta or {}, "model": model.state_dict()}, tmp)
     return path
 
 

@@ -2,35 +2,49 @@
 
 Layout of a cache directory::
 
-    manifest.json          written last: a directory without it is an unfinished cache
+    .raydistill-cache      build marker: raydistill made this directory (and may replace it)
+    manifest.json          the cache's key and every file with its size, rows and sha256
     train/*.parquet        rows: input, label, row_id, encoded teacher outputs
     val/*.parquet
 
-The manifest records what the cache was made from (teacher spec and weights hash, data
-fingerprint, codec, feature layers) and every file with its size; a job whose key differs, or a
-file that is missing or changed, is refused with a message saying what differs.
+A cache is built in a sibling temporary directory (``.<name>.build-*``) and renamed into place
+once its manifest is written, all under a file lock beside it (``.<name>.lock``): two jobs
+sharing one ``cache.path`` never write into each other's build, and the second finds (and
+checks) the first's cache. A job whose key differs, a listed file that is missing or whose
+content changed, and a Parquet file the manifest does not list are refused with a message
+saying what differs. raydistill replaces only a directory it made (marker or manifest) or an
+empty one: ``cache.path`` pointing at a user's folder is refused, never deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import shutil
+import tempfile
+import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from raydistill.config import JobConfig, JobError
 from raydistill.data.arrays import LabelledArrays
 from raydistill.data.sources import training_datasets
+from raydistill.files import atomic_write_json, check_owned_dir, read_json, remove_owned_dir
 from raydistill.teacher.codec import LogitCodec
 from raydistill.teacher.pool import attach_teacher
 
 MANIFEST = "manifest.json"
+BUILD_MARKER = ".raydistill-cache"
 FORMAT = "raydistill.teacher_cache/1"
 SPLITS = ("train", "val")
 Log = Callable[[str], None]
+_WHAT = "teacher cache (cache.path)"
 
 
 def file_sha256(path: Path) -> str:
@@ -73,16 +87,68 @@ def cache_key(job: JobConfig, teacher_weights: Path, splits: dict[str, LabelledA
     }
 
 
+def _is_cache_marker(path: Path) -> bool:
+    """The build marker, or a manifest of this format: what makes a directory a cache."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    if path.name == BUILD_MARKER:
+        return True
+    try:
+        return json.loads(path.read_text()).get("format") == FORMAT
+    except Exception:  # someone else's manifest.json (a web app's) is not ours
+        return False
+
+
+def check_cache_dir(directory: Path) -> None:
+    """Refuse a ``cache.path`` that exists and is not a cache raydistill made (nor empty):
+    building there would replace a user's folder."""
+    check_owned_dir(directory, [BUILD_MARKER, MANIFEST], _WHAT, _is_cache_marker)
+
+
+_held = threading.local()  # cache paths this thread holds the lock of (the lock is reentrant)
+
+
+@contextlib.contextmanager
+def cache_lock(directory: Path, log: Log = print) -> Iterator[None]:
+    """Hold the exclusive lock of one cache path (``flock`` on ``.<name>.lock`` beside it).
+
+    Held across the check and the build, so of two builders (processes, or threads: each opens
+    the file itself) the second waits and then sees the first's finished cache. Reentrant
+    within one thread (``ensure_cache`` holds it around ``write_cache``).
+    """
+    directory = Path(directory)
+    held: dict[str, int] = _held.__dict__.setdefault("paths", {})
+    key = str(directory)
+    if held.get(key):
+        held[key] += 1
+        try:
+            yield
+        finally:
+            held[key] -= 1
+        return
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"[cache] {directory} is being built by another job: waiting for it")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        held[key] = 1
+        try:
+            yield
+        finally:
+            del held[key]
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def read_manifest(directory: Path) -> dict[str, Any] | None:
     path = directory / MANIFEST
     if not path.is_file():
         return None
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise JobError(f"teacher cache {directory}: {MANIFEST} is corrupt ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise JobError(f"teacher cache {directory}: unknown format {manifest.get('format')!r}")
+    manifest = read_json(path, f"teacher cache {directory}: manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise JobError(f"teacher cache {directory}: unknown format {found!r} in {path}")
     return manifest
 
 
@@ -97,8 +163,69 @@ def _differences(want: dict, have: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def parquet_rows(path: Path) -> int:
+    """Rows of one Parquet file, from its footer."""
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(path).metadata.num_rows)
+
+
+def file_entry(directory: Path, path: Path) -> dict[str, Any]:
+    """The manifest's record of one cache file: path relative to the cache, bytes, rows and
+    sha256 of its content."""
+    return {
+        "path": path.relative_to(directory).as_posix(),
+        "bytes": path.stat().st_size,
+        "rows": parquet_rows(path),
+        "sha256": file_sha256(path),
+    }
+
+
+def _listed_path(directory: Path, entry: dict[str, Any]) -> Path:
+    relative = PurePosixPath(str(entry.get("path", "")))
+    if (
+        relative.is_absolute()
+        or ".." in relative.parts
+        or relative.parts[:1] not in [(s,) for s in SPLITS]
+    ):
+        raise JobError(f"teacher cache {directory}: manifest lists an odd path {str(relative)!r}")
+    return directory / relative
+
+
+def listed_files(directory: Path, manifest: dict[str, Any], split: str) -> list[Path]:
+    """The Parquet files of ``split`` exactly as the manifest lists them (never a glob: a file
+    another build left in the directory is not read)."""
+    paths = [_listed_path(directory, e) for e in manifest["files"]]
+    return [p for p in paths if p.relative_to(directory).parts[0] == split]
+
+
+def _check_file(directory: Path, entry: dict[str, Any]) -> None:
+    path = _listed_path(directory, entry)
+    where = f"teacher cache {directory}: file {entry['path']}"
+    if not path.is_file():
+        raise JobError(f"{where} is missing")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise JobError(f"{where} has changed ({size} bytes, manifest says {entry['bytes']})")
+    if "sha256" not in entry or "rows" not in entry:
+        raise JobError(
+            f"{where} has no content hash in the manifest (an older raydistill made it): "
+            "rebuild it with `raydistill cache JOB --fresh`"
+        )
+    if file_sha256(path) != entry["sha256"]:
+        raise JobError(f"{where} has changed (its sha256 is not the manifest's)")
+    try:
+        rows = parquet_rows(path)
+    except Exception as exc:
+        raise JobError(f"{where} has changed (not readable as Parquet: {exc})") from None
+    if rows != entry["rows"]:
+        raise JobError(f"{where} has changed ({rows} rows, manifest says {entry['rows']})")
+
+
 def verify_cache(directory: Path, key: dict) -> dict[str, Any]:
-    """The manifest of a complete cache made for ``key``; a clear error otherwise."""
+    """The manifest of a complete cache made for ``key``; a one-line error otherwise: another
+    key, a listed file missing or changed (size, sha256, rows), rows that do not add up to the
+    split's, or a Parquet file the manifest does not list (two builds mixed)."""
     manifest = read_manifest(directory)
     if manifest is None:
         raise JobError(f"teacher cache {directory} is missing or unfinished (no {MANIFEST})")
@@ -109,16 +236,59 @@ def verify_cache(directory: Path, key: dict) -> dict[str, Any]:
             + "; ".join(diffs[:4])
             + ". Rebuild it with `raydistill cache JOB --fresh` or point cache.path elsewhere"
         )
+    listed = set()
     for entry in manifest["files"]:
-        path = directory / entry["path"]
-        if not path.is_file():
-            raise JobError(f"teacher cache {directory}: file {entry['path']} is missing")
-        if path.stat().st_size != entry["bytes"]:
+        _check_file(directory, entry)
+        listed.add(_listed_path(directory, entry))
+    for split in SPLITS:
+        rows = sum(e["rows"] for e in manifest["files"] if e["path"].split("/")[0] == split)
+        if rows != manifest["rows"][split]:
             raise JobError(
-                f"teacher cache {directory}: file {entry['path']} has changed "
-                f"({path.stat().st_size} bytes, manifest says {entry['bytes']})"
+                f"teacher cache {directory}: the {split} files hold {rows} rows, the manifest "
+                f"says {manifest['rows'][split]}"
             )
+    unlisted = sorted(
+        p.relative_to(directory).as_posix() for p in directory.rglob("*.parquet") if p not in listed
+    )
+    if unlisted:
+        raise JobError(
+            f"teacher cache {directory}: file {unlisted[0]} is not in the manifest "
+            f"({len(unlisted)} unlisted; two builds mixed?): rebuild it with "
+            "`raydistill cache JOB --fresh`"
+        )
     return manifest
+
+
+def _teacher_pass(
+    job: JobConfig, teacher_weights: Path, splits: dict[str, LabelledArrays], directory: Path
+) -> None:
+    """Label train and val with the teacher pool and write them as ``directory/<split>/``."""
+    codec = job_codec(job)
+    num_classes = splits["train"].num_classes
+    for split, ds in training_datasets(job, splits).items():
+        ds = attach_teacher(ds, job, teacher_weights, num_classes, codec)
+        ds.write_parquet(str(directory / split))
+
+
+def _remove_leftovers(directory: Path) -> None:
+    """Builds and replaced caches a killed run left beside ``directory`` (call with the lock
+    held: no other builder is using them)."""
+    for pattern in (f".{directory.name}.build-*", f".{directory.name}.old-*"):
+        for leftover in directory.parent.glob(pattern):
+            with contextlib.suppress(JobError):  # not ours after all: left alone
+                remove_owned_dir(leftover, [BUILD_MARKER, MANIFEST], _WHAT, _is_cache_marker)
+
+
+def _move_into_place(build: Path, directory: Path) -> None:
+    """Rename the finished build onto ``directory``; a cache there before is moved aside first
+    (renames only: killed in between, there is no cache, never a half-replaced one)."""
+    old = None
+    if directory.exists():
+        old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(directory, old)
+    os.rename(build, directory)
+    if old is not None:
+        remove_owned_dir(old, [BUILD_MARKER, MANIFEST], _WHAT, _is_cache_marker)
 
 
 def write_cache(
@@ -130,43 +300,47 @@ def write_cache(
 ) -> dict[str, Any]:
     """Run the teacher pool once over train and val and write the cache; returns its manifest.
 
-    Anything already in ``directory`` is replaced: callers decide when a cache is stale.
+    Anything already in ``directory`` is replaced (callers decide when a cache is stale), but
+    only when raydistill made it (or it is empty); otherwise a one-line :class:`JobError`. The
+    build runs in a sibling temporary directory under the cache's lock and is renamed into
+    place once whole.
     """
+    directory = Path(directory)
+    check_cache_dir(directory)  # before the teacher pass: a user's folder fails at once
     key = cache_key(job, teacher_weights, splits)
-    # The manifest goes first: a rebuild killed while deleting or writing then leaves a
-    # directory without one, which the next run rebuilds, never an old manifest over new files.
-    (directory / MANIFEST).unlink(missing_ok=True)
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
     codec = job_codec(job)
     num_classes = splits["train"].num_classes
-    started = time.perf_counter()
-    rows: dict[str, int] = {}
-    for split, ds in training_datasets(job, splits).items():
-        ds = attach_teacher(ds, job, teacher_weights, num_classes, codec)
-        ds.write_parquet(str(directory / split))
-        views = job.data.augment.views if job.data.augment and split == "train" else 1
-        rows[split] = len(splits[split]) * views
-    elapsed = time.perf_counter() - started
-    files = [
-        {"path": str(p.relative_to(directory)), "bytes": p.stat().st_size}
-        for p in sorted(directory.rglob("*.parquet"))
-    ]
-    passes = sum(rows.values())
-    manifest = {
-        "format": FORMAT,
-        "key": key,
-        "rows": rows,
-        "teacher_forward_passes": passes,
-        "logit_bytes_per_sample": codec.bytes_per_sample(num_classes),
-        "parquet_bytes": sum(f["bytes"] for f in files),
-        "seconds": round(elapsed, 2),
-        "files": files,
-    }
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(directory / MANIFEST)  # last and atomic: only now is the cache whole
+    with cache_lock(directory, log):
+        check_cache_dir(directory)
+        _remove_leftovers(directory)
+        build = Path(tempfile.mkdtemp(prefix=f".{directory.name}.build-", dir=directory.parent))
+        try:
+            (build / BUILD_MARKER).write_text(f"{FORMAT}: a teacher cache built by raydistill\n")
+            started = time.perf_counter()
+            _teacher_pass(job, teacher_weights, splits, build)
+            elapsed = time.perf_counter() - started
+            # the build directory is this pass's alone: every Parquet file in it is its own
+            files = [file_entry(build, p) for p in sorted(build.rglob("*.parquet"))]
+            rows = {
+                split: sum(f["rows"] for f in files if f["path"].split("/")[0] == split)
+                for split in SPLITS
+            }
+            passes = sum(rows.values())
+            manifest = {
+                "format": FORMAT,
+                "key": key,
+                "rows": rows,
+                "teacher_forward_passes": passes,
+                "logit_bytes_per_sample": codec.bytes_per_sample(num_classes),
+                "parquet_bytes": sum(f["bytes"] for f in files),
+                "seconds": round(elapsed, 2),
+                "files": files,
+            }
+            atomic_write_json(build / MANIFEST, manifest)
+            _move_into_place(build, directory)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
     log(
         f"[cache] {passes} teacher forward passes in {elapsed:.1f}s -> {directory} "
         f"({job.cache.codec}: {manifest['logit_bytes_per_sample']} B/sample of logits, "
@@ -182,31 +356,45 @@ def ensure_cache(
     log: Log = print,
     fresh: bool = False,
 ) -> dict[str, Any]:
-    """Build the job's cache when it is missing or unfinished; refuse one made for another job."""
+    """Build the job's cache when it is missing or unfinished; refuse one made for another job,
+    and a ``cache.path`` that is not a cache at all. Check and build happen under the cache's
+    lock: a second job sharing the path waits, then reuses (or refuses) the first's cache."""
     directory = job.cache_dir
-    if not fresh and read_manifest(directory) is not None:
-        manifest = verify_cache(directory, cache_key(job, teacher_weights, splits))
-        log(f"[cache] reusing {directory} ({manifest['teacher_forward_passes']} rows)")
-        return manifest
-    if directory.exists() and not fresh:
-        log(f"[cache] {directory} is unfinished (no {MANIFEST}; a killed run?): rebuilding")
-    return write_cache(job, teacher_weights, splits, directory, log)
+    check_cache_dir(directory)
+    with cache_lock(directory, log):
+        if not fresh and read_manifest(directory) is not None:
+            manifest = verify_cache(directory, cache_key(job, teacher_weights, splits))
+            log(f"[cache] reusing {directory} ({manifest['teacher_forward_passes']} rows)")
+            return manifest
+        if directory.exists() and not fresh:
+            log(f"[cache] {directory} is unfinished (no {MANIFEST}; a killed run?): rebuilding")
+        return write_cache(job, teacher_weights, splits, directory, log)
 
 
 def read_cache(directory: Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The cached splits as Ray datasets (call :func:`verify_cache` first).
+    """The cached splits as Ray datasets (call :func:`verify_cache` first), read from exactly
+    the files the manifest lists.
 
     A cache that fits comfortably in Ray's object store is read by this process with pyarrow
     and put there once: epochs (and every tune trial) then read memory, and no read tasks are
     spawned (on a small machine, starting their worker processes costs tens of seconds). A
     larger cache streams from disk every epoch.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
     import ray.data
 
+    if manifest is None:
+        manifest = read_manifest(directory)
+        if manifest is None:
+            raise JobError(f"teacher cache {directory} is missing or unfinished (no {MANIFEST})")
+    files = {split: listed_files(directory, manifest, split) for split in SPLITS}
     store = ray.available_resources().get("object_store_memory", 0.0)
     # Parquet compresses: budget a few times its size once decoded.
-    if manifest is not None and 4 * manifest["parquet_bytes"] < 0.3 * store:
-        return {split: ray.data.from_arrow(pq.read_table(directory / split)) for split in SPLITS}
-    return {split: ray.data.read_parquet(str(directory / split)) for split in SPLITS}
+    if 4 * manifest["parquet_bytes"] < 0.3 * store:
+        return {
+            split: ray.data.from_arrow(pa.concat_tables([pq.read_table(p) for p in paths]))
+            for split, paths in files.items()
+        }
+    return {split: ray.data.read_parquet([str(p) for p in paths]) for split, paths in files.items()}

@@ -1,10 +1,18 @@
 """How teacher logits are stored: dense fp32, dense fp16, or top-k with the tail mass kept.
 
-Ray-free: columns in, columns out, as numpy arrays. The top-k codec keeps the k largest logits
-exactly and one ``tail`` logit per sample that every other class takes on decode, chosen so the
-decoded distribution at T=1 puts exactly the teacher's remaining probability mass on the tail.
-The decoded logits are dense again, so the soft loss stays a proper distribution at any
-temperature (the tail is spread evenly, which is the only approximation).
+Ray-free: columns in, columns out, as numpy arrays. ``fp16`` and ``topk`` store the teacher's
+log-probabilities (``log_softmax`` of the logits, computed in float64), not its raw logits:
+a classifier's logits carry an arbitrary per-sample offset (adding 500 to every logit changes
+nothing the student learns from) and float16's absolute precision falls with magnitude, so raw
+values would lose more the larger the offset. Log-probabilities are <= 0 with the top classes
+near 0, where float16 is finest. Decoded values are log-probabilities, usable wherever logits
+are: softmax(log p / T) = softmax(z / T) at every temperature, and argmax is unchanged.
+
+The top-k codec keeps the k largest log-probabilities and one ``tail`` log-probability per
+sample that every other class takes on decode, so that the decoded distribution at T=1 puts
+exactly the teacher's remaining probability mass on the tail. The decoded values are dense
+again, so the soft loss stays a proper distribution at any temperature (the tail is spread
+evenly, which is the only approximation).
 """
 
 from __future__ import annotations
@@ -32,8 +40,8 @@ def _logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
 class LogitCodec:
     """Encodes teacher logits [N, C] into storage columns and back.
 
-    ``k`` is the number of logits kept by ``topk`` (ignored otherwise); ``fp16`` and ``topk``
-    store values in float16.
+    ``k`` is the number of classes kept by ``topk`` (ignored otherwise); ``fp16`` and ``topk``
+    store log-probabilities in float16.
     """
 
     kind: CodecKind = "fp32"
@@ -43,26 +51,28 @@ class LogitCodec:
         return [LOGITS] if self.kind != "topk" else [TOPK_VALUES, TOPK_INDICES, TAIL]
 
     def encode(self, logits: np.ndarray) -> dict[str, np.ndarray]:
-        """Columns for logits float [N, C]."""
+        """Columns for logits float [N, C] (fp32: the logits; fp16, topk: log-probabilities)."""
         logits = np.asarray(logits, dtype=np.float32)
         if self.kind == "fp32":
             return {LOGITS: logits}
+        # float64: the offset is removed before any rounding to the stored precision
+        log_p = logits.astype(np.float64)
+        log_p -= _logsumexp(log_p)[:, None]
         if self.kind == "fp16":
-            return {LOGITS: logits.astype(np.float16)}
-        n, c = logits.shape
+            # the floor keeps a vanishing class finite in float16 (its probability is 0 either way)
+            return {LOGITS: np.maximum(log_p, -1e4).astype(np.float16)}
+        n, c = log_p.shape
         k = min(self.k, c)
-        index = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-        values = np.take_along_axis(logits, index, axis=1)
-        total = _logsumexp(logits)
+        index = np.argpartition(-log_p, k - 1, axis=1)[:, :k]
+        values = np.take_along_axis(log_p, index, axis=1)
         tail_count = c - k
         if tail_count == 0:
             tail = np.full(n, -np.inf, dtype=np.float32)
         else:
-            kept_mass = np.exp(_logsumexp(values) - total)
+            kept_mass = np.exp(_logsumexp(values))
             tail_mass = np.clip(1.0 - kept_mass, 1e-12, 1.0)
-            # Each tail class gets the logit whose softmax share (against the same normaliser)
-            # is tail_mass / tail_count.
-            tail = (total + np.log(tail_mass / tail_count)).astype(np.float32)
+            # each tail class gets the log-probability tail_mass / tail_count
+            tail = np.log(tail_mass / tail_count).astype(np.float32)
         index_type = np.int16 if c <= np.iinfo(np.int16).max else np.int32
         return {
             TOPK_VALUES: values.astype(np.float16),
@@ -71,7 +81,8 @@ class LogitCodec:
         }
 
     def decode(self, columns: Mapping[str, Any], num_classes: int) -> torch.Tensor:
-        """Dense float32 logits [N, num_classes] from encoded columns (numpy or torch)."""
+        """Dense float32 [N, num_classes] from encoded columns (numpy or torch): the logits
+        (fp32) or log-probabilities (fp16, topk), which give the same softmax at any T."""
         if self.kind != "topk":
             return torch.as_tensor(columns[LOGITS]).float()
         values = torch.as_tensor(columns[TOPK_VALUES]).float()

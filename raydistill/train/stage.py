@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raydistill.config import JobError
+from raydistill.files import atomic_write_json, read_json
 from raydistill.models.specs import build_model, save_weights
 from raydistill.rundir import HISTORY_FILE, WEIGHTS_FILE, stage_dir
 from raydistill.runtime import check_worker_resources
 from raydistill.train.loop import NonFiniteLossError, train_loop_per_worker
 from raydistill.train.spec import StageSpec
+from raydistill.train.state import final_state
 from raydistill.train.state import latest_checkpoint as latest_checkpoint  # re-exported
-from raydistill.train.state import load_state
 
 if TYPE_CHECKING:
     import ray.data
@@ -41,7 +41,7 @@ def finished_stage(run_dir: Path, role: str) -> StageResult | None:
     weights = directory / WEIGHTS_FILE
     if not weights.is_file() or not (directory / HISTORY_FILE).is_file():
         return None
-    history = json.loads((directory / HISTORY_FILE).read_text())
+    history = read_json(directory / HISTORY_FILE, "stage history")
     return StageResult(role, weights, history)
 
 
@@ -122,14 +122,12 @@ def run_stage(
             raise
         raise JobError(cause) from None
     resumed_from = (loop_config or {}).get("resume_from")
-    if result.checkpoint is None:
-        # A stage continued from a state whose last epoch was the final one (PBT continuing a
-        # finished trial) had nothing left to train: that state is its result.
-        if resumed_from is None:
-            raise RuntimeError(f"[{spec.role}] training finished without a checkpoint")
-        return collect_stage(spec, load_state(Path(resumed_from)), run_dir)
-    with result.checkpoint.as_directory() as directory:
-        state = load_state(Path(directory))
+    # The newest state by its recorded epoch: Ray's registered checkpoint can be older than
+    # one a killed driver left in the stage directory (see final_state).
+    registered = result.checkpoint.path if result.checkpoint is not None else None
+    state = final_state(registered, directory, resumed_from)
+    if state is None:
+        raise RuntimeError(f"[{spec.role}] training finished without a checkpoint")
     return collect_stage(spec, state, run_dir)
 
 
@@ -141,7 +139,7 @@ def collect_stage(spec: StageSpec, state: dict[str, Any], run_dir: Path) -> Stag
     directory = stage_dir(run_dir, spec.role)
     directory.mkdir(parents=True, exist_ok=True)
     history = list(state["history"])
-    (directory / HISTORY_FILE).write_text(json.dumps(history, indent=1))
+    atomic_write_json(directory / HISTORY_FILE, history)
     meta = {"role": spec.role, "model": spec.model.model, "epochs": len(history)}
     path = save_weights(model, directory / WEIGHTS_FILE, meta)
     return StageResult(spec.role, path, history)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from raydistill.files import atomic_output
+
 STATE_FILE = "state.pt"
+CHECKPOINT_GLOB = "checkpoint_*"
 
 
 def save_state(directory: Path, state: dict[str, Any]) -> None:
-    torch.save(state, Path(directory) / STATE_FILE)
+    """Write ``state.pt`` atomically: a kill mid-write leaves the previous file (or none)."""
+    with atomic_output(Path(directory) / STATE_FILE) as tmp:
+        torch.save(state, tmp)
 
 
 def load_state(directory: Path) -> dict[str, Any]:
@@ -32,24 +38,63 @@ class Resumed:
     tracker: dict[str, Any] | None = None  # BestTracker fields
 
 
+def newest_state(
+    candidates: Iterable[Path | str | None],
+) -> tuple[Path, dict[str, Any]] | None:
+    """Of checkpoint directories (``None`` entries skipped), the one whose ``state.pt`` records
+    the latest epoch, with that state; None when none reads whole.
+
+    Ordered by the ``epoch`` inside the state, never by the directory's name (Ray names them
+    by wall-clock time) nor by which one Ray registered: a driver killed after a checkpoint was
+    written, before Ray's snapshot, leaves the newest one unregistered. Unreadable (half
+    copied, or holding more than tensors and plain data) checkpoints are skipped. On equal
+    epochs the earlier candidate wins.
+    """
+    best: tuple[Path, dict[str, Any]] | None = None
+    seen: set[Path] = set()
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        path = Path(candidate)
+        if path.resolve() in seen or not (path / STATE_FILE).is_file():
+            continue
+        seen.add(path.resolve())
+        try:
+            state = load_state(path)
+            epoch = int(state["epoch"])
+        except Exception:  # a truncated file from a kill mid-copy: fall back to another one
+            continue
+        if best is None or epoch > int(best[1]["epoch"]):
+            best = (path, state)
+    return best
+
+
+def stage_checkpoints(directory: Path) -> list[Path]:
+    """The checkpoint directories Ray Train (or a killed run) left in a stage directory."""
+    return sorted(p for p in Path(directory).glob(CHECKPOINT_GLOB) if p.is_dir())
+
+
 def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest complete checkpoint an earlier (perhaps killed) run left in a stage directory.
+    """The newest complete checkpoint an earlier (perhaps killed) run left in a stage
+    directory, by its recorded epoch (see :func:`newest_state`).
 
     Ray restores from the checkpoints its controller registered, but a driver killed between
     writing a checkpoint and Ray's snapshot, or a worker killed right after writing one, leaves
-    a checkpoint Ray does not know about; this finds it. Unreadable (half
-    copied) checkpoints are skipped.
+    a checkpoint Ray does not know about; this finds it.
     """
-    candidates = sorted(
-        (p for p in directory.glob("checkpoint_*") if (p / STATE_FILE).is_file()), reverse=True
-    )
-    for candidate in candidates:
-        try:
-            load_state(candidate)
-        except Exception:  # a truncated file from a kill mid-copy: fall back to an older one
-            continue
-        return candidate
-    return None
+    found = newest_state(stage_checkpoints(directory))
+    return found[0] if found is not None else None
+
+
+def final_state(
+    registered: Path | str | None, stage_directory: Path, resumed_from: Path | str | None = None
+) -> dict[str, Any] | None:
+    """What a finished stage collects: the newest state by epoch among Ray's registered
+    checkpoint (``registered``), every complete checkpoint in ``stage_directory`` and the state
+    the stage continued from (``resumed_from``: PBT continuing a trial whose last epoch was the
+    final one trains nothing and ends with that state). None when there is none."""
+    found = newest_state([registered, *stage_checkpoints(stage_directory), resumed_from])
+    return found[1] if found is not None else None
 
 
 def restore(config: dict[str, Any], core: nn.Module, optimizer: Any, scheduler: Any) -> Resumed:
@@ -70,6 +115,7 @@ def restore(config: dict[str, Any], core: nn.Module, optimizer: Any, scheduler: 
             states.append(load_state(Path(path)))
     if not states:
         return Resumed()
+    # the first of equal epochs
     return apply_state(max(states, key=lambda s: int(s["epoch"])), core, optimizer, scheduler)
 
 

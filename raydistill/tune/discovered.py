@@ -9,11 +9,11 @@ job replay that lineage from epoch 0.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
+from raydistill.files import read_json
 from raydistill.tune.space import Dimension
 
 # job fields whose per-epoch value every history row records, by the schedule they belong to
@@ -32,7 +32,7 @@ def lineage_history(trials_dir: Path, trial_id: str) -> list[dict[str, Any]]:
     if not generations:
         return []
     _, newest = max(generations)
-    return json.loads((newest / "student" / "history.json").read_text())
+    return read_json(newest / "student" / "history.json", "stage history")
 
 
 def as_piecewise(values: list[float]) -> dict[str, Any]:

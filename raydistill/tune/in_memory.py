@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from raydistill.columns import INPUT, LABEL, TEACHER_LOGITS
 from raydistill.config import job_from_dict
 from raydistill.distill.distiller import Distiller, as_logits
+from raydistill.files import atomic_write_text
+from raydistill.rundir import RESULTS_MD
 from raydistill.tasks.classification import ClassificationTask
 from raydistill.train.context import LocalContext, LocalShard
 from raydistill.train.loop import run_epochs
@@ -270,5 +272,5 @@ def search_in_memory(
         metric=settings.metric,
         mode=settings.mode,
     )
-    (result.tune_dir / "results.md").write_text(result.table() + "\n")
+    atomic_write_text(result.tune_dir / RESULTS_MD, result.table() + "\n")
     return result

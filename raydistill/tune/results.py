@@ -125,6 +125,17 @@ def results_markdown(rows: list[TrialRow], metric: str, mode: str) -> str:
     return "\n".join(lines)
 
 
+def _save_figure(fig: Any, path: Path) -> None:
+    """Save a PNG whole or not at all (see :func:`raydistill.files.atomic_output`)."""
+    import io
+
+    from raydistill.files import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def write_plots(
     rows: list[TrialRow], alpha_of: Callable[[TrialRow], str], directory: Path, metric: str
 ) -> list[Path]:
@@ -150,7 +161,7 @@ def write_plots(
     ax.legend(fontsize="small")
     fig.tight_layout()
     search = directory / "search.png"
-    fig.savefig(search, dpi=100)
+    _save_figure(fig, search)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -164,6 +175,6 @@ def write_plots(
         ax.legend(fontsize="x-small")
     fig.tight_layout()
     curves = directory / "curves.png"
-    fig.savefig(curves, dpi=100)
+    _save_figure(fig, curves)
     plt.close(fig)
     return [search, curves]

@@ -8,9 +8,8 @@ plots and ``best.yaml``, a complete job that ``raydistill train`` runs as is.
 
 from __future__ import annotations
 
-import json
+import io
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +19,16 @@ from typing import Any
 import yaml
 
 from raydistill.config import JobConfig, JobError, TuneConfig, job_from_dict
+from raydistill.files import atomic_write_json, atomic_write_text, remove_owned_dir
 from raydistill.tune.discovered import discovered_schedules, lineage_history
 from raydistill.tune.in_memory import InMemoryResult
+from raydistill.tune.record import (
+    SEARCH_JOB,
+    SUMMARY_JSON,
+    check_search_job,
+    read_best_job,
+    record_search_job,
+)
 from raydistill.tune.results import (
     TrialRow,
     ranked,
@@ -38,7 +45,7 @@ TUNE_DIR = "tune"
 BEST_JOB = "best.yaml"
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
-SUMMARY_JSON = "summary.json"
+TUNER_STATE = "tuner.pkl"  # Ray Tune's own file in a search directory
 TRIAL_CPUS = 0.1  # the trial function only drives its TorchTrainer (a zero request is refused)
 
 
@@ -223,10 +230,16 @@ def run_tune(
     tune_dir = run_dir / TUNE_DIR
     if fresh and tune_dir.exists():
         log(f"--fresh: removing {tune_dir}")
-        shutil.rmtree(tune_dir)
+        remove_owned_dir(tune_dir, [SEARCH_JOB, TUNER_STATE], "search directory")
     splits = load_splits(job.data)
     started = time.perf_counter()
-    _check_resume(tune_dir, resume)  # before Ray starts: a wrong flag fails at once
+    # before Ray starts: a wrong flag, or a job changed under a resumed search, fails at once
+    _check_resume(tune_dir, resume)
+    base = _base_job(job)
+    if resume:
+        check_search_job(tune_dir, base, log)
+    else:
+        record_search_job(tune_dir, base)
     with ray_session(job, cpus=planned_tune_cpus(job)):
         weights = fit_teacher(job, splits, log)
         # one probe of the pair here, not one per trial: a mismatch fails before any trial
@@ -238,7 +251,7 @@ def run_tune(
             passes = manifest["teacher_forward_passes"] if built else 0
             cached = read_cache(job.cache_dir, manifest)
         context = TrialContext(
-            _base_job(job), str(weights.resolve()), str(tune_dir), settings, cached, shapes
+            base, str(weights.resolve()), str(tune_dir), settings, cached, shapes
         )
         # a trial asking for what no node has (a GPU on a laptop) fails here, not in each trial
         check_worker_resources(context.job({}, "resources"), log)
@@ -275,7 +288,7 @@ def run_tune(
             f"# {', '.join(schedules)}: the schedule(s) PBT discovered, as the best student "
             "trained with them; other searched fields: the trial's last values\n"
         )
-    best_path.write_text(header + yaml.safe_dump(best_raw, sort_keys=False))
+    atomic_write_text(best_path, header + yaml.safe_dump(best_raw, sort_keys=False))
     summary = TuneSummary(
         tune_dir=tune_dir,
         rows=rows,
@@ -288,11 +301,18 @@ def run_tune(
         seconds=time.perf_counter() - started,
         discovered=schedules,
     )
-    (tune_dir / RESULTS_MD).write_text(summary.table() + "\n")
-    _write_csv(rows, tune_dir / RESULTS_CSV)
-    summary.plots = write_plots(rows, context.alpha_of, tune_dir, settings.metric)
-    (tune_dir / SUMMARY_JSON).write_text(json.dumps(summary.as_dict(), indent=1))
+    write_results(summary, context.alpha_of)
     return summary
+
+
+def write_results(summary: TuneSummary, alpha_of: Callable[[TrialRow], str]) -> None:
+    """``results.md``, ``results.csv``, the plots and ``summary.json`` (each written whole or
+    not at all: a killed or full-disk write leaves the previous file)."""
+    tune_dir = summary.tune_dir
+    atomic_write_text(tune_dir / RESULTS_MD, summary.table() + "\n")
+    _write_csv(summary.rows, tune_dir / RESULTS_CSV)
+    summary.plots = write_plots(summary.rows, alpha_of, tune_dir, summary.metric)
+    atomic_write_json(tune_dir / SUMMARY_JSON, summary.as_dict())
 
 
 def _write_csv(rows: list[TrialRow], path: Path) -> None:
@@ -300,10 +320,11 @@ def _write_csv(rows: list[TrialRow], path: Path) -> None:
 
     records = [r.as_dict() for r in rows]
     columns = list(dict.fromkeys(k for rec in records for k in rec))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(records)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(records)
+    atomic_write_text(path, buffer.getvalue())
 
 
 @dataclass
@@ -396,7 +417,7 @@ class TemperatureSearch:
         assert self.job.tune is not None
         self.job.tune.num_samples = trials
         summary = run_tune(self.job, resume=resume, fresh=fresh, log=log)
-        best = job_from_dict(yaml.safe_load(summary.best_job.read_text()), str(summary.best_job))
+        best = read_best_job(summary.best_job)
         return TemperatureSearchResult(
             temperature=best.distill.temperature.start,
             alpha=best.distill.alpha.start
