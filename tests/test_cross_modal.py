@@ -109,6 +109,65 @@ def test_mapping_and_student_train_jointly_and_the_teacher_stays_frozen():
         torch.testing.assert_close(value, before[key])
 
 
+def test_feature_grad_scale_scales_only_the_alignment_gradient_into_the_student():
+    images, ids = torch.randn(4, 1, 6, 6), torch.randint(0, 20, (4, 5))
+    labels = torch.tensor([0, 1, 2, 1])
+
+    def grads(scale: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+        torch.manual_seed(0)
+        distiller = CrossModalDistiller(
+            ImageNet(),
+            TextNet(),
+            nn.Linear(5, 6),
+            feature_layers={"embed_out": "conv"},
+            alpha=0.0,
+            feature_weight=1.0,
+            feature_grad_scale=scale,
+        )
+        out = distiller.step(ids, labels, teacher_inputs=images)
+        out.total.backward()
+        embed = distiller.student.embed.weight.grad
+        mapping = distiller.adapters["embed_out"].net.weight.grad
+        assert embed is not None and mapping is not None
+        return embed.clone(), mapping.clone(), out.total.item()
+
+    embed_1, mapping_1, total_1 = grads(1.0)
+    embed_h, mapping_h, total_h = grads(0.5)
+    embed_0, mapping_0, total_0 = grads(0.0)
+    assert total_1 == total_h == total_0  # the value is unchanged, only its gradient
+    # embed grad = hard part + scale * alignment part: 0.5 lies halfway between 0 and 1
+    assert not torch.allclose(embed_1, embed_0)
+    torch.testing.assert_close(embed_h, (embed_1 + embed_0) / 2)
+    # the mapping learns from the alignment at full strength whatever the scale
+    torch.testing.assert_close(mapping_h, mapping_1)
+    torch.testing.assert_close(mapping_0, mapping_1)
+    # at 0 the student's embedding gets the cross entropy's gradient only
+    torch.manual_seed(0)
+    _, student = ImageNet(), TextNet()  # the same draws as in grads()
+    nn.functional.cross_entropy(student(ids), labels).backward()
+    torch.testing.assert_close(embed_0, student.embed.weight.grad)
+
+
+def test_cross_modal_job_keeps_feature_grad_scale(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from raydistill.config import load_job
+    from raydistill.data.captions import write_captions
+
+    root = Path(__file__).resolve().parents[1]
+    write_captions(tmp_path / "data" / "captions")
+    monkeypatch.chdir(tmp_path)
+    job = load_job(root / "jobs" / "cross-modal.yaml", ["distill.feature_grad_scale=0.25"])
+    distiller = CrossModalDistiller.from_config(
+        job.distill,
+        TextNet(),
+        ImageNet(),
+        total_epochs=job.train.epochs,
+        feature_layers=[("embed_out", "conv")],
+    )
+    assert distiller.feature_grad_scale == 0.25
+
+
 def test_bad_setups_are_refused():
     with pytest.raises(ValueError, match="aligns features"):
         CrossModalDistiller(ImageNet(), TextNet(), feature_layers=[])

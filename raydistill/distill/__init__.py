@@ -7,27 +7,42 @@ from raydistill.distill.adapters import (
     PoolLinearAdapter,
     build_adapter,
 )
-from raydistill.distill.cross_modal import CrossModalDistiller, ModalMapping, build_modal_mapping
+from raydistill.distill.cross_modal import (
+    ALIGNMENT_TERMS,
+    CrossModalDistiller,
+    ModalMapping,
+    build_modal_mapping,
+)
 from raydistill.distill.distiller import Distiller, DistillLoss
-from raydistill.distill.losses import (
-    DistillMethod,
+from raydistill.distill.feature_losses import (
+    AttentionVariant,
     FeatureLossKind,
     attention_loss,
+    attention_loss_reference,
     attention_map,
-    combine,
     cosine_feature_loss,
+    feature_loss,
+)
+from raydistill.distill.losses import (
+    DistillMethod,
+    combine,
     dkd_loss,
     dkd_terms,
-    feature_loss,
     hard_loss,
     scale_grad,
     soft_target_loss,
+    weighted_sum,
 )
 from raydistill.distill.schedules import Schedule, ScheduleLike, as_schedule
 from raydistill.distill.taps import FeatureTap, feature_shapes
+from raydistill.distill.terms import FEATURE_TERMS, SOFT_TERMS, FeatureTerm, SoftTerm
 from raydistill.distill.weighting import WeightingKind, sample_weights
 
 __all__ = [
+    "ALIGNMENT_TERMS",
+    "FEATURE_TERMS",
+    "SOFT_TERMS",
+    "AttentionVariant",
     "ConvAdapter",
     "CrossModalDistiller",
     "DistillLoss",
@@ -35,14 +50,17 @@ __all__ = [
     "Distiller",
     "FeatureLossKind",
     "FeatureTap",
+    "FeatureTerm",
     "LinearAdapter",
     "ModalMapping",
     "PoolLinearAdapter",
     "Schedule",
     "ScheduleLike",
+    "SoftTerm",
     "WeightingKind",
     "as_schedule",
     "attention_loss",
+    "attention_loss_reference",
     "attention_map",
     "build_adapter",
     "build_modal_mapping",
@@ -56,4 +74,5 @@ __all__ = [
     "sample_weights",
     "scale_grad",
     "soft_target_loss",
+    "weighted_sum",
 ]

@@ -9,16 +9,55 @@ the teacher's knowledge is projected into it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raydistill.distill.distiller import Distiller, DistillLoss, Inputs, _adapter_key, as_logits
+from raydistill.distill.distiller import Distiller, DistillLoss
+from raydistill.distill.losses import scale_grad
+from raydistill.distill.model_io import Inputs, adapter_key, as_logits
+from raydistill.distill.settings import keywords_from_settings
 from raydistill.distill.taps import _call, feature_shapes
 
+if TYPE_CHECKING:
+    from raydistill.config.distill import DistillConfig
+
 ModalMappingKind = Literal["linear", "mlp"]
+
+
+def _centred(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+    # Centred over the batch: a jointly trained mapping could otherwise send every teacher
+    # embedding to one direction and the student would follow, aligning perfectly while its
+    # embeddings collapse. Only per-sample variation is aligned.
+    s, t = student.float().flatten(1), teacher.float().flatten(1)
+    if len(s) > 1:
+        s, t = s - s.mean(0, keepdim=True), t - t.mean(0, keepdim=True)
+    return s, t
+
+
+def centred_cosine(student: Tensor, teacher: Tensor) -> Tensor:
+    """``1 - cos`` between batch-centred embeddings [N, D], averaged over the batch. Unlike
+    the Distiller's feature losses the teacher side is not detached: it is the output of the
+    trainable modal mapping (the teacher itself stays frozen, under no_grad)."""
+    s, t = _centred(student, teacher)
+    return (1 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()
+
+
+def centred_mse(student: Tensor, teacher: Tensor) -> Tensor:
+    """Mean squared error between batch-centred embeddings [N, D] (teacher side not
+    detached, as in :func:`centred_cosine`)."""
+    s, t = _centred(student, teacher)
+    return F.mse_loss(s, t)
+
+
+ALIGNMENT_TERMS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "mse": centred_mse,
+    "cosine": centred_cosine,
+}
+"""``distill.feature_loss`` of a cross-modal job -> how the student embedding and the mapped
+teacher embedding are aligned (the job schema allows exactly these)."""
 
 
 class ModalMapping(nn.Module):
@@ -71,7 +110,8 @@ class CrossModalDistiller(Distiller):
     (``cosine`` by default, or ``mse``), both centred over the batch (so a collapsed, constant
     embedding earns nothing), and ``soft`` is KD over the shared label space (set
     ``alpha=0`` when teacher and student do not share labels). Teacher and student take
-    different inputs: :meth:`step` takes both.
+    different inputs: :meth:`step` takes both. ``feature_grad_scale`` scales the alignment's
+    gradient into the student (the mapping gets the full gradient).
 
     Args:
         teacher: the frozen teacher (e.g. an image classifier), or None when its outputs come
@@ -98,8 +138,9 @@ class CrossModalDistiller(Distiller):
         alpha: float | Any = 0.5,
         **kwargs: Any,
     ) -> None:
-        if feature_loss not in ("mse", "cosine"):
-            raise ValueError(f"cross-modal alignment is mse or cosine, not {feature_loss!r}")
+        if feature_loss not in ALIGNMENT_TERMS:
+            kinds = " or ".join(ALIGNMENT_TERMS)
+            raise ValueError(f"cross-modal alignment is {kinds}, not {feature_loss!r}")
         super().__init__(
             student,
             teacher,
@@ -118,11 +159,34 @@ class CrossModalDistiller(Distiller):
                     "one modal_mapping module serves one feature pair; pass 'linear' or 'mlp'"
                 )
             student_layer = self.feature_pairs[0][0]
-            self.adapters = nn.ModuleDict(
-                {_adapter_key(student_layer): ModalMapping(modal_mapping)}
-            )
+            self.adapters = nn.ModuleDict({adapter_key(student_layer): ModalMapping(modal_mapping)})
         else:
             self.mapping_kind = modal_mapping
+
+    @classmethod
+    def from_config(  # type: ignore[override]
+        cls,
+        distill: DistillConfig,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        *,
+        total_epochs: int,
+        feature_layers: list[tuple[str, str]] | None = None,
+    ) -> CrossModalDistiller:
+        """The cross-modal Distiller of a job's ``distill`` section, with the modal mapping
+        ``distill.modal_mapping`` (null: ``linear``), sized in :meth:`build_adapters`.
+
+        Arguments as in :meth:`Distiller.from_config`; ``feature_layers`` must name at least
+        one (student embedding, teacher feature) pair.
+        """
+        return cls(
+            teacher,
+            student,
+            distill.modal_mapping or "linear",
+            feature_layers=feature_layers or [],
+            total_epochs=total_epochs,
+            **keywords_from_settings(distill),
+        )
 
     def _adapter(self, student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module:
         if self.mapping_kind is None:
@@ -134,7 +198,7 @@ class CrossModalDistiller(Distiller):
         ``student_shapes``/``teacher_shapes``, or a dry forward of ``example_input`` (a
         ``(student_input, teacher_input)`` pair here, as the modalities differ)."""
         if self.mapping_kind is None:
-            return {s: repr(self.adapters[_adapter_key(s)]) for s, _ in self.feature_pairs}
+            return {s: repr(self.adapters[adapter_key(s)]) for s, _ in self.feature_pairs}
         if example_input is not None:
             student_input, teacher_input = example_input  # type: ignore[misc]
             shapes.setdefault(
@@ -150,7 +214,8 @@ class CrossModalDistiller(Distiller):
 
     def forward(self, inputs: Inputs) -> tuple[Tensor, dict[str, Tensor]]:
         """The student's logits [N, C] and its raw embeddings keyed by TEACHER layer name
-        ([N, D_s] each); the mapping runs on the teacher side, in :meth:`loss`."""
+        ([N, D_s] each, their gradient from the alignment scaled by ``feature_grad_scale``);
+        the mapping runs on the teacher side, in :meth:`loss`."""
         tap = self._student_tap
         assert tap is not None
         if len(self.adapters) != len(self.feature_pairs):
@@ -158,7 +223,8 @@ class CrossModalDistiller(Distiller):
         tap.clear()
         logits = as_logits(_call(self.student, inputs))
         try:
-            features = {t: tap.features[s] for s, t in self.feature_pairs}
+            scale = self.feature_grad_scale
+            features = {t: scale_grad(tap.features[s], scale) for s, t in self.feature_pairs}
         except KeyError as exc:
             raise ValueError(f"student layer {exc.args[0]!r} produced no output") from None
         finally:
@@ -175,9 +241,9 @@ class CrossModalDistiller(Distiller):
     ) -> DistillLoss:
         """As :meth:`Distiller.loss`, with the teacher's features first mapped into the
         student's space (the mapping's gradient trains it jointly with the student)."""
-        if teacher_features is not None:
+        if teacher_features is not None and self.feature_weight != 0:
             teacher_features = {
-                t: self.adapters[_adapter_key(s)](teacher_features[t].to(student_logits.device))
+                t: self.adapters[adapter_key(s)](teacher_features[t].to(student_logits.device))
                 for s, t in self.feature_pairs
                 if t in teacher_features
             }
@@ -186,17 +252,7 @@ class CrossModalDistiller(Distiller):
         )
 
     def _feature_term(self, student: Tensor, teacher: Tensor) -> Tensor:
-        # Unlike Distiller's feature losses, the teacher side is not detached: it is the output
-        # of the trainable modal mapping (the teacher itself stays frozen, under no_grad).
-        s, t = student.float().flatten(1), teacher.float().flatten(1)
-        if len(s) > 1:
-            # Centred over the batch: a jointly trained mapping could otherwise send every
-            # teacher embedding to one direction and the student would follow, aligning
-            # perfectly while its embeddings collapse. Only per-sample variation is aligned.
-            s, t = s - s.mean(0, keepdim=True), t - t.mean(0, keepdim=True)
-        if self.feature_loss_kind == "cosine":
-            return (1 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()
-        return F.mse_loss(s, t)
+        return ALIGNMENT_TERMS[self.settings.feature_loss](student, teacher)
 
     def step(  # type: ignore[override]
         self, inputs: Inputs, labels: Tensor, teacher_inputs: Inputs | None = None

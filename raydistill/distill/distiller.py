@@ -4,39 +4,41 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from raydistill.distill.adapters import ConvAdapter, build_adapter
-from raydistill.distill.losses import (
-    DistillMethod,
-    FeatureLossKind,
-    attention_loss,
-    combine,
-    cosine_feature_loss,
-    dkd_loss,
-    feature_loss,
-    hard_loss,
-    scale_grad,
-    soft_target_loss,
+from raydistill.distill.feature_losses import AttentionVariant, FeatureLossKind
+from raydistill.distill.losses import DistillMethod, hard_loss, scale_grad, weighted_sum
+from raydistill.distill.model_io import Inputs, adapter_key, as_logits, module_device, to_device
+from raydistill.distill.schedules import Schedule
+from raydistill.distill.settings import (
+    feature_pairs,
+    keywords_from_settings,
+    settings_from_keywords,
 )
-from raydistill.distill.schedules import Schedule, as_schedule
 from raydistill.distill.taps import FeatureTap, _call, feature_shapes
+from raydistill.distill.terms import FEATURE_TERMS, SOFT_TERMS
 from raydistill.distill.weighting import WeightingKind, sample_weights
 
-Inputs = Tensor | Mapping[str, Any]
+if TYPE_CHECKING:
+    from raydistill.config.distill import DistillConfig
+
+# Kept importable from here: the loop and the in-memory search read them from this module.
+__all__ = ["DistillLoss", "Distiller", "Inputs", "as_logits"]
 
 
 @dataclass
 class DistillLoss:
     """The terms of one distillation loss evaluation.
 
-    ``total``, ``soft``, ``hard`` and ``feature`` are scalar tensors (zeros when a term is off);
-    ``soft`` (the KD or DKD term) and ``hard`` are in nats, ``feature`` in the units of the
-    feature loss (squared feature units for MSE, dimensionless for AT and cosine). ``weights``
-    are the per-sample soft-loss weights [N], or None without dynamic weighting.
+    ``total``, ``soft``, ``hard`` and ``feature`` are scalar tensors; ``soft`` (the KD or DKD
+    term) and ``hard`` are in nats, ``feature`` in the units of the feature loss (squared feature
+    units for MSE, dimensionless for AT and cosine). A soft or feature term whose weight is 0 is
+    not computed and reads 0; ``hard`` (the cross entropy) is always computed, and left out of
+    ``total`` at weight 0. ``weights`` are the per-sample soft-loss weights [N], or None without
+    dynamic weighting.
     """
 
     total: Tensor
@@ -55,67 +57,21 @@ class DistillLoss:
         }
 
 
-def _feature_pairs(
-    layers: Sequence[str] | Mapping[str, str] | Sequence[tuple[str, str]] | None,
-) -> list[tuple[str, str]]:
-    if layers is None:
-        return []
-    if isinstance(layers, str):
-        raise TypeError("feature_layers must be a sequence of names or pairs, not a single string")
-    if isinstance(layers, Mapping):
-        return [(str(s), str(t)) for s, t in layers.items()]
-    pairs: list[tuple[str, str]] = []
-    for item in layers:
-        if isinstance(item, str):
-            pairs.append((item, item))
-        elif isinstance(item, (tuple, list)) and len(item) == 2:
-            pairs.append((str(item[0]), str(item[1])))
-        elif hasattr(item, "student") and hasattr(item, "teacher"):
-            # A config object such as the job file's {student: ..., teacher: ...} pair.
-            pairs.append((str(item.student), str(item.teacher)))
-        else:
-            raise TypeError(
-                f"feature layer {item!r} is neither a name nor a (student, teacher) pair"
-            )
-    return pairs
-
-
-def _adapter_key(student_layer: str) -> str:
-    # nn.ModuleDict keys may not contain dots.
-    return student_layer.replace(".", "__")
-
-
-def _module_device(module: nn.Module) -> torch.device | None:
-    for tensor in [*module.parameters(), *module.buffers()]:
-        return tensor.device
-    return None
-
-
-def _to_device(inputs: Inputs, device: torch.device | None) -> Inputs:
-    if device is None:
-        return inputs
-    if isinstance(inputs, Mapping):
-        return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
-    return inputs.to(device)
-
-
-def as_logits(output: Any) -> Tensor:
-    """A model's output as its logits [N, C]: the tensor itself, or its ``.logits``
-    (Hugging Face outputs)."""
-    logits = output.logits if hasattr(output, "logits") else output
-    if not isinstance(logits, Tensor):
-        raise TypeError(f"the model returned {type(output).__name__}, not logits [N, C]")
-    return logits
+FeatureLayers = Sequence[str] | Mapping[str, str] | Sequence[tuple[str, str]]
 
 
 class Distiller(nn.Module):
     """A student plus the distillation objective
     ``alpha * soft + (1 - alpha) * hard + feature_weight * feature``, where ``soft`` is the KD
-    term or, with ``method="dkd"``, the decoupled KD term.
+    term or, with ``method="dkd"``, the decoupled KD term. A term whose weight is 0 is skipped.
 
     Only the student and the feature adapters are submodules: the teacher is held outside the
     module tree, so ``parameters()``, ``state_dict()``, ``.to()`` and DDP never see it. It is put
     in eval mode with ``requires_grad=False``.
+
+    The keywords are the job's ``distill`` fields and are validated by that section of the
+    schema (:class:`~raydistill.config.DistillConfig`, kept as :attr:`settings`);
+    :meth:`from_config` builds a Distiller from the section itself.
 
     Args:
         student: the model being trained; maps inputs to logits [N, C] (or an object with
@@ -128,18 +84,25 @@ class Distiller(nn.Module):
             names (same name on both sides), a mapping student -> teacher, or (student, teacher)
             pairs.
         feature_weight: weight of the feature term (>= 0).
-        method: the soft term: ``kd`` (soft targets) or ``dkd`` (decoupled KD,
-            ``dkd_alpha * TCKD + dkd_beta * NCKD``, both times T^2).
-        dkd_alpha: DKD's weight of the target-class term (>= 0).
-        dkd_beta: DKD's weight of the non-target-class term (>= 0).
-        feature_loss: ``mse`` (adapted features), ``at`` (attention transfer: feature maps
-            only, the adapter just resizes the student map; channel counts may differ) or
-            ``cosine`` (1 - cosine similarity of adapted features).
-        attention_p: the exponent p of the attention maps ``sum_c |A_c|**p`` (``at`` only).
         feature_grad_scale: factor on the feature term's gradient into the student's backbone
             (the adapters get the full gradient); 0 trains only the adapters on it.
         weighting: dynamic per-sample weighting of the soft term.
         total_epochs: the run's length, sizing linear/cosine schedules without ``epochs``.
+        method: the soft term: ``kd`` (soft targets) or ``dkd`` (decoupled KD,
+            ``dkd_alpha * TCKD + dkd_beta * NCKD``, both times T^2).
+        dkd_alpha: DKD's weight of the target-class term (>= 0).
+        dkd_beta: DKD's weight of the non-target-class term (>= 0).
+        dkd_warmup: epochs over which the DKD term ramps up, ``min((epoch + 1) / warmup, 1)``
+            for the 0-based epoch (0: off; mdistiller: 20).
+        dkd_ce_weight: the cross entropy's weight with DKD in place of ``1 - alpha`` (None:
+            ``1 - alpha``; mdistiller: 1.0 with ``alpha=1``).
+        feature_loss: ``mse`` (adapted features), ``at`` (attention transfer: feature maps
+            only, the adapter at most resizes the student map; channel counts may differ) or
+            ``cosine`` (1 - cosine similarity of adapted features).
+        attention_p: the exponent p of the attention maps ``sum_c |A_c|**p`` (``at`` only).
+        attention_variant: ``sum`` (summed over positions, the student's map resized to the
+            teacher's) or ``reference`` (the authors' code: averaged over positions, the larger
+            map pooled down), ``at`` only.
     """
 
     def __init__(
@@ -149,7 +112,7 @@ class Distiller(nn.Module):
         *,
         temperature: float | Schedule | dict[str, Any] = 4.0,
         alpha: float | Schedule | dict[str, Any] = 0.9,
-        feature_layers: Sequence[str] | Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        feature_layers: FeatureLayers | None = None,
         feature_weight: float = 0.0,
         feature_grad_scale: float = 1.0,
         weighting: WeightingKind = "none",
@@ -157,56 +120,36 @@ class Distiller(nn.Module):
         method: DistillMethod = "kd",
         dkd_alpha: float = 1.0,
         dkd_beta: float = 8.0,
+        dkd_warmup: int = 0,
+        dkd_ce_weight: float | None = None,
         feature_loss: FeatureLossKind = "mse",
         attention_p: float = 2.0,
+        attention_variant: AttentionVariant = "sum",
     ) -> None:
         super().__init__()
-        if method not in get_args(DistillMethod):
-            raise ValueError(f"unknown method {method!r}; expected kd or dkd")
-        if dkd_alpha < 0 or dkd_beta < 0:
-            raise ValueError(f"dkd alpha and beta must be >= 0, got {dkd_alpha} and {dkd_beta}")
-        if feature_loss not in get_args(FeatureLossKind):
-            raise ValueError(f"unknown feature_loss {feature_loss!r}; expected mse, at or cosine")
-        if not attention_p > 0:
-            raise ValueError(f"attention_p must be > 0, got {attention_p}")
         if teacher is student:
             raise ValueError("teacher and student are the same module; the teacher gets frozen")
-        if feature_weight < 0:
-            raise ValueError(f"feature_weight must be >= 0, got {feature_weight}")
-        if feature_grad_scale < 0:
-            raise ValueError(f"feature_grad_scale must be >= 0, got {feature_grad_scale}")
-        if weighting not in get_args(WeightingKind):
-            raise ValueError(
-                f"unknown weighting {weighting!r}; expected one of {get_args(WeightingKind)}"
-            )
-        if total_epochs is not None and total_epochs < 1:
-            raise ValueError(f"total_epochs must be >= 1, got {total_epochs}")
+        self.settings: DistillConfig = settings_from_keywords(
+            total_epochs,
+            temperature=temperature,
+            alpha=alpha,
+            feature_weight=feature_weight,
+            feature_grad_scale=feature_grad_scale,
+            weighting=weighting,
+            method=method,
+            dkd_alpha=dkd_alpha,
+            dkd_beta=dkd_beta,
+            dkd_warmup=dkd_warmup,
+            dkd_ce_weight=dkd_ce_weight,
+            feature_loss=feature_loss,
+            attention_p=attention_p,
+            attention_variant=attention_variant,
+        )
         self.student = student
-        self.temperature_schedule: Schedule = as_schedule(temperature)
-        self.alpha_schedule: Schedule = as_schedule(alpha)
         self.total_epochs = total_epochs
-        self.feature_weight = float(feature_weight)
-        self.feature_grad_scale = float(feature_grad_scale)
-        self.weighting: WeightingKind = weighting
-        self.method: DistillMethod = method
-        self.dkd_alpha = float(dkd_alpha)
-        self.dkd_beta = float(dkd_beta)
-        self.feature_loss_kind: FeatureLossKind = feature_loss
-        self.attention_p = float(attention_p)
         self.epoch = 0
-        self._check_schedules()
 
-        self.feature_pairs: list[tuple[str, str]] = _feature_pairs(feature_layers)
-        for side, names in (
-            ("student", [s for s, _ in self.feature_pairs]),
-            ("teacher", [t for _, t in self.feature_pairs]),
-        ):
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            if dupes:
-                raise ValueError(f"{side} layers {dupes} appear in more than one feature pair")
-        keys = [_adapter_key(s) for s, _ in self.feature_pairs]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"student layers {keys} collide once '.' is replaced by '__'")
+        self.feature_pairs: list[tuple[str, str]] = feature_pairs(feature_layers)
         self.adapters = nn.ModuleDict()
 
         # Plain attributes (not submodules): the taps hold hooks, not parameters.
@@ -222,25 +165,73 @@ class Distiller(nn.Module):
             if self.feature_pairs:
                 self._teacher_tap = FeatureTap(teacher, [t for _, t in self.feature_pairs])
 
-    def _check_schedules(self) -> None:
-        # Fails early on a linear/cosine schedule without a length, and on out-of-range values
-        # when the run length is known.
-        epochs = self.total_epochs or 1
-        temps = [self.temperature_schedule.value(e, self.total_epochs) for e in range(epochs)]
-        alphas = [self.alpha_schedule.value(e, self.total_epochs) for e in range(epochs)]
-        if min(temps) <= 0:
-            raise ValueError(f"temperature must stay > 0, reaches {min(temps):g}")
-        if min(alphas) < 0 or max(alphas) > 1:
-            bad = min(alphas) if min(alphas) < 0 else max(alphas)
-            raise ValueError(f"alpha must stay within [0, 1], reaches {bad:g}")
+    @classmethod
+    def from_config(
+        cls,
+        distill: DistillConfig,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        *,
+        total_epochs: int,
+        feature_layers: list[tuple[str, str]] | None = None,
+    ) -> Distiller:
+        """The Distiller of a job's ``distill`` section.
+
+        Args:
+            distill: the section (its temperature, alpha, method and dkd, feature weight,
+                loss, grad scale and weighting; the data-plane fields are not read here).
+            student: the model trained.
+            teacher: a frozen teacher in this process, or None when its outputs arrive with the
+                rows.
+            total_epochs: the stage's epochs (sizes the schedules).
+            feature_layers: the (student layer, teacher layer) pairs this stage matches; None
+                matches none (a teacher or baseline stage; ``distill.feature_layers`` is not
+                read, the stage decides).
+        """
+        return cls(
+            student,
+            teacher,
+            feature_layers=feature_layers,
+            total_epochs=total_epochs,
+            **keywords_from_settings(distill),
+        )
 
     @property
     def teacher(self) -> nn.Module | None:
         """The frozen teacher (not a submodule), or None."""
         return self._teacher  # type: ignore[no-any-return]
 
+    @property
+    def method(self) -> str:
+        """The soft term's method (``kd`` or ``dkd``)."""
+        return self.settings.method
+
+    @property
+    def feature_loss_kind(self) -> str:
+        """How matched features are compared (``mse``, ``at`` or ``cosine``)."""
+        return self.settings.feature_loss
+
+    @property
+    def feature_weight(self) -> float:
+        """The feature term's weight (>= 0; validated on assignment)."""
+        return self.settings.feature_weight
+
+    @feature_weight.setter
+    def feature_weight(self, value: float) -> None:
+        self.settings.feature_weight = value
+
+    @property
+    def feature_grad_scale(self) -> float:
+        """The factor on the feature term's gradient into the backbone (validated on
+        assignment)."""
+        return self.settings.feature_grad_scale
+
+    @feature_grad_scale.setter
+    def feature_grad_scale(self, value: float) -> None:
+        self.settings.feature_grad_scale = value
+
     def set_epoch(self, epoch: int) -> None:
-        """Move the temperature and alpha schedules to 0-based ``epoch``."""
+        """Move the temperature and alpha schedules (and DKD's warm-up) to 0-based ``epoch``."""
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self.epoch = int(epoch)
@@ -248,12 +239,12 @@ class Distiller(nn.Module):
     @property
     def temperature(self) -> float:
         """The temperature T at the current epoch (dimensionless, > 0)."""
-        return self.temperature_schedule.value(self.epoch, self.total_epochs)
+        return self.settings.temperature.value(self.epoch, self.total_epochs)
 
     @property
     def alpha(self) -> float:
         """The soft-term weight alpha at the current epoch, in [0, 1]."""
-        return self.alpha_schedule.value(self.epoch, self.total_epochs)
+        return self.settings.alpha.value(self.epoch, self.total_epochs)
 
     def build_adapters(
         self,
@@ -271,30 +262,12 @@ class Distiller(nn.Module):
         """
         if not self.feature_pairs:
             return {}
-        student_layers = [s for s, _ in self.feature_pairs]
-        teacher_layers = [t for _, t in self.feature_pairs]
         if student_shapes is None:
-            if example_input is None:
-                raise ValueError("build_adapters needs example_input or student_shapes")
-            student_shapes = feature_shapes(
-                self.student,
-                student_layers,
-                _to_device(example_input, _module_device(self.student)),
-            )
-            if self._student_tap is not None:
-                self._student_tap.clear()
+            student_shapes = self._dry_shapes(self.student, 0, example_input, "student_shapes")
         if teacher_shapes is None:
             if self.teacher is None:
                 raise ValueError("without a teacher, build_adapters needs teacher_shapes")
-            if example_input is None:
-                raise ValueError("build_adapters needs example_input or teacher_shapes")
-            teacher_shapes = feature_shapes(
-                self.teacher,
-                teacher_layers,
-                _to_device(example_input, _module_device(self.teacher)),
-            )
-            if self._teacher_tap is not None:
-                self._teacher_tap.clear()
+            teacher_shapes = self._dry_shapes(self.teacher, 1, example_input, "teacher_shapes")
         adapters = nn.ModuleDict()
         for s, t in self.feature_pairs:
             if s not in student_shapes:
@@ -302,7 +275,7 @@ class Distiller(nn.Module):
             if t not in teacher_shapes:
                 raise ValueError(f"no shape given for teacher layer {t!r}")
             try:
-                adapters[_adapter_key(s)] = self._adapter(student_shapes[s], teacher_shapes[t])
+                adapters[adapter_key(s)] = self._adapter(student_shapes[s], teacher_shapes[t])
             except ValueError as err:
                 raise ValueError(f"feature pair {s!r} -> {t!r}: {err}") from err
         reference = next(iter([*self.student.parameters(), *self.student.buffers()]), None)
@@ -311,20 +284,24 @@ class Distiller(nn.Module):
             if reference.is_floating_point():
                 adapters.to(dtype=reference.dtype)
         self.adapters = adapters
-        return {s: repr(adapters[_adapter_key(s)]) for s, _ in self.feature_pairs}
+        return {s: repr(adapters[adapter_key(s)]) for s, _ in self.feature_pairs}
+
+    def _dry_shapes(
+        self, model: nn.Module, side: int, example_input: Inputs | None, what: str
+    ) -> dict[str, tuple[int, ...]]:
+        """The tapped shapes of one side (0: student, 1: teacher) from a dry forward."""
+        if example_input is None:
+            raise ValueError(f"build_adapters needs example_input or {what}")
+        layers = [pair[side] for pair in self.feature_pairs]
+        shapes = feature_shapes(model, layers, to_device(example_input, module_device(model)))
+        tap = self._teacher_tap if side else self._student_tap
+        if tap is not None:
+            tap.clear()
+        return shapes
 
     def _adapter(self, student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module:
-        if self.feature_loss_kind != "at":
-            return build_adapter(student_shape, teacher_shape)
-        if len(student_shape) != 3 or len(teacher_shape) != 3:
-            raise ValueError(
-                f"feature_loss 'at' needs feature maps (C, H, W) on both sides, got student "
-                f"{tuple(student_shape)} and teacher {tuple(teacher_shape)}"
-            )
-        # Attention maps are summed over channels, so only the spatial size has to match: no
-        # 1x1 projection (which would let the adapter, not the student, learn the attention).
-        c, h, w = (int(d) for d in student_shape)
-        return ConvAdapter(c, c, (h, w), (int(teacher_shape[1]), int(teacher_shape[2])))
+        term = FEATURE_TERMS[self.settings.feature_loss]
+        return term.adapter(student_shape, teacher_shape, self.settings)
 
     def forward(self, inputs: Inputs) -> tuple[Tensor, dict[str, Tensor]]:
         """Run the student.
@@ -352,7 +329,7 @@ class Distiller(nn.Module):
                     if s not in tap.features:
                         raise ValueError(f"student layer {s!r} produced no output in the forward")
                     feature = scale_grad(tap.features[s], self.feature_grad_scale)
-                    features[t] = self.adapters[_adapter_key(s)](feature)
+                    features[t] = self.adapters[adapter_key(s)](feature)
             finally:
                 tap.clear()
         return logits, features
@@ -372,7 +349,7 @@ class Distiller(nn.Module):
         device = first.device if isinstance(first, Tensor) else None
         try:
             with torch.no_grad():
-                logits = as_logits(_call(teacher, _to_device(inputs, _module_device(teacher))))
+                logits = as_logits(_call(teacher, to_device(inputs, module_device(teacher))))
                 features = dict(tap.features) if tap is not None else {}
         finally:
             if tap is not None:
@@ -397,8 +374,8 @@ class Distiller(nn.Module):
             labels: [N] integer class indices.
             teacher_logits: [N, C], or None for baseline training (total = cross entropy).
             student_features: adapted student features keyed by teacher layer name (from
-                :meth:`forward`).
-            teacher_features: teacher features keyed by teacher layer name.
+                :meth:`forward`); not read when the feature weight is 0.
+            teacher_features: teacher features keyed by teacher layer name; likewise.
         """
         hard = hard_loss(student_logits, labels)
         zero = hard.new_zeros(())
@@ -410,52 +387,52 @@ class Distiller(nn.Module):
                 f"{list(teacher_logits.shape)} differ in shape"
             )
         teacher_logits = teacher_logits.to(student_logits.device)
-        temperature = self.temperature
-        weights = sample_weights(
-            self.weighting, student_logits, teacher_logits, labels, temperature
-        )
-        if self.method == "dkd":
-            soft = dkd_loss(
-                student_logits,
-                teacher_logits,
-                labels,
-                temperature,
-                self.dkd_alpha,
-                self.dkd_beta,
-                weights,
+        term = SOFT_TERMS[self.settings.method]
+        soft_weight, hard_weight = term.weights(self.settings, self.alpha, self.epoch)
+        soft, weights = zero, None
+        if soft_weight != 0:
+            temperature = self.temperature
+            weights = sample_weights(
+                self.settings.weighting, student_logits, teacher_logits, labels, temperature
             )
-        else:
-            soft = soft_target_loss(student_logits, teacher_logits, temperature, weights)
-        feature: Tensor | None = None
-        if self.feature_pairs:
-            for name, given in (("student", student_features), ("teacher", teacher_features)):
-                if given is None:
-                    raise ValueError(f"feature layers are set but no {name}_features were given")
-            assert student_features is not None and teacher_features is not None
-            terms = []
-            for _, t in self.feature_pairs:
-                for name, given in (("student", student_features), ("teacher", teacher_features)):
-                    if t not in given:
-                        raise ValueError(
-                            f"{name}_features lack teacher layer {t!r} (have {sorted(given)})"
-                        )
-                terms.append(self._feature_term(student_features[t], teacher_features[t]))
-            feature = torch.stack(terms).mean()
-        total = combine(soft, hard, self.alpha, feature, self.feature_weight)
-        return DistillLoss(
-            total=total,
-            soft=soft,
-            hard=hard,
-            feature=feature if feature is not None else zero,
-            weights=weights,
+            soft = term.loss(
+                student_logits, teacher_logits, labels, temperature, weights, self.settings
+            )
+        feature = zero
+        if self.feature_pairs and self.feature_weight != 0:
+            feature = self._feature_mean(student_features, teacher_features)
+        total = weighted_sum(
+            [(hard_weight, hard), (soft_weight, soft), (self.feature_weight, feature)]
         )
+        if self.feature_pairs and self.feature_weight == 0:
+            # The adapters stay in the autograd graph without their term: DDP errors on
+            # parameters that get no gradient.
+            for param in self.adapters.parameters():
+                total = total + 0.0 * param.sum()
+        return DistillLoss(total=total, soft=soft, hard=hard, feature=feature, weights=weights)
+
+    def _feature_mean(
+        self,
+        student_features: Mapping[str, Tensor] | None,
+        teacher_features: Mapping[str, Tensor] | None,
+    ) -> Tensor:
+        """The feature term averaged over the pairs."""
+        for name, given in (("student", student_features), ("teacher", teacher_features)):
+            if given is None:
+                raise ValueError(f"feature layers are set but no {name}_features were given")
+        assert student_features is not None and teacher_features is not None
+        terms = []
+        for _, t in self.feature_pairs:
+            for name, given in (("student", student_features), ("teacher", teacher_features)):
+                if t not in given:
+                    raise ValueError(
+                        f"{name}_features lack teacher layer {t!r} (have {sorted(given)})"
+                    )
+            terms.append(self._feature_term(student_features[t], teacher_features[t]))
+        return torch.stack(terms).mean()
 
     def _feature_term(self, student: Tensor, teacher: Tensor) -> Tensor:
-        if self.feature_loss_kind == "at":
-            return attention_loss(student, teacher, self.attention_p)
-        if self.feature_loss_kind == "cosine":
-            return cosine_feature_loss(student, teacher)
-        return feature_loss(student, teacher)
+        return FEATURE_TERMS[self.settings.feature_loss].loss(student, teacher, self.settings)
 
     def step(self, inputs: Inputs, labels: Tensor) -> DistillLoss:
         """Teacher outputs (when there is a teacher), student forward and loss, in one call."""

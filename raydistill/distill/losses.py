@@ -1,11 +1,12 @@
 """The loss terms of knowledge distillation.
 
 All losses are computed in float32 (inputs under autocast may be half precision) and return a
-scalar tensor in nats (soft and hard terms) or squared feature units (feature term).
+scalar tensor in nats. The feature terms are in :mod:`raydistill.distill.feature_losses`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -14,9 +15,6 @@ from torch import Tensor
 
 DistillMethod = Literal["kd", "dkd"]
 """The logit term: ``kd`` (Hinton's soft targets) or ``dkd`` (decoupled KD)."""
-FeatureLossKind = Literal["mse", "at", "cosine"]
-"""How matched features are compared: ``mse``, ``at`` (attention transfer, feature maps only)
-or ``cosine`` (1 - cosine similarity)."""
 
 
 def _check_weights(weights: Tensor | None, n: int) -> Tensor | None:
@@ -93,25 +91,6 @@ def hard_loss(student_logits: Tensor, labels: Tensor, weights: Tensor | None = N
     return _weighted_mean(ce, weights)
 
 
-def feature_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
-    """Mean squared error between an (adapted) student feature and the teacher's feature.
-
-    Args:
-        student_feature: [N, *S] student activations, already mapped to the teacher's shape.
-        teacher_feature: [N, *S] teacher activations (no gradient flows into them).
-
-    Returns:
-        The mean over all elements, a scalar tensor (float32, squared feature units).
-    """
-    if student_feature.shape != teacher_feature.shape:
-        raise ValueError(
-            f"student feature {list(student_feature.shape)} and teacher feature "
-            f"{list(teacher_feature.shape)} differ in shape"
-        )
-    target = teacher_feature.detach().float().to(student_feature.device)
-    return F.mse_loss(student_feature.float(), target)
-
-
 class _ScaleGrad(torch.autograd.Function):
     """Identity in the forward pass; multiplies the incoming gradient by ``scale``."""
 
@@ -139,6 +118,24 @@ def scale_grad(x: Tensor, scale: float) -> Tensor:
     return _ScaleGrad.apply(x, float(scale))
 
 
+def weighted_sum(terms: Sequence[tuple[float, Tensor]]) -> Tensor:
+    """``sum(w * term)`` over the terms whose weight is not 0 (scalars).
+
+    A term of weight 0 is left out rather than multiplied by 0, so that a non-finite value in a
+    term that is switched off (a teacher logit at alpha 0) cannot turn the total into NaN. With
+    every weight 0 the result is ``0 * first term``, which keeps the autograd graph.
+    """
+    if not terms:
+        raise ValueError("weighted_sum needs at least one term")
+    kept = [weight * term for weight, term in terms if weight != 0]
+    if not kept:
+        return terms[0][1] * 0.0
+    total = kept[0]
+    for part in kept[1:]:
+        total = total + part
+    return total
+
+
 def combine(
     soft: Tensor,
     hard: Tensor,
@@ -149,14 +146,12 @@ def combine(
     """``alpha * soft + (1 - alpha) * hard + feature_weight * feature`` (scalars).
 
     ``alpha`` in [0, 1] weighs the soft (teacher) term against the hard (label) term;
-    ``feature`` is left out when None.
+    ``feature`` is left out when None. Terms of weight 0 are left out (:func:`weighted_sum`).
     """
-    total = alpha * soft + (1 - alpha) * hard
+    terms = [(1 - alpha, hard), (alpha, soft)]
     if feature is not None:
-        # Added even when feature_weight == 0 so that the adapters stay in the autograd graph:
-        # DDP errors on parameters that get no gradient.
-        total = total + feature_weight * feature
-    return total
+        terms.append((feature_weight, feature))
+    return weighted_sum(terms)
 
 
 # ---------------------------------------------------------------- decoupled KD (Zhao et al. 2022)
@@ -246,83 +241,3 @@ def dkd_loss(
     weights = _check_weights(weights, student_logits.shape[0])
     tckd, nckd = dkd_terms(student_logits, teacher_logits, labels, temperature)
     return _weighted_mean(alpha * tckd + beta * nckd, weights) * temperature**2
-
-
-# ---------------------------------------------------------------- attention transfer, cosine
-
-
-def attention_map(feature: Tensor, p: float = 2.0) -> Tensor:
-    """Zagoruyko & Komodakis's spatial attention: ``sum_c |A_c|**p``, flattened and divided by
-    its L2 norm.
-
-    Args:
-        feature: [N, C, H, W] activations.
-        p: the exponent (> 0; the paper uses 2).
-
-    Returns:
-        [N, H*W] float32, each row of unit L2 norm (a zero map stays zero).
-    """
-    if feature.ndim != 4:
-        raise ValueError(
-            f"attention transfer needs feature maps [N, C, H, W], got {list(feature.shape)}"
-        )
-    if not p > 0:
-        raise ValueError(f"attention exponent p must be > 0, got {p}")
-    summed = feature.float().abs().pow(p).sum(dim=1).flatten(1)
-    return F.normalize(summed, p=2.0, dim=1)
-
-
-def attention_loss(student_feature: Tensor, teacher_feature: Tensor, p: float = 2.0) -> Tensor:
-    """Attention transfer: the squared L2 distance between the normalised attention maps of
-    student and teacher (:func:`attention_map`), summed over positions, mean over the batch.
-
-    Channel counts may differ; the spatial sizes must match (an adapter resizes the student's
-    map). Because both maps are non-negative unit vectors, the value lies in [0, 2].
-
-    Args:
-        student_feature: [N, C_s, H, W].
-        teacher_feature: [N, C_t, H, W] (no gradient flows into it).
-        p: the exponent of :func:`attention_map`.
-
-    Returns:
-        A scalar tensor (float32, dimensionless).
-    """
-    if student_feature.ndim != 4 or teacher_feature.ndim != 4:
-        raise ValueError(
-            "attention transfer needs feature maps [N, C, H, W], got student "
-            f"{list(student_feature.shape)} and teacher {list(teacher_feature.shape)}"
-        )
-    s_shape, t_shape = student_feature.shape, teacher_feature.shape
-    if s_shape[0] != t_shape[0] or s_shape[2:] != t_shape[2:]:
-        raise ValueError(
-            f"student feature {list(s_shape)} and teacher feature {list(t_shape)} differ in "
-            "batch or spatial size"
-        )
-    q_s = attention_map(student_feature, p)
-    q_t = attention_map(teacher_feature.detach().to(student_feature.device), p)
-    return (q_s - q_t).pow(2).sum(dim=1).mean()
-
-
-def cosine_feature_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
-    """``1 - cosine similarity`` between an (adapted) student feature and the teacher's.
-
-    Vectors [N, D] are compared per sample, token sequences [N, L, D] per token (over D), and
-    anything else per sample after flattening. Insensitive to the features' scale, unlike MSE.
-
-    Args:
-        student_feature: [N, D], [N, L, D] or [N, *S], already mapped to the teacher's shape.
-        teacher_feature: same shape (no gradient flows into it).
-
-    Returns:
-        The mean over samples (and tokens), a scalar tensor (float32) in [0, 2].
-    """
-    if student_feature.shape != teacher_feature.shape:
-        raise ValueError(
-            f"student feature {list(student_feature.shape)} and teacher feature "
-            f"{list(teacher_feature.shape)} differ in shape"
-        )
-    s = student_feature.float()
-    t = teacher_feature.detach().float().to(s.device)
-    if s.ndim != 3:
-        s, t = s.flatten(1), t.flatten(1)
-    return (1 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()

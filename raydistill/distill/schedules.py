@@ -48,14 +48,24 @@ class Schedule(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    kind: ScheduleKind = "constant"
-    start: float
-    end: float | None = None
-    step: float | None = None
-    every: int = Field(1, ge=1)
-    floor: float | None = None
-    epochs: int | None = Field(None, ge=1)
-    changes: dict[int, float] | None = None
+    kind: ScheduleKind = Field(
+        "constant", description="constant, linear, step, cosine or piecewise (see above)"
+    )
+    start: float = Field(..., description="the value at epoch 0")
+    end: float | None = Field(None, description="linear, cosine: the value the ramp reaches")
+    step: float | None = Field(
+        None, description="step: added every `every` epochs (negative decays)"
+    )
+    every: int = Field(1, ge=1, description="step: epochs between steps")
+    floor: float | None = Field(
+        None, description="step: the bound the value never crosses; null: none"
+    )
+    epochs: int | None = Field(
+        None, ge=1, description="linear, cosine: the ramp's length; null: the run's epochs"
+    )
+    changes: dict[int, float] | None = Field(
+        None, description="piecewise: {epoch: value from then on}"
+    )
 
     @field_validator("start", "end", "step", "floor", "every", "epochs", mode="before")
     @classmethod

@@ -1,0 +1,181 @@
+"""The ``data`` section: where the examples come from, how they are split, balanced, augmented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from raydistill.config.base import Section
+from raydistill.config.errors import KeyedError
+from raydistill.data.augment import AugmentOp, RandomCrop
+
+
+class SplitConfig(Section):
+    """How a source without predefined splits is cut into train/val/test (stratified, seeded)."""
+
+    val: float = Field(0.2, gt=0, lt=1, description="share of the data for validation")
+    test: float = Field(0.2, gt=0, lt=1, description="share of the data for the final test")
+    seed: int = Field(0, description="split seed, fixed apart from the training seed")
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> SplitConfig:
+        if self.val + self.test >= 1:
+            raise ValueError(f"val + test = {self.val + self.test:.2f} leaves no training data")
+        return self
+
+
+class BalanceConfig(Section):
+    """Class balancing while streaming (no full shuffle), reseeded every epoch."""
+
+    keep_ratio: float | None = Field(
+        None, gt=0, le=1, description="share of rows kept for classes above the target"
+    )
+    repeat_rare: bool = Field(True, description="repeat classes below the target up to it")
+    target: float | None = Field(None, gt=0, description="rows per class; null: mean count")
+    counts: list[int] | None = Field(
+        None, description="class counts of the train split; null: counted once from the data"
+    )
+
+
+class AugmentConfig(Section):
+    """Seeded augmentation of the training split, applied before the teacher.
+
+    ``views`` augmented copies are made; epoch ``e`` trains on view ``e % views``, and the
+    teacher labels every view once (with ``teacher_pass: once`` or ``cache``).
+    """
+
+    views: int = Field(4, ge=1, description="augmented copies of the training set")
+    ops: list[AugmentOp] = Field(
+        default_factory=lambda: [RandomCrop(padding=1)],
+        description="applied in order: random_crop, hflip, random_erasing, gaussian_noise,"
+        " normalize",
+    )
+
+
+class CocoSplitPaths(Section):
+    """One COCO-format split: an image folder and its instances JSON (local paths or URIs)."""
+
+    images: str = Field(..., description="the folder of the split's images")
+    annotations: str = Field(..., description="the split's COCO instances JSON file")
+
+    @model_validator(mode="after")
+    def _exist(self) -> CocoSplitPaths:
+        for key in ("images", "annotations"):
+            value = getattr(self, key)
+            if "://" not in value and not Path(value).expanduser().exists():
+                raise KeyedError(key, f"not found: {value}")
+        return self
+
+
+class CocoConfig(Section):
+    """COCO-format detection data (``data.source: coco``, ``task: detection``)."""
+
+    train: CocoSplitPaths = Field(..., description="the training split")
+    val: CocoSplitPaths = Field(..., description="the validation split")
+    test: CocoSplitPaths | None = Field(None, description="null: report on val")
+    image_size: int = Field(
+        512,
+        ge=32,
+        description="longest image side in pixels: images shrink to it before they travel,"
+        " and teacher and student both resize to it (so proposals carry over)",
+    )
+    flip: bool = Field(True, description="mirror half the training images each epoch (seeded)")
+    min_box_size: float = Field(1.0, ge=0, description="boxes thinner than this (px) are dropped")
+
+
+class TextConfig(Section):
+    """Text rows: ``column`` holds the text, tokenized inside the Ray Data pipeline by each
+    model's own tokenizer into packed token rows int64 [N, 2, max_length] (ids, mask)."""
+
+    column: str = Field("text", description="the text column (csv/jsonl/parquet)")
+    max_length: int = Field(128, ge=4, le=8192, description="tokens per row (padded and cut)")
+
+
+class DataConfig(Section):
+    """Where the examples come from.
+
+    ``digits`` ships with scikit-learn. ``npz`` reads arrays ``inputs`` [N, ...] and ``labels``
+    [N] from ``path``; ``parquet`` reads ``input_column`` (a tensor or list column) and
+    ``label_column`` from a file or directory at ``path`` (local or any pyarrow filesystem URI);
+    ``jsonl`` does the same for JSON lines (inputs as nested lists).
+    ``image_folder`` reads ``path/<class name>/*.{png,jpg,...}``; classes are the sorted folder
+    names. Text: ``csv``, ``jsonl`` or ``parquet`` rows with ``text.column`` and
+    ``label_column`` (integer labels, or class names: sorted into ids), or ``text_folder``:
+    ``path/<class name>/*.txt``; ``text`` is set by default for csv and text_folder. A
+    ``task: cross_modal`` job reads both ``input_column`` (the teacher's images) and the text.
+    ``fashion_mnist`` reads the four standard idx(.gz) files from ``path`` (default
+    ``/usr/share/datasets/fashion-mnist/``, Debian package ``dataset-fashion-mnist``) and keeps
+    their train/test parts: val is cut from train (``split.val``), ``split.test`` is unused.
+    """
+
+    source: Literal[
+        "digits",
+        "npz",
+        "parquet",
+        "jsonl",
+        "csv",
+        "image_folder",
+        "text_folder",
+        "fashion_mnist",
+        "coco",
+    ] = Field("digits", description="digits: scikit-learn's bundled 8x8 handwritten digits")
+    path: str | None = Field(
+        None,
+        description="file or directory for npz/parquet/jsonl/image_folder; fashion_mnist: the"
+        " idx directory (null: /usr/share/datasets/fashion-mnist/)",
+    )
+    subset: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="keep this share of the rows (stratified, seeded by split.seed) before"
+        " splitting; with fashion_mnist, of train and of test; null: all",
+    )
+    input_column: str = Field(
+        "input",
+        description="parquet/jsonl: the column of inputs, a tensor or nested lists (cross_modal:"
+        " the teacher's images)",
+    )
+    label_column: str = Field(
+        "label", description="the column of labels (integers; text rows: or class names)"
+    )
+    image_size: tuple[int, int] | None = Field(
+        None, description="image_folder: resize to [H, W]; null: the first image's size"
+    )
+    channels: Literal[1, 3] = Field(3, description="image_folder: 1 (grayscale) or 3 (RGB)")
+    split: SplitConfig = Field(
+        default_factory=SplitConfig, description="how train/val/test are cut (stratified)"
+    )
+    num_classes: int | None = Field(None, ge=2, description="null: taken from the source")
+    shuffle_buffer: int = Field(512, ge=0, description="rows in each worker's shuffle buffer")
+    balance: BalanceConfig | None = Field(None, description="null: classes as they come")
+    augment: AugmentConfig | None = Field(None, description="null: no augmentation")
+    coco: CocoConfig | None = Field(None, description="source coco: the splits' paths")
+    text: TextConfig | None = Field(
+        None, description="text rows (set by default for csv and text_folder); null: no text"
+    )
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> DataConfig:
+        if self.source in ("csv", "text_folder") and self.text is None:
+            self.text = TextConfig()
+        if self.text is not None and self.source not in ("csv", "jsonl", "parquet", "text_folder"):
+            raise KeyedError(
+                "data.text",
+                f"text rows come from csv, jsonl, parquet or text_folder, not {self.source}",
+            )
+        if self.text is not None and self.augment is not None:
+            raise KeyedError("data.augment", "augmentation applies to images, not text rows")
+        if self.source == "coco":
+            if self.coco is None:
+                raise KeyedError("data.coco", "source 'coco' needs data.coco: {train, val}")
+        # fashion_mnist has a default directory; its files are checked when read, so that a job
+        # validates on a machine without the dataset installed.
+        elif self.source not in ("digits", "fashion_mnist"):
+            if self.path is None:
+                raise KeyedError("data.path", f"source '{self.source}' needs a path")
+            if "://" not in self.path and not Path(self.path).expanduser().exists():
+                raise KeyedError("data.path", f"not found: {self.path}")
+        return self

@@ -1,0 +1,74 @@
+"""The ``scaling`` section: Ray Train workers and the teacher actor pool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from raydistill.config.base import Section
+
+
+class TeacherPoolConfig(Section):
+    """The pool of teacher actors that adds teacher outputs to each row."""
+
+    min_actors: int = Field(1, ge=1, description="actors the pool starts with")
+    max_actors: int = Field(1, ge=1, description="actors the pool may scale up to")
+    num_cpus: float = Field(0.5, gt=0, description="per actor; fractional keeps small nodes free")
+    num_gpus: float = Field(0.0, ge=0, description="per actor")
+    batch_size: int = Field(256, ge=1, description="rows per teacher forward")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom resources, e.g. {teacher: 1}"
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> TeacherPoolConfig:
+        if self.max_actors < self.min_actors:
+            raise ValueError(f"max_actors {self.max_actors} < min_actors {self.min_actors}")
+        return self
+
+
+class ScalingConfig(Section):
+    """How many Ray Train workers train, on what resources, surviving how many failures."""
+
+    workers: int | list[int] = Field(
+        2,
+        description="Ray Train workers (DDP); [min, max]: elastic, starts with as many as the "
+        "cluster holds (at least min) and grows toward max as nodes join",
+    )
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per train worker")
+    use_gpu: bool = Field(False, description="train workers use a GPU each")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="custom resources, e.g. {student: 1}"
+    )
+    max_failures: int = Field(0, ge=-1, description="worker failures survived; -1: unlimited")
+    teacher_pool: TeacherPoolConfig = Field(
+        default_factory=TeacherPoolConfig, description="the actors that run the teacher"
+    )
+
+    @field_validator("workers", mode="plain")
+    @classmethod
+    def _workers(cls, value: Any) -> int | list[int]:
+        # One clear message instead of pydantic's per-branch union errors.
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ValueError("Input should be greater than or equal to 1")
+            return value
+        if (
+            isinstance(value, list | tuple)
+            and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            low, high = value
+            if low < 1 or high < low:
+                raise ValueError(f"[min, max] needs 1 <= min <= max (got [{low}, {high}])")
+            return [low, high]
+        raise ValueError(f"must be a number of workers or [min, max] (got {value!r})")
+
+    @property
+    def min_workers(self) -> int:
+        return self.workers if isinstance(self.workers, int) else self.workers[0]
+
+    @property
+    def max_workers(self) -> int:
+        return self.workers if isinstance(self.workers, int) else self.workers[1]

@@ -1,0 +1,62 @@
+"""The ``train`` section: optimizer, LR schedule, epochs, early stopping, and the teacher
+stage's overrides of them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from raydistill.config.base import Section
+
+Optimizer = Literal["adamw", "adam", "sgd"]
+
+
+class EarlyStopping(Section):
+    """Stop a stage when the monitored validation metric stops improving."""
+
+    monitor: Literal["val_loss", "val_acc"] = Field(
+        "val_loss",
+        description="val_loss: the stage's objective on validation (the distillation loss for a"
+        " distilled student)",
+    )
+    patience: int = Field(10, ge=1, description="epochs without improvement before stopping")
+    min_delta: float = Field(
+        0.0, ge=0, description="smallest change of the monitored metric that counts as improving"
+    )
+
+
+class TrainConfig(Section):
+    """How every stage trains (the teacher stage applies ``teacher.train`` on top)."""
+
+    epochs: int = Field(40, ge=1, description="epochs per stage")
+    batch_size: int = Field(64, ge=1, description="per worker")
+    optimizer: Optimizer = Field("adamw", description="adamw, adam or sgd")
+    lr: float = Field(3e-3, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="the optimizer's weight decay")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    lr_schedule: Literal["none", "cosine", "step"] = Field(
+        "cosine",
+        description="none: constant lr; cosine: from lr to 0 over the epochs; step: times"
+        " lr_gamma every lr_step_size epochs",
+    )
+    lr_step_size: int = Field(10, ge=1, description="step schedule: epochs between decays")
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor")
+    grad_clip: float | None = Field(5.0, gt=0, description="max gradient norm; null: off")
+    early_stopping: EarlyStopping | None = Field(None, description="null: train every epoch")
+    keep_best: bool = Field(True, description="evaluate the best epoch on val, not the last")
+    baseline: bool = Field(
+        False, description="also train the student alone, to show what distillation bought"
+    )
+
+
+class TrainOverrides(Section):
+    """Fields of ``train`` that the teacher stage may set differently (null: as in ``train``)."""
+
+    epochs: int | None = Field(None, ge=1, description="teacher epochs; null: train.epochs")
+    batch_size: int | None = Field(
+        None, ge=1, description="teacher batch size per worker; null: train.batch_size"
+    )
+    optimizer: Optimizer | None = Field(None, description="null: train.optimizer")
+    lr: float | None = Field(None, gt=0, description="null: train.lr")
+    weight_decay: float | None = Field(None, ge=0, description="null: train.weight_decay")
