@@ -124,6 +124,8 @@ def _render_section(section: _Section, seen: dict[type[BaseModel], str]) -> str:
         return "\n\n".join(lines)
     seen[section.model] = where if section.path else "the top level"
     for base in _documented_bases(section.model):
+        if base is not section.model and not base.model_fields:
+            continue  # a shared base with no keys of its own (the schema's Section)
         if base is not section.model and base in seen:
             keys = [f"`{k}`" for k in base.model_fields]
             listed = ", ".join(keys[:-1]) + " and " + keys[-1] if len(keys) > 1 else keys[0]

@@ -152,12 +152,12 @@ class ClassificationTask(Task):
     def build_core(self, spec: StageSpec) -> Distiller:
         """Student plus adapters sized from the driver's shapes; a frozen teacher copy when the
         workers compute the teacher's features themselves."""
-        distiller = Distiller(
+        distiller = Distiller.from_config(
+            spec.job.distill,
             build_model(spec.model, spec.num_classes),
             self._worker_teacher(spec),
+            total_epochs=spec.train.epochs,
             feature_layers=spec.feature_pairs or None,
-            attention_p=spec.job.distill.attention_p,
-            **_distill_keywords(spec),
         )
         if spec.feature_pairs:
             distiller.build_adapters(
@@ -222,22 +222,6 @@ class ClassificationTask(Task):
     def epoch_line(self, spec: StageSpec, m: dict[str, Any]) -> str:
         kd = f" T={m['temperature']:.2f} alpha={m['alpha']:.2f}" if spec.distill else ""
         return f"val_loss {m['val_loss']:.4f} val_acc {m['val_acc']:.4f}{kd}"
-
-
-def _distill_keywords(spec: StageSpec) -> dict[str, Any]:
-    d = spec.job.distill
-    return {
-        "temperature": d.temperature,
-        "alpha": d.alpha,
-        "feature_weight": d.feature_weight,
-        "feature_grad_scale": d.feature_grad_scale,
-        "weighting": d.weighting,
-        "total_epochs": spec.train.epochs,
-        "method": d.method,
-        "dkd_alpha": d.dkd.alpha,
-        "dkd_beta": d.dkd.beta,
-        "feature_loss": d.feature_loss,
-    }
 
 
 def _teacher_side(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 from raydistill.distill.cross_modal import CrossModalDistiller
 from raydistill.distill.distiller import Distiller
 from raydistill.models.specs import build_model
-from raydistill.tasks.classification import ClassificationTask, _distill_keywords
+from raydistill.tasks.classification import ClassificationTask
 
 if TYPE_CHECKING:
     from raydistill.train.spec import StageSpec
@@ -27,12 +27,12 @@ class CrossModalTask(ClassificationTask):
     def build_core(self, spec: StageSpec) -> Distiller:
         if not spec.feature_pairs:  # the teacher stage and the baseline: plain classification
             return super().build_core(spec)
-        distiller = CrossModalDistiller(
-            self._worker_teacher(spec),
+        distiller = CrossModalDistiller.from_config(
+            spec.job.distill,
             build_model(spec.model, spec.num_classes),
-            spec.job.distill.modal_mapping or "linear",
+            self._worker_teacher(spec),
+            total_epochs=spec.train.epochs,
             feature_layers=spec.feature_pairs,
-            **_distill_keywords(spec),
         )
         distiller.build_adapters(
             student_shapes=spec.student_shapes, teacher_shapes=spec.teacher_shapes

@@ -110,12 +110,8 @@ class InMemoryTask(ClassificationTask):
         self.student = student
 
     def build_core(self, spec: StageSpec) -> Distiller:
-        d = spec.job.distill
-        return Distiller(
-            copy.deepcopy(self.student),
-            temperature=d.temperature,
-            alpha=d.alpha,
-            total_epochs=spec.train.epochs,
+        return Distiller.from_config(
+            spec.job.distill, copy.deepcopy(self.student), total_epochs=spec.train.epochs
         )
 
 
