@@ -35,8 +35,8 @@ from raydistill.data.arrays import model_tensor
 from raydistill.files import atomic_output
 from raydistill.models.hf import HFTextClassifier
 from raydistill.models.specs import build_model, check_spec_allowed, load_weights
-from raydistill.pipeline import read_run_job, teacher_weights_path
-from raydistill.rundir import EXPORT_DIR, JOB_FILE, weights_file
+from raydistill.results import read_run_job
+from raydistill.rundir import EXPORT_DIR, JOB_FILE, teacher_weights_path, weights_file
 from raydistill.tasks import get_task
 
 ExportFormat = Literal["torchscript", "onnx", "safetensors", "hf"]

@@ -14,6 +14,7 @@ cannot leave a half-written file or delete something raydistill did not make.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -178,3 +179,12 @@ def remove_owned_dir(
         return False
     shutil.rmtree(path)
     return True
+
+
+def file_sha256(path: Path | str) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -12,13 +12,13 @@ stage (``--fresh-stage``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from raydistill.config import JobConfig, JobError
+from raydistill.files import file_sha256
 from raydistill.rundir import FINGERPRINT_FILE, stage_dir
 from raydistill.tasks import get_task
 from raydistill.tasks.base import Splits
@@ -27,14 +27,6 @@ Log = Callable[[str], None]
 ROLES = ("teacher", "student", "baseline")
 # a stage trained again makes these stale too (the teacher's cache lives beside the stages)
 DEPENDENTS = {"teacher": ("teacher", "student"), "student": ("student",), "baseline": ("baseline",)}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _model(spec: Any) -> dict[str, Any]:

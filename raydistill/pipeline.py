@@ -8,13 +8,12 @@ teacher reaches the student; the run directory's layout is :mod:`raydistill.rund
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raydistill.config import JobConfig, JobError, load_job
+from raydistill.config import JobConfig
 from raydistill.data.sources import split_views
-from raydistill.files import atomic_write_json, atomic_write_text, remove_owned_dir
+from raydistill.files import atomic_write_text, remove_owned_dir
 from raydistill.fingerprint import (
     check_unchanged,
     read_fingerprint,
@@ -22,18 +21,24 @@ from raydistill.fingerprint import (
     stage_inputs,
     stages_to_retrain,
 )
-from raydistill.models.specs import build_model, load_weights
+from raydistill.results import (
+    RunSummary,
+    evaluate_checkpoint,
+    score_run,
+    summarize_run,
+    write_summary,
+)
 from raydistill.rundir import (
     JOB_FILE,
     METRICS_FILE,
     STAGE_MARKERS,
     SUMMARY_FILE,
     stage_dir,
-    weights_file,
+    teacher_weights_path,
 )
 from raydistill.runtime import ray_session
 from raydistill.tasks import get_task
-from raydistill.tasks.base import Shapes, Splits, SummaryTable
+from raydistill.tasks.base import Shapes, Splits
 from raydistill.tasks.classification import make_balancer
 from raydistill.tasks.summary import STAGE_NAMES
 from raydistill.teacher.cache import ensure_cache
@@ -65,40 +70,6 @@ __all__ = [
     "teacher_pass_rows",
     "teacher_weights_path",
 ]
-
-
-@dataclass
-class RunSummary:
-    """What a run produced: its directory, the stages it trained and the test-split scores
-    (``ModelScore`` for classification, ``DetectionScore`` for detection: the task's rows)."""
-
-    run_dir: Path
-    stages: dict[str, StageResult] = field(default_factory=dict)
-    scores: list[Any] = field(default_factory=list)
-    task: str = "classification"
-
-    def score(self, name: str) -> Any:
-        return next(s for s in self.scores if s.name == name)
-
-    def comparison(self, detailed: bool = False) -> SummaryTable:
-        from raydistill.tasks import task_named
-
-        epochs = {role: stage.epochs_run for role, stage in self.stages.items()}
-        return task_named(self.task).table(self.scores, epochs, detailed=detailed)
-
-    def table(self) -> str:
-        """The comparison as a Markdown table, then the trade-off in words."""
-        table = self.comparison()
-        rows = [
-            "| " + " | ".join(table.header) + " |",
-            "|---|" + "---:|" * (len(table.header) - 1),
-            *("| " + " | ".join(row) + " |" for row in table.rows),
-        ]
-        return "\n".join(rows + [""] + [f"- {n}" for n in table.notes])
-
-    def notes(self) -> list[str]:
-        """The trade-off in words: size, speed and points against the teacher and baseline."""
-        return self.comparison().notes
 
 
 def prepare_run_dir(
@@ -145,14 +116,6 @@ def _check_stages(
         return
     kept = [r for r in roles if r not in stages_to_retrain(fresh_stages)]
     check_unchanged(job, splits, kept, teacher_weights_path(job), allow_changed, log)
-
-
-def teacher_weights_path(job: JobConfig, run_dir: Path | None = None) -> Path:
-    """The teacher's weights: the job's checkpoint, or the teacher stage's output in
-    ``run_dir`` (default: the job's run directory)."""
-    if job.teacher.checkpoint is not None:
-        return Path(job.teacher.checkpoint)
-    return weights_file(run_dir or job.run_dir, "teacher")
 
 
 def _already_trained(job: JobConfig, role: Role, log: Log) -> StageResult | None:
@@ -299,17 +262,13 @@ def fit_student(
     return _train(spec, datasets, splits, log, callbacks, resume_from)
 
 
-def _quiet(_: str) -> None:
-    """A log that drops its lines (checks whose findings a later stage reports)."""
-
-
 def preflight(job: JobConfig, splits: Splits) -> None:
     """Checks that need neither Ray nor a run directory, run before either exists so that bad
     input leaves nothing behind: the student (with its ``checkpoint``) builds, and a distilled
     student's outputs match the teacher's (whose ``checkpoint``, when given, must fit it)."""
     task = get_task(job)
     if job.distill.enabled:
-        task.check_pair(job, job.teacher.checkpoint, splits, _quiet)
+        task.check_pair(job, job.teacher.checkpoint, splits, lambda _: None)
     else:
         task.check_student(job, splits)
 
@@ -391,84 +350,3 @@ def run_job(
         files = write_report(run_dir, summary)
         log(f"report: {files.markdown} and {files.html}")
     return summary
-
-
-def score_run(
-    job: JobConfig, splits: Splits, teacher_weights: Path | None, stages: dict[str, StageResult]
-) -> list[Any]:
-    """Test-split scores in table order: the teacher (when it has weights), then the distilled
-    student and the baseline among ``stages``."""
-    task = get_task(job)
-    num_classes = task.num_classes(splits)
-    test = splits["test"]
-    scores = []
-    if teacher_weights is not None:
-        teacher = build_model(job.teacher, num_classes, load=False)
-        load_weights(teacher, teacher_weights, what="the teacher")
-        scores.append(task.score(job, STAGE_NAMES["teacher"], teacher, job.teacher, test))
-    for role in ("student", "baseline"):
-        if role in stages:
-            student = build_model(job.student, num_classes, load=False)
-            load_weights(student, stages[role].weights, what=f"the {role}")
-            scores.append(task.score(job, STAGE_NAMES[role], student, job.student, test))
-    return scores
-
-
-def read_run_job(run_dir: Path, command: str) -> JobConfig:
-    """The job a run directory recorded, as its task runs it."""
-    run_dir = Path(run_dir).resolve()
-    if not (run_dir / JOB_FILE).is_file():
-        raise JobError(f"{run_dir}: not a run directory (no {JOB_FILE}; run raydistill train)")
-    job = load_job(run_dir / JOB_FILE)
-    task = get_task(job)
-    task.require(command)
-    return task.prepare(job)
-
-
-def summarize_run(run_dir: Path) -> tuple[JobConfig, RunSummary]:
-    """The job and the test-split table of a run directory as an earlier run left it (its
-    finished stages are scored again, on this machine)."""
-    run_dir = Path(run_dir).resolve()
-    job = read_run_job(run_dir, "report")
-    summary = RunSummary(run_dir, task=job.task)
-    for role in ("teacher", "student", "baseline"):
-        if (done := finished_stage(run_dir, role)) is not None:
-            summary.stages[role] = done
-    teacher = teacher_weights_path(job, run_dir)
-    splits = get_task(job).read_splits(job, _quiet)
-    summary.scores = score_run(job, splits, teacher if teacher.is_file() else None, summary.stages)
-    return job, summary
-
-
-def evaluate_checkpoint(
-    job: JobConfig, checkpoint: Path | None = None, split: str = "test", model: str = "student"
-) -> Any:
-    """``raydistill evaluate``: score a weights file (default: this run's ``model``) on a split;
-    returns the task's score row."""
-    task = get_task(job)
-    task.require("evaluate")
-    job = task.prepare(job)
-    spec = job.student if model == "student" else job.teacher
-    if checkpoint is None:
-        student_weights = weights_file(job.run_dir, "student")
-        checkpoint = teacher_weights_path(job) if model == "teacher" else student_weights
-    if not Path(checkpoint).is_file():
-        raise JobError(f"no weights at {checkpoint}: train the job first or pass --checkpoint")
-    splits = task.read_splits(job, _quiet)
-    if split not in splits:
-        raise JobError(f"unknown split '{split}' (one of {sorted(splits)})")
-    num_classes = task.num_classes(splits)
-    weights = load_weights(build_model(spec, num_classes, load=False), Path(checkpoint), model)
-    name = f"{model} ({Path(checkpoint).name}, {split})"
-    return task.score(job, name, weights, spec, splits[split])
-
-
-def write_summary(summary: RunSummary) -> None:
-    atomic_write_text(summary.run_dir / SUMMARY_FILE, summary.table() + "\n")
-    atomic_write_json(
-        summary.run_dir / METRICS_FILE,
-        {
-            "test": [s.as_dict() for s in summary.scores],
-            "epochs": {k: v.epochs_run for k, v in summary.stages.items()},
-        },
-    )

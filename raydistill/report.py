@@ -19,7 +19,7 @@ from typing import Any
 
 from raydistill.config import JobError
 from raydistill.files import atomic_write_text
-from raydistill.pipeline import RunSummary, summarize_run
+from raydistill.results import RunSummary, summarize_run
 from raydistill.rundir import (
     BEST_JOB,
     CURVES_PLOT,

@@ -21,6 +21,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from raydistill.config import JobConfig
 
 JOB_FILE = "job.yaml"
 SUMMARY_FILE = "summary.md"
@@ -58,3 +62,11 @@ def weights_file(run_dir: Path, role: str) -> Path:
 
 def history_file(run_dir: Path, role: str) -> Path:
     return stage_dir(run_dir, role) / HISTORY_FILE
+
+
+def teacher_weights_path(job: JobConfig, run_dir: Path | None = None) -> Path:
+    """The teacher's weights: the job's checkpoint, or the teacher stage's output in
+    ``run_dir`` (default: the job's run directory)."""
+    if job.teacher.checkpoint is not None:
+        return Path(job.teacher.checkpoint)
+    return weights_file(run_dir or job.run_dir, "teacher")

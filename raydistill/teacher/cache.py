@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -35,7 +34,13 @@ from typing import Any
 from raydistill.config import JobConfig, JobError
 from raydistill.data.arrays import LabelledArrays
 from raydistill.data.sources import training_datasets
-from raydistill.files import atomic_write_json, check_owned_dir, read_json, remove_owned_dir
+from raydistill.files import (
+    atomic_write_json,
+    check_owned_dir,
+    file_sha256,
+    read_json,
+    remove_owned_dir,
+)
 from raydistill.teacher.codec import LogitCodec
 from raydistill.teacher.pool import attach_teacher
 
@@ -45,14 +50,6 @@ FORMAT = "raydistill.teacher_cache/1"
 SPLITS = ("train", "val")
 Log = Callable[[str], None]
 _WHAT = "teacher cache (cache.path)"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def job_codec(job: JobConfig) -> LogitCodec:

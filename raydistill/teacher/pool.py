@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from raydistill.columns import FEATURE_PREFIX, INPUT, TEACHER_INPUT, TEACHER_LOGITS, feature_column
+from raydistill.columns import FEATURE_PREFIX as FEATURE_PREFIX  # re-exported
+from raydistill.columns import INPUT, TEACHER_INPUT, feature_column
+from raydistill.columns import TEACHER_LOGITS as TEACHER_LOGITS  # re-exported
 from raydistill.config import JobConfig, ModelSpec, TeacherPoolConfig
 from raydistill.data.arrays import model_tensor
 from raydistill.distill.taps import FeatureTap
@@ -22,13 +24,6 @@ from raydistill.teacher.codec import LogitCodec
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = [
-    "FEATURE_PREFIX",
-    "TEACHER_LOGITS",
-    "TeacherPredictor",
-    "attach_teacher",
-    "feature_column",
-]
 
 
 class TeacherPredictor:
