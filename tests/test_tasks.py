@@ -185,3 +185,62 @@ def test_detection_runs_the_shared_loop_in_process(tmp_path):
     assert 0 <= m["val_map50"] <= 1 and "class_counts" not in m
     assert lines[0].startswith("[baseline] epoch 1/1 loss ") and "val mAP" in lines[0]
     assert "images/s" in lines[0]
+
+
+def test_keep_best_and_early_stopping_watch_one_metric_that_does_not_move_with_schedules(digits):
+    """With the weights frozen (lr ~ 0; only BatchNorm's running statistics move) and alpha
+    rising 0.1 -> 0.9, the objective at each epoch's alpha moves every epoch while the model
+    barely does; the monitor (val_acc by default, or val_ce) does not, so early stopping waits
+    out its patience and keep_best keeps epoch 0 (val_loss, the old monitor, would not)."""
+    job, splits, teacher = digits
+    rows = {k: classification_rows(job, splits[k], teacher) for k in ("train", "val")}
+    job = load_job(
+        write_tiny_job(Path(job.run_dir).parent.parent),
+        [
+            "distill.alpha={kind: linear, start: 0.1, end: 0.9}",
+            "train.lr=1e-12",
+            "train.batch_size=64",
+            "data.shuffle_buffer=64",
+        ],
+    )
+    with pytest.raises(JobError, match=r"train\.early_stopping\.monitor: val_loss moves"):
+        load_job(
+            write_tiny_job(Path(job.run_dir).parent.parent),
+            ["train.early_stopping={monitor: val_loss, patience: 1}"],
+        )
+    for monitor in ("auto", "val_ce"):
+        early = {"patience": 3, "min_delta": 0.02}
+        spec = _spec(job, epochs=4, early_stopping=early, monitor=monitor)
+        history = run_epochs(get_task(job), spec, LocalContext(rows, log=lambda _: None))
+        losses = [h["val_loss"] for h in history]
+        assert max(losses) - min(losses) > 0.05  # the objective moves with alpha
+        assert len(history) == 4 and not any(h["stopped_early"] for h in history)
+        assert history[-1]["best_epoch"] == 0, monitor  # nothing improved on the monitor
+    digits_job = load_job(ROOT / "jobs" / "digits.yaml", ["train.monitor=val_ce"])
+    with pytest.raises(JobError, match=r"train\.monitor: task detection validates with val_map"):
+        task_named("detection").check_job(digits_job)
+
+
+def test_each_rank_resumes_its_own_random_streams():
+    """Checkpoints keep every rank's CPU (and CUDA) random state; a rank resumes its own, and a
+    rank the checkpoint did not have keeps the seeding it got."""
+    from raydistill.train.state import restore_rng, rng_snapshot
+
+    states = []
+    for rank in range(2):
+        torch.manual_seed(100 + rank)
+        states.append(rng_snapshot())
+    draws = []
+    for rank in range(2):
+        torch.manual_seed(100 + rank)
+        draws.append(torch.rand(3))
+    for rank in range(2):
+        torch.manual_seed(7)
+        assert restore_rng({"rng_states": states}, rank)
+        assert torch.equal(torch.rand(3), draws[rank])
+    assert not torch.equal(draws[0], draws[1])
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    assert not restore_rng({"rng_states": states}, 2)  # a third rank: its own seeding stands
+    assert torch.equal(torch.rand(3), expected)

@@ -5,20 +5,25 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from raydistill.config.base import Section
+from raydistill.config.errors import KeyedError
 
 Optimizer = Literal["adamw", "adam", "sgd"]
 
 
-class EarlyStopping(Section):
-    """Stop a stage when the monitored validation metric stops improving."""
+Monitor = Literal["auto", "val_acc", "val_ce", "val_map"]
 
-    monitor: Literal["val_loss", "val_acc"] = Field(
-        "val_loss",
-        description="val_loss: the stage's objective on validation (the distillation loss for a"
-        " distilled student)",
+
+class EarlyStopping(Section):
+    """Stop a stage when ``train.monitor`` stops improving."""
+
+    monitor: Literal["val_loss", "val_acc", "val_ce", "val_map"] | None = Field(
+        None,
+        description="null: train.monitor (one metric for early stopping and keep_best); when"
+        " set, it is train.monitor. val_loss is refused: the objective at the epoch's"
+        " temperature and alpha moves with their schedules while the weights do not",
     )
     patience: int = Field(10, ge=1, description="epochs without improvement before stopping")
     min_delta: float = Field(
@@ -44,10 +49,37 @@ class TrainConfig(Section):
     lr_gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor")
     grad_clip: float | None = Field(5.0, gt=0, description="max gradient norm; null: off")
     early_stopping: EarlyStopping | None = Field(None, description="null: train every epoch")
+    monitor: Monitor = Field(
+        "auto",
+        description="the validation metric keep_best and early stopping both watch; auto: the"
+        " task's (val_acc for classification and cross_modal, val_map for detection); val_ce:"
+        " cross entropy with the labels (means the same every epoch, whatever the schedules)",
+    )
     keep_best: bool = Field(True, description="evaluate the best epoch on val, not the last")
     baseline: bool = Field(
         False, description="also train the student alone, to show what distillation bought"
     )
+
+
+    @model_validator(mode="after")
+    def _one_monitor(self) -> TrainConfig:
+        early = self.early_stopping
+        if early is None or early.monitor is None:
+            return self
+        if early.monitor == "val_loss":
+            raise KeyedError(
+                "train.early_stopping.monitor",
+                "val_loss moves with the temperature and alpha schedules while the weights do"
+                " not: monitor val_ce or val_acc (train.monitor)",
+            )
+        if self.monitor not in ("auto", early.monitor):
+            raise KeyedError(
+                "train.early_stopping.monitor",
+                f"{early.monitor} differs from train.monitor {self.monitor}: keep_best and early"
+                " stopping watch one metric (set train.monitor only)",
+            )
+        object.__setattr__(self, "monitor", early.monitor)  # no re-validation loop
+        return self
 
 
 class TrainOverrides(Section):

@@ -84,8 +84,10 @@ class Task:
     commands: ClassVar[frozenset[str]] = frozenset(COMMANDS)
     # why a command is refused, for those not in ``commands`` (one line each)
     refusals: ClassVar[dict[str, str]] = {}
-    # the validation metric keep_best and early stopping watch unless the job says
+    # the validation metric keep_best and early stopping watch unless the job says, and those
+    # a job may name (train.monitor)
     monitor: ClassVar[str] = "val_acc"
+    monitors: ClassVar[frozenset[str]] = frozenset({"val_acc", "val_ce"})
     # distill.teacher_pass modes this task's student stage can run
     teacher_passes: ClassVar[frozenset[str]] = frozenset({"once", "per_epoch", "cache"})
     # a short word for one sample in progress lines ("samples", "images")
@@ -119,10 +121,16 @@ class Task:
 
     def check_job(self, job: JobConfig) -> None:
         """Refuse settings this task would otherwise ignore (one line naming the key)."""
-        if job.distill.teacher_pass not in self.teacher_passes:
+        for key, train in (("train", job.train), ("teacher.train", job.teacher_train())):
+            if train.monitor not in ("auto", *self.monitors):
+                raise JobError(
+                    f"{key}.monitor: task {self.name} validates with "
+                    f"{', '.join(sorted(self.monitors))}, not {train.monitor}"
+                )
+        if self.teacher_pass(job) not in self.teacher_passes:
             raise JobError(
                 f"distill.teacher_pass: task {self.name} runs "
-                f"{' or '.join(sorted(self.teacher_passes))}, not {job.distill.teacher_pass}"
+                f"{' or '.join(sorted(self.teacher_passes))}, not {self.teacher_pass(job)}"
             )
 
     def teacher_pass(self, job: JobConfig) -> str:

@@ -57,6 +57,7 @@ class DetectionTask(Task):
         "tune": "searches run classification jobs only",
     }
     monitor: ClassVar[str] = "val_map"
+    monitors: ClassVar[frozenset[str]] = frozenset({"val_map"})
     export_formats: ClassVar[tuple[str, ...]] = ("safetensors",)
     teacher_passes: ClassVar[frozenset[str]] = frozenset({"worker"})
     unit: ClassVar[str] = "images"
@@ -83,6 +84,7 @@ class DetectionTask(Task):
         )
 
     def check_job(self, job: JobConfig) -> None:
+        super().check_job(job)
         if "teacher_pass" in job.distill.model_fields_set:
             raise JobError(
                 "distill.teacher_pass: detection runs its teacher as a frozen copy inside each "

@@ -102,7 +102,7 @@ class RayTrainContext(LoopContext):
     def restore(self, core: nn.Module, optimizer: Any, scheduler: Any) -> Resumed:
         from raydistill.train.state import restore
 
-        return restore(self.config, core, optimizer, scheduler)
+        return restore(self.config, core, optimizer, scheduler, self.rank)
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any]) -> None:
         from raydistill.train.state import report_epoch

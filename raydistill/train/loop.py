@@ -22,7 +22,7 @@ from raydistill.tasks.base import Task
 from raydistill.train.context import LoopContext, RayTrainContext
 from raydistill.train.optim import BestTracker, build_lr_scheduler, build_optimizer, rebase_lr
 from raydistill.train.spec import StageSpec
-from raydistill.train.state import epoch_state
+from raydistill.train.state import epoch_state, rng_snapshot
 
 PROGRESS_EVERY_S = 30.0  # inside an epoch, a progress line at most this often (seconds)
 
@@ -87,14 +87,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _tracker(spec: StageSpec, task: Task) -> BestTracker:
-    early = spec.train.early_stopping
+    """keep_best and early stopping watch one metric: ``train.monitor`` (auto: the task's)."""
+    train = spec.train
+    monitor = task.monitor if train.monitor == "auto" else train.monitor
+    early = train.early_stopping
     if early is None:
-        return BestTracker(monitor=task.monitor)
-    return BestTracker(
-        monitor=early.monitor if task.monitor == "val_acc" else task.monitor,
-        min_delta=early.min_delta,
-        patience=early.patience,
-    )
+        return BestTracker(monitor=monitor)
+    return BestTracker(monitor=monitor, min_delta=early.min_delta, patience=early.patience)
 
 
 def run_epochs(task: Task, spec: StageSpec, ctx: LoopContext) -> list[dict[str, Any]]:
@@ -102,9 +101,12 @@ def run_epochs(task: Task, spec: StageSpec, ctx: LoopContext) -> list[dict[str, 
     early stop); returns the history of every epoch."""
     train = spec.train
     rank = ctx.rank
-    torch.manual_seed(spec.job.seed)
-
+    torch.manual_seed(spec.job.seed)  # the same initial weights on every rank
     core = task.build_core(spec)
+    # then a stream of its own per rank: dropout masks must differ between ranks
+    torch.manual_seed(spec.job.seed + rank)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(spec.job.seed + rank)
     module = ctx.prepare_model(core)
     optimizer = build_optimizer(train, module.parameters())
     scheduler = build_lr_scheduler(train, optimizer)
@@ -192,6 +194,7 @@ def run_epochs(task: Task, spec: StageSpec, ctx: LoopContext) -> list[dict[str, 
             tracker=tracker,
             history=history,
             best_student=best_student,
+            rng_states=ctx.gather([rng_snapshot()]),  # every rank's, for a resume per rank
         )
         ctx.report(metrics, state)
         ctx.say(_epoch_line(task, spec, metrics, elapsed))

@@ -97,7 +97,9 @@ def final_state(
     return found[1] if found is not None else None
 
 
-def restore(config: dict[str, Any], core: nn.Module, optimizer: Any, scheduler: Any) -> Resumed:
+def restore(
+    config: dict[str, Any], core: nn.Module, optimizer: Any, scheduler: Any, rank: int = 0
+) -> Resumed:
     """Load the newest state a worker group can resume from into the loop's objects: Ray
     Train's checkpoint (a restarted worker group) or the newest complete checkpoint in
     ``config['stage_dir']`` (see :func:`latest_checkpoint`), whichever has the later epoch;
@@ -116,16 +118,43 @@ def restore(config: dict[str, Any], core: nn.Module, optimizer: Any, scheduler: 
     if not states:
         return Resumed()
     # the first of equal epochs
-    return apply_state(max(states, key=lambda s: int(s["epoch"])), core, optimizer, scheduler)
+    newest = max(states, key=lambda s: int(s["epoch"]))
+    return apply_state(newest, core, optimizer, scheduler, rank)
 
 
-def apply_state(state: dict[str, Any], core: nn.Module, optimizer: Any, scheduler: Any) -> Resumed:
+def rng_snapshot() -> dict[str, Any]:
+    """This process's torch random state: CPU, and every CUDA device's when there are any."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def restore_rng(state: dict[str, Any], rank: int) -> bool:
+    """Continue ``rank``'s random streams (dropout, augmentation noise) where the checkpoint
+    left them; False when the checkpoint has none for this rank (a worker group that grew, or
+    a checkpoint from before per-rank states): the caller's seeding stands."""
+    per_rank = state.get("rng_states")
+    if per_rank is None:
+        if rank == 0 and "torch_rng" in state:  # a checkpoint of rank 0's CPU state only
+            torch.set_rng_state(state["torch_rng"])
+            return True
+        return False
+    if rank >= len(per_rank):
+        return False
+    mine = per_rank[rank]
+    torch.set_rng_state(mine["cpu"])
+    if mine.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(mine["cuda"])
+    return True
+
+
+def apply_state(
+    state: dict[str, Any], core: nn.Module, optimizer: Any, scheduler: Any, rank: int = 0
+) -> Resumed:
     """Load one checkpoint's state into the loop's objects; where the loop continues."""
     core.load_state_dict(state["distiller"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    if "torch_rng" in state:  # dropout continues as if never interrupted (older: reseeded)
-        torch.set_rng_state(state["torch_rng"])
+    restore_rng(state, rank)
     return Resumed(
         start_epoch=int(state["epoch"]) + 1,
         history=list(state["history"]),
@@ -143,8 +172,10 @@ def epoch_state(
     tracker: Any,
     history: list[dict[str, Any]],
     best_student: dict[str, torch.Tensor] | None,
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Everything :func:`apply_state` needs to continue after ``epoch``."""
+    """Everything :func:`apply_state` needs to continue after ``epoch``; ``rng_states`` are
+    every rank's :func:`rng_snapshot`, in rank order."""
     return {
         "epoch": epoch,
         "distiller": core.state_dict(),
@@ -154,7 +185,7 @@ def epoch_state(
         "history": history,
         "best_student": best_student,
         "final_student": core.student.state_dict(),
-        "torch_rng": torch.get_rng_state(),
+        "rng_states": rng_states if rng_states is not None else [rng_snapshot()],
     }
 
 
