@@ -244,3 +244,20 @@ def test_each_rank_resumes_its_own_random_streams():
     torch.manual_seed(7)
     assert not restore_rng({"rng_states": states}, 2)  # a third rank: its own seeding stands
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_stage_continued_with_more_epochs_follows_the_new_lr_schedule(digits):
+    """40 -> 80 epochs, shrunk: a cosine over 2 epochs resumed as 4 epochs continues the 4-epoch
+    cosine (lr at epoch 2 of 4 is half the base), not the old one's zero."""
+    job, splits, _ = digits
+    rows = {k: classification_rows(job, splits[k]) for k in ("train", "val")}
+    first = LocalContext(rows, log=lambda _: None, keep_state=True)
+    run_epochs(get_task(job), _spec(job, "baseline", epochs=2, lr_schedule="cosine"), first)
+    more = run_epochs(
+        get_task(job),
+        _spec(job, "baseline", epochs=4, lr_schedule="cosine"),
+        LocalContext(rows, log=lambda _: None, resume=first.last_state),
+    )
+    base = job.train.lr
+    assert more[2]["lr"] == pytest.approx(base * (1 + math.cos(math.pi * 2 / 4)) / 2)
+    assert more[3]["lr"] == pytest.approx(base * (1 + math.cos(math.pi * 3 / 4)) / 2)

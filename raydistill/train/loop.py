@@ -20,7 +20,13 @@ import torch
 from raydistill.tasks import get_task
 from raydistill.tasks.base import Task
 from raydistill.train.context import LoopContext, RayTrainContext
-from raydistill.train.optim import BestTracker, build_lr_scheduler, build_optimizer, rebase_lr
+from raydistill.train.optim import (
+    BestTracker,
+    build_lr_scheduler,
+    build_optimizer,
+    rebase_lr,
+    retarget_schedule,
+)
 from raydistill.train.spec import StageSpec
 from raydistill.train.state import epoch_state, rng_snapshot
 
@@ -112,6 +118,8 @@ def run_epochs(task: Task, spec: StageSpec, ctx: LoopContext) -> list[dict[str, 
     scheduler = build_lr_scheduler(train, optimizer)
     resumed = ctx.restore(core, optimizer, scheduler)
     rebase_lr(optimizer, scheduler, train.lr)
+    if resumed.start_epoch:
+        retarget_schedule(optimizer, scheduler, train)
     tracker = BestTracker(**resumed.tracker) if resumed.tracker else _tracker(spec, task)
     history, best_student, start_epoch = resumed.history, resumed.best_student, resumed.start_epoch
     if start_epoch:

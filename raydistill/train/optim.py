@@ -56,6 +56,35 @@ def rebase_lr(
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr says
 
 
+def retarget_schedule(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train: TrainConfig,
+) -> None:
+    """Give a restored LR schedule the shape the job asks for now, at the epoch it reached.
+
+    A checkpoint brings its own schedule (cosine over its ``epochs``, its step size); a stage
+    continued after its ``train`` section changed (``--allow-changed``: 40 -> 80 epochs) must
+    follow the new one, or a cosine reaches 0 at the old end. Every schedule here is a
+    function of the epoch, so the lr is recomputed in closed form."""
+    epoch = scheduler.last_epoch
+    if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        scheduler.T_max = train.epochs
+    elif isinstance(scheduler, torch.optim.lr_scheduler.StepLR):
+        scheduler.step_size, scheduler.gamma = train.lr_step_size, train.lr_gamma
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = _lr_at(train, base, epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def _lr_at(train: TrainConfig, base: float, epoch: int) -> float:
+    if train.lr_schedule == "cosine":
+        return base * (1 + math.cos(math.pi * min(epoch, train.epochs) / train.epochs)) / 2
+    if train.lr_schedule == "step":
+        return base * train.lr_gamma ** (epoch // train.lr_step_size)
+    return base
+
+
 @dataclass
 class BestTracker:
     """Tracks the best epoch on one validation metric, and patience for early stopping."""
