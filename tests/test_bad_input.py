@@ -87,11 +87,24 @@ def _stray_label_in_parquet(tmp_path: Path) -> Path:
 
     inputs, labels = _digits()
     labels[17] = 42  # among labels 0-9, and no data.num_classes to refuse it
-    table = pa.table(
-        {"input": [row.ravel().tolist() for row in inputs], "label": labels.tolist()}
-    )
+    table = pa.table({"input": [row.ravel().tolist() for row in inputs], "label": labels.tolist()})
     pq.write_table(table, tmp_path / "data.parquet")
     return _job(tmp_path, {"data.source": "parquet", "data.path": str(tmp_path / "data.parquet")})
+
+
+def _coco_job(tmp_path: Path) -> Path:
+    from raydistill.detection.synthetic import write_shapes_coco
+
+    data = write_shapes_coco(tmp_path / "data", train=2, val=1, size=32)
+    raw = yaml.safe_load((ROOT / "jobs" / "shapes.yaml").read_text())
+    raw["data"]["coco"]["train"] = {
+        "images": str(tmp_path / "nope"),
+        "annotations": str(data["train"][1]),
+    }
+    raw["data"]["coco"]["val"] = {"images": str(data["val"][0]), "annotations": str(data["val"][1])}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
 
 def _nan_input(tmp_path: Path) -> Path:
@@ -278,6 +291,13 @@ CASES = [
         _stray_label_in_parquet,
         [],
         ["data: label 42 has 1 row(s) (row 17 of {dir}/data.parquet)", "labels have that (0-9)"],
+    ),
+    (
+        "missing-coco-folder",
+        "validate",
+        lambda tmp_path: _coco_job(tmp_path),
+        [],
+        ["data.coco.train.images: not found (got '{dir}/nope')"],
     ),
     (
         "missing-raydistill-factory",

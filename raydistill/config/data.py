@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from raydistill.config.base import Section
 from raydistill.config.errors import KeyedError
@@ -60,13 +60,13 @@ class CocoSplitPaths(Section):
     images: str = Field(..., description="the folder of the split's images")
     annotations: str = Field(..., description="the split's COCO instances JSON file")
 
-    @model_validator(mode="after")
-    def _exist(self) -> CocoSplitPaths:
-        for key in ("images", "annotations"):
-            value = getattr(self, key)
-            if "://" not in value and not Path(value).expanduser().exists():
-                raise KeyedError(key, f"not found: {value}")
-        return self
+    @field_validator("images", "annotations")
+    @classmethod
+    def _exists(cls, value: str) -> str:
+        # a plain error: pydantic names the full key path (data.coco.train.images)
+        if "://" not in value and not Path(value).expanduser().exists():
+            raise ValueError("not found")
+        return value
 
 
 class CocoConfig(Section):
