@@ -261,3 +261,19 @@ def test_a_stage_continued_with_more_epochs_follows_the_new_lr_schedule(digits):
     base = job.train.lr
     assert more[2]["lr"] == pytest.approx(base * (1 + math.cos(math.pi * 2 / 4)) / 2)
     assert more[3]["lr"] == pytest.approx(base * (1 + math.cos(math.pi * 3 / 4)) / 2)
+
+
+def test_the_docs_table_of_commands_per_task_is_the_capabilities():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text.split("<!-- capabilities -->\n")[1].split("\n<!-- /capabilities -->")[0]
+    rows = [line.strip("|").split("|") for line in table.splitlines()[2:]]
+    tasks = [c.strip() for c in table.splitlines()[0].strip("|").split("|")[1:]]
+    assert tasks == list(TASKS)
+    for row in rows:
+        command = row[0].strip().strip("`")
+        for task, cell in zip(tasks, row[1:], strict=True):
+            runs = command in capabilities()[task]
+            assert (cell.strip() == "yes") == runs, (command, task)
+            if not runs:
+                assert task_named(task).refusals[command] in cell
+    assert [r[0].strip().strip("`") for r in rows] == list(COMMANDS)

@@ -54,7 +54,7 @@ class DetectionTask(Task):
     refusals: ClassVar[dict[str, str]] = {
         "cache": "its teacher runs as a frozen copy inside each train worker, so there is no "
         "teacher pass to cache",
-        "tune": "searches run classification jobs only",
+        "tune": "a search would share one teacher pass, and detection has none to share",
     }
     monitor: ClassVar[str] = "val_map"
     monitors: ClassVar[frozenset[str]] = frozenset({"val_map"})

@@ -223,6 +223,9 @@ def run_tune(
     from raydistill.runtime import check_worker_resources, ray_session
     from raydistill.teacher.cache import ensure_cache, read_cache, read_manifest
 
+    from raydistill.tasks import get_task
+
+    get_task(job).require("tune")
     if job.tune is None:
         raise JobError("the job has no tune section: add tune.space (see jobs/digits-tune.yaml)")
     settings = job.tune
