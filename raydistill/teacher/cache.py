@@ -41,11 +41,11 @@ from raydistill.files import (
     read_json,
     remove_owned_dir,
 )
+from raydistill.rundir import CACHE_BUILD_MARKER as BUILD_MARKER
+from raydistill.rundir import CACHE_MANIFEST as MANIFEST
 from raydistill.teacher.codec import LogitCodec
 from raydistill.teacher.pool import attach_teacher
 
-MANIFEST = "manifest.json"
-BUILD_MARKER = ".raydistill-cache"
 FORMAT = "raydistill.teacher_cache/1"
 SPLITS = ("train", "val")
 Log = Callable[[str], None]

@@ -24,11 +24,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from raydistill.columns import TAIL as TAIL
+from raydistill.columns import TEACHER_LOGITS as LOGITS
+from raydistill.columns import TOPK_INDICES as TOPK_INDICES
+from raydistill.columns import TOPK_VALUES as TOPK_VALUES
+
 CodecKind = Literal["fp32", "fp16", "topk"]
-LOGITS = "teacher_logits"
-TOPK_VALUES = "teacher_topk_values"
-TOPK_INDICES = "teacher_topk_indices"
-TAIL = "teacher_tail_logit"
 
 
 def _logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 from raydistill.files import atomic_output
-
-STATE_FILE = "state.pt"
-CHECKPOINT_GLOB = "checkpoint_*"
+from raydistill.rundir import CHECKPOINT_GLOB as CHECKPOINT_GLOB
+from raydistill.rundir import STATE_FILE as STATE_FILE
 
 
 def save_state(directory: Path, state: dict[str, Any]) -> None:

@@ -16,11 +16,11 @@ from typing import Any
 
 from raydistill.config import JobConfig, JobError, job_from_dict
 from raydistill.files import atomic_write_json, read_json, read_yaml
+from raydistill.rundir import SEARCH_JOB as SEARCH_JOB
+from raydistill.rundir import SEARCH_SUMMARY as SUMMARY_JSON
 
 Log = Callable[[str], None]
-SEARCH_JOB = "search_job.json"  # the resolved job the search started with, and its hash
 SEARCH_JOB_FORMAT = "raydistill.search_job/1"
-SUMMARY_JSON = "summary.json"
 
 
 def job_sha256(raw: dict[str, Any]) -> str:

@@ -20,6 +20,11 @@ import yaml
 
 from raydistill.config import JobConfig, JobError, TuneConfig, job_from_dict
 from raydistill.files import atomic_write_json, atomic_write_text, remove_owned_dir
+from raydistill.rundir import BEST_JOB as BEST_JOB
+from raydistill.rundir import RESULTS_CSV as RESULTS_CSV
+from raydistill.rundir import RESULTS_MD as RESULTS_MD
+from raydistill.rundir import TUNE_DIR as TUNE_DIR
+from raydistill.rundir import TUNER_STATE as TUNER_STATE
 from raydistill.tune.discovered import discovered_schedules, lineage_history
 from raydistill.tune.in_memory import InMemoryResult
 from raydistill.tune.record import (
@@ -41,11 +46,7 @@ from raydistill.tune.space import apply_params
 from raydistill.tune.trial import TEACHER_PASSES, TRIALS_DIR, TrialContext, run_trial
 
 Log = Callable[[str], None]
-TUNE_DIR = "tune"
-BEST_JOB = "best.yaml"
-RESULTS_CSV = "results.csv"
-RESULTS_MD = "results.md"
-TUNER_STATE = "tuner.pkl"  # Ray Tune's own file in a search directory
+
 TRIAL_CPUS = 0.1  # the trial function only drives its TorchTrainer (a zero request is refused)
 
 
@@ -221,9 +222,8 @@ def run_tune(
     from raydistill.data.sources import load_splits
     from raydistill.pipeline import check_pair, fit_teacher, prepare_run_dir
     from raydistill.runtime import check_worker_resources, ray_session
-    from raydistill.teacher.cache import ensure_cache, read_cache, read_manifest
-
     from raydistill.tasks import get_task
+    from raydistill.teacher.cache import ensure_cache, read_cache, read_manifest
 
     get_task(job).require("tune")
     if job.tune is None:

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from raydistill.config import JobConfig, TuneConfig, job_from_dict
+from raydistill.rundir import TRIALS_DIR as TRIALS_DIR
 from raydistill.tune.results import EPOCHS_DONE, TrialRow
 from raydistill.tune.space import apply_params
 
 TEACHER_PASSES = "teacher_forward_passes"
-TRIALS_DIR = "trials"
 
 
 @dataclass(frozen=True)
