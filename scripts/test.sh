@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Set up (if needed), lint, and run the whole test suite (slow end-to-end tests included).
+# pytest's summary ends with the time budget (tests/time_budget.py, docs/testing.md); the last
+# line is this script's own total, setup and lint included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
 bash scripts/setup.sh
 .venv/bin/ruff check raydistill tests benchmarks
-exec .venv/bin/python -m pytest -q "$@"
+status=0
+.venv/bin/python -m pytest -q "$@" || status=$?
+echo "test.sh: $((SECONDS - started)) s in all (setup, lint and tests), exit status $status"
+exit "$status"

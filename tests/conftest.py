@@ -1,4 +1,5 @@
-"""Shared fixtures: one real local Ray cluster per test session, and small job files."""
+"""Shared fixtures: one real local Ray cluster per test session, and small job files; the
+suite's time budget (``time_budget``: each test under a ceiling unless marked with its reason)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,61 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytest.register_assert_rewrite("time_budget")  # before its import: a plugin, it is rewritten
+import time_budget  # noqa: E402
+
+# pytester: the budget plugin's own tests run pytest inside pytest
+pytest_plugins = ["pytester", "time_budget"]
+
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 # Test-only models (module:factory specs) that the driver and the cluster's workers import.
 HELPERS = ROOT / "tests" / "helpers"
 sys.path.insert(0, str(HELPERS))
+
+
+# Tests over the per-test ceiling today (tests/time_budget.py), by node id: the targets for
+# speed-up, with the times measured on a shared 2-core machine. Kept here so that the files that
+# are being cut down need no edit; a test that gets under the ceiling comes off this list, and a
+# test's own @pytest.mark.budget takes precedence.
+OVER_THE_CEILING = {
+    "tests/test_load.py::test_jobs_submitted_back_to_back_all_finish_apart": (
+        600,
+        "every job a Ray job of its own on one cluster, submitted back to back (383 s loaded)",
+    ),
+    "tests/test_e2e_text.py::test_bbc_news_job_at_reduced_size": (
+        600,
+        "fine-tunes the pretrained MiniLM teacher, then distils a 2-layer BERT (247 s loaded)",
+    ),
+    "tests/test_faults.py::test_a_killed_train_worker_restarts_from_the_latest_checkpoint": (
+        600,
+        "a run with a killed worker and the same run uninterrupted, compared (209 s loaded)",
+    ),
+    "tests/test_fashion_mnist.py::test_fashion_job_end_to_end_with_dkd_and_attention_transfer": (
+        600,
+        "ResNet-18 teacher stage, DKD and attention-transfer students (266 s loaded)",
+    ),
+    "tests/test_node_loss.py::test_a_removed_node_does_not_end_the_run": (
+        600,
+        "starts a three-node cluster of its own and trains through a node's removal",
+    ),
+    "tests/test_cluster_placement.py::"
+    "test_teacher_actors_and_train_workers_run_on_their_node_groups": (
+        480,
+        "starts a three-node cluster of its own",
+    ),
+    "tests/test_e2e_detection.py::test_detection_job_end_to_end": (
+        600,
+        "trains a Faster R-CNN teacher, then a student on 2 DDP workers, scored by COCO mAP",
+    ),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid in OVER_THE_CEILING and item.get_closest_marker("budget") is None:
+            seconds, reason = OVER_THE_CEILING[item.nodeid]
+            item.add_marker(pytest.mark.budget(seconds=seconds, reason=reason))
 
 
 # Filled by the `ray_address` fixture: the head's dashboard (and Jobs API) URL.
@@ -63,6 +114,7 @@ def _stop_cluster(temp_dir: Path, gcs_port: int) -> None:
 
 
 @pytest.fixture(scope="session")
+@time_budget.allow(seconds=300, reason="`ray start` of a head node; minutes on a loaded machine")
 def ray_address() -> Iterator[str]:
     """A real Ray head node on loopback, shared by every Ray test (and CLI subprocesses).
 
@@ -77,6 +129,14 @@ def ray_address() -> Iterator[str]:
 
     # A loopback-only test cluster: no token auth, on both sides (Ray 2.60 enables it by default).
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    # No usage stats in this process either (`ray start --disable-usage-stats` below reaches
+    # only the cluster's processes), as raydistill's own ray_session does for its drivers. With
+    # them on, the first Ray Data run here starts Ray Data's usage poller: a thread that queries
+    # a Prometheus no test runs every 10 s and logs each failure with its traceback. On Python
+    # 3.11.7, formatting a traceback calls ast.parse, whose recursion counter is shared by all
+    # threads (python/cpython#106905): a parse in a test at the same moment failed with
+    # "SystemError: AST constructor recursion depth mismatch".
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     python_path = os.pathsep.join(p for p in (str(HELPERS), os.environ.get("PYTHONPATH")) if p)
     env = {
         **os.environ,
@@ -92,7 +152,7 @@ def ray_address() -> Iterator[str]:
     # Everything from `ray start` on sits inside the try: a start that fails or times out
     # still gets its half-started processes stopped.
     try:
-        subprocess.run(
+        started = subprocess.run(
             [
                 RAY,
                 "start",
@@ -107,11 +167,16 @@ def ray_address() -> Iterator[str]:
                 f"--temp-dir={temp_dir}",
                 "--disable-usage-stats",
             ],
-            check=True,
             env=env,
             capture_output=True,
+            text=True,
             timeout=300,  # a busy shared machine can take minutes
         )
+        if started.returncode != 0:  # Ray says why on its own output: keep it in the error
+            raise RuntimeError(
+                f"`ray start` failed ({started.returncode}): "
+                f"{(started.stdout + started.stderr)[-3000:]}"
+            )
         address = f"127.0.0.1:{port}"
         _HEAD["dashboard"] = f"http://127.0.0.1:{dashboard_port}"
         os.environ["RAY_ADDRESS"] = address
@@ -164,6 +229,7 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@time_budget.allow(seconds=300, reason="trains the digits teacher on Ray, once for the session")
 def digits_teacher(ray_address, tmp_path_factory) -> str:
     """The quickstart's teacher (``jobs/digits.yaml``) trained once per session by the teacher
     stage on the session's Ray, as the end-to-end tests' short jobs train it (4 epochs, 2

@@ -9,6 +9,7 @@ in a payload also checks that the payload's side effect (a marker file) did not 
 from __future__ import annotations
 
 import ast
+import functools
 import pickle
 import re
 import subprocess
@@ -27,6 +28,30 @@ from raydistill.models import build_model, load_weights, save_weights
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_SOURCES = sorted((ROOT / "raydistill").rglob("*.py"))
 CODE = [*PACKAGE_SOURCES, *sorted((ROOT / "benchmarks").glob("*.py"))]
+
+# Parses the files named on its command line and writes their trees, pickled, to stdout.
+_PARSE_ALL = (
+    "import ast, pickle, sys; sys.stdout.buffer.write(pickle.dumps("
+    "{p: ast.parse(open(p, encoding='utf-8').read(), p) for p in sys.argv[1:]}))"
+)
+
+
+@functools.cache
+def _code_trees() -> dict[Path, ast.Module]:
+    """The syntax tree of every file in ``CODE``, parsed in a child interpreter.
+
+    Not ``ast.parse`` here: CPython up to 3.11.7 (and 3.12.1) keeps ast.parse's recursion
+    counter in interpreter-wide state (python/cpython#106905), so a parse in this process fails
+    with "SystemError: AST constructor recursion depth mismatch" whenever another thread builds
+    a tree meanwhile. By the time these tests run, the session's Ray has left threads here (its
+    gc.collect() thread, log and error listeners), and on 3.11 formatting any traceback, as
+    pytest does for an exception a finalizer raises in such a thread, calls ast.parse. The
+    child has no other thread; rebuilding the trees from the pickle never touches that counter.
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", _PARSE_ALL, *map(str, CODE)], capture_output=True, check=True
+    ).stdout
+    return {Path(name): tree for name, tree in pickle.loads(out).items()}
 
 
 def _tracked_text_files() -> list[Path]:
@@ -136,8 +161,8 @@ def test_a_train_checkpoint_carrying_code_is_never_resumed_from(tmp_path):
 def test_every_torch_load_in_the_package_is_weights_only():
     """A static check, so a new ``torch.load`` cannot slip in without ``weights_only=True``."""
     calls = 0
-    for path in CODE:
-        for node in ast.walk(ast.parse(path.read_text())):
+    for path, tree in _code_trees().items():
+        for node in ast.walk(tree):
             if not isinstance(node, ast.Call):
                 continue
             name = ast.unparse(node.func)
@@ -260,8 +285,8 @@ def test_a_tune_space_is_parsed_never_evaluated(tmp_path):
 
 def test_the_package_never_loads_yaml_unsafely_or_evaluates_strings():
     unsafe = {"yaml.load", "yaml.load_all", "yaml.unsafe_load", "yaml.full_load", "eval", "exec"}
-    for path in CODE:
-        for node in ast.walk(ast.parse(path.read_text())):
+    for path, tree in _code_trees().items():
+        for node in ast.walk(tree):
             if isinstance(node, ast.Call):
                 assert ast.unparse(node.func) not in unsafe, (path.name, node.lineno)
 
@@ -290,8 +315,8 @@ def test_every_ray_init_keeps_the_dashboard_on_loopback():
     """In the package and the benchmarks: ``dashboard_host`` left at Ray's default (127.0.0.1)
     or set to loopback."""
     found = 0
-    for path in CODE:
-        for node in ast.walk(ast.parse(path.read_text())):
+    for path, tree in _code_trees().items():
+        for node in ast.walk(tree):
             if isinstance(node, ast.Call) and ast.unparse(node.func) == "ray.init":
                 found += 1
                 kw = {k.arg: k.value for k in node.keywords}

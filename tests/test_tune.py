@@ -62,6 +62,11 @@ def _finished_trials(tune_dir: Path) -> list[Path]:
     return sorted((tune_dir / "trials").glob("*/student/model.pt"))
 
 
+@pytest.mark.budget(
+    seconds=900,
+    reason="a 4-trial ASHA search killed and resumed, its best job trained, then a second "
+    "2-trial search: about ten Ray Train runs (311-463 s loaded)",
+)
 def test_interrupted_search_resumes_over_one_teacher_pass(
     ray_address, write_job, tmp_path, teacher_weights
 ):
@@ -130,6 +135,10 @@ def test_interrupted_search_resumes_over_one_teacher_pass(
     assert samples_labelled(counts) == labelled + 1  # only the pair probe
 
 
+@pytest.mark.budget(
+    seconds=600,
+    reason="four PBT trials side by side; every exploit restarts a Ray Train run (194-352 s)",
+)
 def test_pbt_continues_poor_trials_from_good_checkpoints(
     ray_address, write_job, tmp_path, teacher_weights
 ):

@@ -14,11 +14,13 @@ import yaml
 from raydistill.config import JobError, job_from_dict
 from raydistill.distill.schedules import as_schedule
 from raydistill.train.optim import build_lr_scheduler, build_optimizer, rebase_lr
+from raydistill.train.state import save_state
 from raydistill.tune.discovered import as_piecewise, discovered_schedules, lineage_history
+from raydistill.tune.results import EPOCHS_DONE
 from raydistill.tune.schedulers import WithinSpace
 from raydistill.tune.search import _base_job, planned_tune_cpus
 from raydistill.tune.space import parse_dimension
-from raydistill.tune.trial import TrialContext
+from raydistill.tune.trial import TrialContext, unreported_end
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,6 +174,23 @@ def test_the_best_students_lineage_gives_the_discovered_schedules(tmp_path):
         "distill.alpha",
     }
     assert discovered_schedules(lineage, [parse_dimension("train.lr", "uniform(0.1, 1)")]) == {}
+
+
+def test_a_generation_continued_from_a_last_epoch_reports_that_epoch_as_its_own(tmp_path):
+    """A poor trial moved onto a donor's final checkpoint has nothing left to train; it must
+    still end in Tune at the donor state's last epoch (else its row keeps the epochs before
+    the exploit, 'stopped early', under the donor's trial id that Tune's restore left)."""
+    start = tmp_path / "start"
+    start.mkdir()
+    rows = [{"epoch": e, "val_acc": 0.5 + e / 10, "temperature": 3.0} for e in range(4)]
+    save_state(start, {"epoch": 3, "history": rows})
+    owed = unreported_end(start, reported=0, extra={"teacher_forward_passes": 0})
+    assert owed is not None
+    assert owed[EPOCHS_DONE] == 4 and owed["val_acc"] == pytest.approx(0.8)
+    assert owed["temperature"] == 3.0 and owed["teacher_forward_passes"] == 0
+    # a generation that trained (and so reported) owes nothing, nor does a fresh trial
+    assert unreported_end(start, reported=1, extra={}) is None
+    assert unreported_end(None, reported=0, extra={}) is None
 
 
 def test_tpe_draws_inside_the_space_repeatably_from_the_job_seed():

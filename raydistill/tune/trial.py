@@ -125,6 +125,23 @@ def _next_generation(trials_dir: Path, trial_id: str) -> int:
     return 1 + sum(1 for _ in trials_dir.glob(f"{trial_id}.g*"))
 
 
+def unreported_end(
+    start: Path | None, reported: int, extra: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The row a continued PBT generation still owes Tune, or None.
+
+    A generation that continued from ``start`` (a ``state.pt`` directory) and reported nothing
+    had nothing left to train: the state was a donor's last epoch. Tune, restoring the trial
+    onto that checkpoint, had set the trial's last result to the donor's (the donor's trial id
+    included), and the trial's own rows end at the epoch it was exploited at; so the state's
+    last epoch is reported as this trial's, and the trial ends where its student does."""
+    from raydistill.train.state import load_state
+
+    if start is None or reported:
+        return None
+    return _tune_row(load_state(start)["history"][-1], extra)
+
+
 def _run_pbt_trial(config: dict[str, Any], context: TrialContext, trial_id: str) -> None:
     """A PBT trial: it starts fresh, or (after an exploit, or a resumed search) continues from
     the Tune checkpoint it was handed, in a run directory of its own, with its new values; every
@@ -173,6 +190,7 @@ def _run_pbt_trial(config: dict[str, Any], context: TrialContext, trial_id: str)
     # every epoch is in the queue.
     worker = threading.Thread(target=train, name=f"{trial_id}-train", daemon=True)
     worker.start()
+    reported = 0
     while True:
         try:
             row, path = reports.get(timeout=0.5)
@@ -181,9 +199,14 @@ def _run_pbt_trial(config: dict[str, Any], context: TrialContext, trial_id: str)
                 break
             continue
         tune.report(row, checkpoint=tune.Checkpoint.from_directory(path) if path else None)
+        reported += 1
     worker.join()
     if failures:
         raise failures[0]
+    owed = unreported_end(start, reported, {TEACHER_PASSES: passes})
+    if owed is not None:
+        assert start is not None
+        tune.report(owed, checkpoint=tune.Checkpoint.from_directory(str(start)))
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
