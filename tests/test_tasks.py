@@ -277,3 +277,30 @@ def test_the_docs_table_of_commands_per_task_is_the_capabilities():
             if not runs:
                 assert task_named(task).refusals[command] in cell
     assert [r[0].strip().strip("`") for r in rows] == list(COMMANDS)
+
+
+def test_every_task_tables_its_scores_with_the_headline_in_the_notes():
+    from raydistill.detection.scoring import DetectionScore
+    from raydistill.evaluate import ModelScore
+
+    stats = {k: 0.1 for k in ("map", "map50", "map75", "map_small", "map_medium", "map_large")}
+    rows = {
+        "detection": [
+            DetectionScore("teacher", {**stats, "map": 0.30}, 1000, 8.0),
+            DetectionScore("student (distilled)", {**stats, "map": 0.25}, 100, 2.0),
+            DetectionScore("baseline (student alone)", {**stats, "map": 0.20}, 100, 2.0),
+        ],
+        "classification": [
+            ModelScore("teacher", 0.99, 1000, 0.8, 4000, 900.0),
+            ModelScore("student (distilled)", 0.97, 100, 0.2, 400, 3000.0),
+            ModelScore("baseline (student alone)", 0.92, 100, 0.2, 400, 3000.0),
+        ],
+    }
+    epochs = {"teacher": 3, "student": 2, "baseline": 2}
+    for name, scores in rows.items():
+        for detailed in (False, True):
+            table = task_named(name).table(scores, epochs, detailed=detailed)
+            assert [r[0] for r in table.rows] == [s.name for s in scores]
+            assert all(len(r) == len(table.header) for r in table.rows)
+            assert table.rows[1][-1] == "2" and table.rows[0][-1] == "3"
+            assert "distillation bought +5.0" in " ".join(table.notes), (name, table.notes)

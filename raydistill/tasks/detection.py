@@ -189,7 +189,10 @@ class DetectionTask(Task):
                     worst = max(worst, float((a[key] - b[key]).abs().max()))
         return worst
 
-    def table(self, scores: list[Any], epochs: dict[str, int]) -> SummaryTable:
+    def table(
+        self, scores: list[Any], epochs: dict[str, int], detailed: bool = False
+    ) -> SummaryTable:
+        """COCO AP figures, size and latency (the report shows the same table)."""
         def pct(v: float) -> str:
             return "-" if v < 0 else f"{100 * v:.1f}"
 
