@@ -7,8 +7,9 @@ validation shard, and how to score a model on the test split. Neither the pipeli
 ever asks which task it runs.
 
 Driver side (plain Python, before and after Ray Train): ``prepare``, ``read_splits``,
-``describe_data``, ``num_classes``, ``check_student``, ``check_pair``, ``datasets``,
-``loop_extras``, ``score``, ``example_inputs``, ``table``.
+``check_job``, ``describe_data``, ``num_classes``, ``balancer``, ``check_student``,
+``check_pair``, ``datasets``, ``loop_extras``, ``score``, ``speed``, ``example_inputs``,
+``output_difference``, ``table``, ``data_fingerprint``.
 Worker side (inside every Ray Train worker, or Ray-free in tests and in-memory searches):
 ``build_core``, ``train_batches``, ``step``, ``validate``, ``epoch_line``.
 """
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from raydistill.config import JobConfig, JobError, ModelSpec
@@ -250,7 +250,3 @@ def batch_rows(values: np.ndarray | Tensor | list[Any], most: int = 8) -> str:
     """The first ``most`` ids of a batch, for error messages."""
     listed = [int(v) for v in values[:most]]
     return f"{listed}{'...' if len(values) > most else ''}"
-
-
-def as_float_tensor(values: list[float]) -> Tensor:
-    return torch.tensor(values, dtype=torch.float64)
