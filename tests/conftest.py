@@ -84,6 +84,19 @@ OVER_THE_CEILING = {
         400,
         "the same job trained twice, compared weight for weight (106 s loaded)",
     ),
+    "tests/test_e2e_digits.py::test_digits_job_end_to_end": (
+        400,
+        "the quickstart's three stages at test size, then its report (111 s on a fresh clone)",
+    ),
+    "tests/test_e2e_digits.py::test_driver_killed_mid_run_resumes_from_checkpoint": (
+        400,
+        "a run whose driver is killed mid-stage, then the rerun that resumes it (92 s)",
+    ),
+    "tests/test_faults.py::"
+    "test_a_killed_teacher_actor_is_replaced_and_no_row_is_lost_or_repeated": (
+        400,
+        "a teacher pass with an actor killed mid-pass, every row counted (77 s)",
+    ),
     "tests/test_e2e_digits.py::test_teacher_pool_streams_every_epoch": (
         400,
         "a per-epoch teacher pool in the pipeline, counted per epoch (100 s loaded)",
