@@ -43,7 +43,12 @@ class LabelledArrays:
         return len(self.labels)
 
     def fingerprint(self) -> str:
-        """sha256 of the inputs, labels and class count: equal data, equal fingerprint."""
+        """sha256 of the inputs, labels and class count: equal data, equal fingerprint.
+        Computed once per instance (the arrays are not changed in place): each stage's
+        fingerprint and the cache key ask for it."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is not None:
+            return cached
         digest = hashlib.sha256()
         for array in (self.inputs, self.labels):
             digest.update(f"{array.dtype}{array.shape}".encode())
@@ -51,7 +56,8 @@ class LabelledArrays:
         for text in self.texts if self.texts is not None else ():
             digest.update(str(text).encode("utf-8") + b"\0")
         digest.update(str(self.num_classes).encode())
-        return digest.hexdigest()
+        self.__dict__["_fingerprint"] = digest.hexdigest()  # frozen: no setattr
+        return self.__dict__["_fingerprint"]
 
     def take(self, index: np.ndarray) -> LabelledArrays:
         texts = self.texts[index] if self.texts is not None else None
