@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,19 +135,36 @@ def throughput(
     return batch_size / statistics.median(times)
 
 
-def score(name: str, model: nn.Module, data: LabelledArrays) -> ModelScore:
-    """Accuracy and per-class accuracy on ``data``, parameters, weights size, latency at
-    batch 1 and throughput at batch 64 (CPU, one thread)."""
-    predictions = predict(model, data.inputs)
-    correct = predictions == data.labels
+def score(
+    name: str, model: nn.Module, data: LabelledArrays | Iterable[LabelledArrays]
+) -> ModelScore:
+    """Accuracy and per-class accuracy on ``data`` (arrays, or batches of a streamed split:
+    only per-class tallies are kept), parameters, weights size, latency at batch 1 and
+    throughput at batch 64 (CPU, one thread) on the first rows."""
+    batches = [data] if isinstance(data, LabelledArrays) else data
+    correct = total = None
+    first: np.ndarray | None = None
+    for batch in batches:
+        if total is None:
+            correct = np.zeros(batch.num_classes, dtype=np.int64)
+            total = np.zeros(batch.num_classes, dtype=np.int64)
+        if not len(batch):
+            continue
+        if first is None:
+            first = batch.inputs[:THROUGHPUT_BATCH]
+        hits = predict(model, batch.inputs) == batch.labels
+        correct += np.bincount(batch.labels[hits], minlength=len(total))
+        total += np.bincount(batch.labels, minlength=len(total))
+    if first is None or total is None or correct is None:
+        raise ValueError(f"{name}: no rows to score")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(total > 0, correct / np.maximum(total, 1), np.nan)
     return ModelScore(
         name=name,
-        accuracy=float(correct.mean()) if len(data) else float("nan"),
+        accuracy=float(correct.sum() / total.sum()),
         parameters=count_parameters(model),
-        latency_ms=latency_ms(model, data.inputs[0]),
+        latency_ms=latency_ms(model, first[0]),
         size_bytes=weights_bytes(model),
-        throughput=throughput(model, data.inputs[:THROUGHPUT_BATCH]),
-        per_class=tuple(
-            float(v) for v in per_class_accuracy(predictions, data.labels, data.num_classes)
-        ),
+        throughput=throughput(model, first),
+        per_class=tuple(float(v) for v in per_class),
     )

@@ -13,17 +13,63 @@ from raydistill.data.augment import AugmentOp, RandomCrop
 
 
 class SplitConfig(Section):
-    """How a source without predefined splits is cut into train/val/test (stratified, seeded)."""
+    """How a source is cut into train/val/test: shares of one source, or the locations of
+    splits a dataset ships apart (``train``, ``val`` and optionally ``test`` as paths or URIs).
 
-    val: float = Field(0.2, gt=0, lt=1, description="share of the data for validation")
-    test: float = Field(0.2, gt=0, lt=1, description="share of the data for the final test")
+    Bundled and in-memory sources are cut stratified; file sources (parquet, jsonl and
+    image_folder rows) by the hash of each row's key (its file path, or file and row index, or
+    ``data.key_column``), so a row lands in the same split on every run, node count and file
+    order, without the rows being read into one process.
+    """
+
+    val: float | str = Field(
+        0.2, description="share of the data for validation (0-1), or the val split's location"
+    )
+    test: float | str | None = Field(
+        0.2,
+        description="share of the data for the final test, or the test split's location"
+        " (null with locations: report on val)",
+    )
     seed: int = Field(0, description="split seed, fixed apart from the training seed")
+    train: str | None = Field(
+        None,
+        description="file sources: the training split's location (then val and test are"
+        " locations too, and data.path is not needed)",
+    )
 
     @model_validator(mode="after")
-    def _leaves_training_data(self) -> SplitConfig:
+    def _shares_or_locations(self) -> SplitConfig:
+        if self.train is not None:
+            for key in ("val", "test"):
+                value = getattr(self, key)
+                if value is not None and not isinstance(value, str):
+                    raise KeyedError(
+                        f"data.split.{key}",
+                        "with split.train a location, "
+                        f"{key} is a location too, not a share ({value})",
+                    )
+            if self.val is None:
+                raise KeyedError("data.split.val", "split.train needs split.val")
+            for key, value in self.locations().items():
+                if "://" not in value and not Path(value).expanduser().exists():
+                    raise KeyedError(f"data.split.{key}", f"not found: {value}")
+            return self
+        for key in ("val", "test"):
+            value = getattr(self, key)
+            if isinstance(value, str) or value is None:
+                raise KeyedError(f"data.split.{key}", "a share (0-1); locations need split.train")
+            if not 0 < value < 1:
+                raise KeyedError(f"data.split.{key}", f"a share between 0 and 1, got {value}")
         if self.val + self.test >= 1:
             raise ValueError(f"val + test = {self.val + self.test:.2f} leaves no training data")
         return self
+
+    def locations(self) -> dict[str, str] | None:
+        """``{train, val, test}`` locations of shipped splits (test: val's when not given), or
+        None when the splits are shares of one source."""
+        if self.train is None:
+            return None
+        return {"train": self.train, "val": str(self.val), "test": str(self.test or self.val)}
 
 
 class BalanceConfig(Section):
@@ -149,6 +195,16 @@ class DataConfig(Section):
         default_factory=SplitConfig, description="how train/val/test are cut (stratified)"
     )
     num_classes: int | None = Field(None, ge=2, description="null: taken from the source")
+    key_column: str | None = Field(
+        None,
+        description="parquet/jsonl: a column of stable row ids (the split hashes it); null:"
+        " the file's path and the row's index in it",
+    )
+    skip_bad: bool = Field(
+        False,
+        description="file sources: skip (and count) an unreadable image or a bad row found"
+        " while streaming, instead of ending the run naming it",
+    )
     shuffle_buffer: int = Field(512, ge=0, description="rows in each worker's shuffle buffer")
     balance: BalanceConfig | None = Field(None, description="null: classes as they come")
     augment: AugmentConfig | None = Field(None, description="null: no augmentation")
@@ -173,6 +229,14 @@ class DataConfig(Section):
                 raise KeyedError("data.coco", "source 'coco' needs data.coco: {train, val}")
         # fashion_mnist has a default directory; its files are checked when read, so that a job
         # validates on a machine without the dataset installed.
+        elif self.split.train is not None:
+            if self.source not in ("parquet", "jsonl", "image_folder") or self.text is not None:
+                raise KeyedError(
+                    "data.split.train",
+                    "split locations are for parquet, jsonl and image_folder"
+                    f" sources of tensors and images, not {self.source}"
+                    + (" text" if self.text is not None else ""),
+                )
         elif self.source not in ("digits", "fashion_mnist"):
             if self.path is None:
                 raise KeyedError("data.path", f"source '{self.source}' needs a path")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,19 @@ class LabelledArrays:
         digest.update(str(self.num_classes).encode())
         self.__dict__["_fingerprint"] = digest.hexdigest()  # frozen: no setattr
         return self.__dict__["_fingerprint"]
+
+    def class_counts(self) -> np.ndarray:
+        """Rows per class, int64 [num_classes]."""
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+    def head(self, rows: int) -> LabelledArrays:
+        """The first ``rows`` rows (fewer when there are fewer)."""
+        return self.take(np.arange(min(rows, len(self))))
+
+    def iter_arrays(self, batch_rows: int = 512) -> Iterator[LabelledArrays]:
+        """The rows ``batch_rows`` at a time, in order (as a streamed split yields them)."""
+        for start in range(0, len(self), batch_rows):
+            yield self.take(np.arange(start, min(start + batch_rows, len(self))))
 
     def take(self, index: np.ndarray) -> LabelledArrays:
         texts = self.texts[index] if self.texts is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,8 +144,13 @@ def subsample(arrays: LabelledArrays, share: float | None, seed: int) -> Labelle
     return arrays.take(np.sort(index))
 
 
-def load_splits(data: DataConfig) -> dict[str, LabelledArrays]:
-    """The job's train/val/test splits as arrays."""
+def load_splits(data: DataConfig) -> dict[str, Any]:
+    """The job's train/val/test splits: planned, streamed splits for file sources of tensors
+    and images (:mod:`raydistill.data.plan`), arrays for the bundled sets and text."""
+    from raydistill.data.plan import plan_splits, streams
+
+    if streams(data):
+        return plan_splits(data)
     seed = data.split.seed
     if data.source == "fashion_mnist":
         try:
@@ -175,21 +181,27 @@ MIN_ROWS_PER_CLASS = 3  # a stratified train/val/test split puts one row of a cl
 
 
 def _check_class_sizes(arrays: LabelledArrays, data: DataConfig) -> None:
+    def rows_of(label: int) -> str:
+        rows = np.flatnonzero(arrays.labels == label)[:5].tolist()
+        return f"row {', '.join(map(str, rows))}" + (f" of {data.path}" if data.path else "")
+
+    check_class_sizes(np.bincount(arrays.labels, minlength=arrays.num_classes), rows_of)
+
+
+def check_class_sizes(counts: np.ndarray, rows_of: Callable[[int], str]) -> None:
     """Name a label too rare to split (often a stray label, such as a 42 among 0-9) with its
-    rows, instead of the stratified split's traceback."""
-    counts = np.bincount(arrays.labels, minlength=arrays.num_classes)
+    rows (``rows_of(label)``: where they are), instead of the stratified split's traceback or
+    a model with 43 outputs."""
     rare = [int(c) for c in np.flatnonzero((counts > 0) & (counts < MIN_ROWS_PER_CLASS))]
     if not rare:
         return
     label = rare[0]
-    rows = np.flatnonzero(arrays.labels == label)[:5].tolist()
     common = [int(c) for c in np.flatnonzero(counts >= MIN_ROWS_PER_CLASS)]
-    where = f" of {data.path}" if data.path else ""
     raise JobError(
-        f"data: label {label} has {counts[label]} row(s) (row {', '.join(map(str, rows))}"
-        f"{where}); a stratified train/val/test split needs at least {MIN_ROWS_PER_CLASS} per "
-        f"label, and {len(common)} labels have that ({_ranges(common)}): fix the label, or "
-        "set data.num_classes to refuse labels outside it"
+        f"data: label {label} has {counts[label]} row(s) ({rows_of(label)}); a train/val/test "
+        f"split needs at least {MIN_ROWS_PER_CLASS} per label, and {len(common)} labels have "
+        f"that ({_ranges(common)}): fix the label, or set data.num_classes to refuse labels "
+        "outside it"
     )
 
 
@@ -219,10 +231,13 @@ def to_arrow(arrays: LabelledArrays) -> pa.Table:
     return pa.table(columns)
 
 
-def to_dataset(arrays: LabelledArrays, blocks: int = 4) -> ray.data.Dataset:
-    """A Ray dataset of the arrays, cut into ``blocks`` blocks so work can spread."""
+def to_dataset(arrays: Any, blocks: int = 4) -> ray.data.Dataset:
+    """A Ray dataset of a split: a streamed split's lazy reader, or the arrays cut into
+    ``blocks`` blocks so work can spread."""
     import ray.data
 
+    if hasattr(arrays, "dataset"):
+        return arrays.dataset()
     table = to_arrow(arrays)
     step = max(1, -(-table.num_rows // blocks))
     return ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
@@ -272,7 +287,7 @@ def split_views(datasets: dict[str, Any], augment: AugmentConfig) -> dict[str, A
 
 def training_datasets(
     job: JobConfig,
-    splits: dict[str, LabelledArrays],
+    splits: dict[str, Any],
     model: ModelSpec | None = None,
     distill: bool = True,
 ) -> dict[str, Any]:

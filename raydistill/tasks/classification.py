@@ -71,7 +71,7 @@ class ClassificationTask(Task):
         """One dry forward of teacher and student on the first training row (each as it reads
         it: text rows through its own tokenizer): outputs must match; feature shapes size the
         adapters."""
-        train: LabelledArrays = splits["train"]
+        train = splits["train"]
         num_classes = train.num_classes
         teacher = build_model(job.teacher, num_classes, load=False)
         if teacher_weights is not None:
@@ -81,7 +81,7 @@ class ClassificationTask(Task):
             tokenizer = getattr(job, side).text_tokenizer
             if tokenizer is not None:
                 check_tokenizer_fits(model, tokenizer, side)
-        first = train.take(np.arange(1))
+        first = train.head(1)
         x_t = model_tensor(for_model(job, job.teacher, first).inputs)
         x = model_tensor(for_model(job, job.student, first).inputs)
         with torch.no_grad():
@@ -109,16 +109,16 @@ class ClassificationTask(Task):
     def score(
         self, job: JobConfig, name: str, model: nn.Module, spec: ModelSpec, split: Any
     ) -> ModelScore:
-        return score(name, model, for_model(job, spec, split))
+        return score(name, model, (for_model(job, spec, b) for b in split.iter_arrays()))
 
     def speed(
         self, job: JobConfig, model: nn.Module, spec: ModelSpec, split: Any
     ) -> tuple[float, float, int]:
-        inputs = for_model(job, spec, split).inputs[:THROUGHPUT_BATCH]
+        inputs = for_model(job, spec, split.head(THROUGHPUT_BATCH)).inputs
         return latency_ms(model, inputs[0]), throughput(model, inputs), THROUGHPUT_BATCH
 
     def example_inputs(self, job: JobConfig, spec: ModelSpec, split: Any, rows: int) -> Any:
-        return for_model(job, spec, split.take(np.arange(min(rows, len(split))))).inputs
+        return for_model(job, spec, split.head(rows)).inputs
 
     @torch.no_grad()
     def output_difference(self, model: nn.Module, loaded: nn.Module, inputs: Any) -> float:
@@ -271,7 +271,7 @@ def make_balancer(job: JobConfig, train: LabelledArrays, log: Log = print) -> Cl
     counts = (
         np.asarray(cfg.counts)
         if cfg.counts is not None
-        else np.bincount(train.labels, minlength=train.num_classes)
+        else train.class_counts()
     )
     if len(counts) != train.num_classes:
         raise JobError(f"data.balance.counts: {len(counts)} counts for {train.num_classes} classes")

@@ -1,0 +1,262 @@
+"""Plan a file source's splits in the driver: list, hash-split and count, without holding rows.
+
+``plan_splits(data)`` returns train/val/test :class:`~raydistill.data.stream.StreamedSplit`
+objects. Image folders are split on their listing (each path's hash); Parquet and JSON lines
+are split row by row inside the reader, and their class counts come from one pass over the
+label column alone (the inputs are not read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+
+from raydistill.config import DataConfig, JobError
+from raydistill.data.keys import SPLIT_NAMES, row_hashes, row_ids, text_hashes, value_hashes
+from raydistill.data.listing import (
+    IMAGE_SUFFIXES,
+    TABLE_SUFFIXES,
+    Listed,
+    image_classes,
+    list_files,
+    open_file,
+    parquet_row_groups,
+)
+from raydistill.data.stream import StreamedSplit, StreamSource, read_rows
+
+STREAMED_SOURCES = ("parquet", "jsonl", "image_folder")
+
+
+def streams(data: DataConfig) -> bool:
+    """Whether the job's source is planned and streamed (file sources of tensors and images)."""
+    return data.source in STREAMED_SOURCES and data.text is None
+
+
+def split_roots(data: DataConfig) -> dict[str, str]:
+    """Where each split's files are: ``data.split``'s locations, or ``data.path`` for all."""
+    locations = data.split.locations()
+    if locations is not None:
+        return locations
+    return dict.fromkeys(SPLIT_NAMES, str(data.path))
+
+
+def _digest(files: list[Listed], extra: object = None) -> str:
+    listing = [[f.key, f.size] for f in files]
+    return hashlib.sha256(json.dumps([listing, extra]).encode()).hexdigest()
+
+
+def _base_source(data: DataConfig, split: str, root: str) -> StreamSource:
+    hashed = data.split.locations() is None
+    return StreamSource(
+        kind=data.source,
+        root=root,
+        split=split,
+        input_column=data.input_column,
+        label_column=data.label_column,
+        key_column=data.key_column,
+        image_size=tuple(data.image_size) if data.image_size else None,
+        channels=data.channels,
+        hash_split=(data.split.val, data.split.test, data.split.seed) if hashed else None,
+        subset=data.subset,
+        subset_seed=data.split.seed,
+        skip_bad=data.skip_bad,
+    )
+
+
+# ---------------------------------------------------------------------------- image folders
+
+
+def _plan_images(data: DataConfig) -> dict[str, StreamedSplit]:
+    roots = split_roots(data)
+    classes = image_classes(roots["train"])
+    index = {name: i for i, name in enumerate(classes)}
+    num_classes = data.num_classes or len(classes)
+    if len(classes) > num_classes:
+        raise JobError(
+            f"data.num_classes: {num_classes}, but {roots['train']} has "
+            f"{len(classes)} class folders ({', '.join(classes[:5])}...)"
+        )
+    out: dict[str, StreamedSplit] = {}
+    listings: dict[str, tuple[list[Listed], np.ndarray]] = {}
+    for split, root in roots.items():
+        if root not in listings:
+            files = [f for f in list_files(root, IMAGE_SUFFIXES) if "/" in f.key]
+            for f in files:
+                if f.key.split("/")[0] not in index:
+                    raise JobError(
+                        f"data: {root} has class folder '{f.key.split('/')[0]}', "
+                        f"which the train split ({roots['train']}) lacks"
+                    )
+            listings[root] = (files, text_hashes(f.key for f in files))
+        files, hashes = listings[root]
+        if not files:
+            raise JobError(f"data.path: no images under {root} ({', '.join(classes)})")
+        source = _base_source(data, split, root)
+        keep = np.flatnonzero(source.keep(hashes))
+        labels = np.asarray([index[files[i].key.split("/")[0]] for i in keep], dtype=np.int64)
+        items = pa.table(
+            {
+                "path": pa.array([files[i].path for i in keep], type=pa.string()),
+                "key": pa.array([files[i].key for i in keep], type=pa.string()),
+                "label": pa.array(labels, type=pa.int64()),
+                "row_id": pa.array(row_ids(hashes[keep]), type=pa.int64()),
+            }
+        )
+        out[split] = StreamedSplit(
+            source, items, np.bincount(labels, minlength=num_classes), (), _digest(files, classes)
+        )
+    return _finish(out, num_classes)
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def _label_chunks(root: str, kind: str, item: dict, columns: list[str]) -> Iterator[pa.Table]:
+    """One work item's label (and key) columns, a chunk at a time: the plan's only read."""
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        reader = pq.ParquetFile(open_file(root, item["path"]))
+        for batch in reader.iter_batches(row_groups=[item["group"]], columns=columns):
+            yield pa.Table.from_batches([batch])
+        return
+    import pyarrow.json as pajson
+
+    try:
+        table = pajson.read_json(open_file(root, item["path"]))
+    except pa.ArrowInvalid as exc:
+        raise JobError(f"data: cannot read {item['path']} as JSON lines: {exc}") from None
+    for column in columns:
+        if column not in table.column_names:
+            raise JobError(
+                f"data: column '{column}' not in {item['path']} (columns: {table.column_names})"
+            )
+    label_type = table.schema.field(columns[0]).type
+    if not pa.types.is_integer(label_type):
+        raise JobError(
+            f"data: labels in {item['path']} (column '{columns[0]}') must be "
+            f"integers, got {label_type}"
+        )
+    yield table.select(columns)
+
+
+def _table_items(data: DataConfig, root: str) -> tuple[list[dict], str]:
+    files = list_files(root, TABLE_SUFFIXES[data.source])
+    if not files:
+        raise JobError(f"data.path: no {data.source} files under {root}")
+    if data.source == "parquet":
+        columns = [data.input_column, data.label_column]
+        if data.key_column:
+            columns.append(data.key_column)
+        groups = parquet_row_groups(root, files, columns)
+        items = [
+            {"path": g.path, "key": g.key, "group": g.group, "first_row": g.first_row}
+            for g in groups
+        ]
+        return items, _digest(files, [g.rows for g in groups])
+    items = [{"path": f.path, "key": f.key, "group": -1, "first_row": 0} for f in files]
+    return items, _digest(files)
+
+
+def _label_pass(data: DataConfig, root: str, items: list[dict], sources: list[StreamSource]):
+    """Labels per split of one location, streamed: ``{split: labels int64}`` (labels only)."""
+    columns = [data.label_column] + ([data.key_column] if data.key_column else [])
+    labels: dict[str, list[np.ndarray]] = {s.split: [] for s in sources}
+    for item in items:
+        first = item["first_row"]
+        for chunk in _label_chunks(root, data.source, item, columns):
+            if data.key_column:
+                column = chunk.column(data.key_column).to_numpy(zero_copy_only=False)
+                hashes = value_hashes(column)
+            else:
+                hashes = row_hashes(item["key"], first, chunk.num_rows)
+            values = chunk.column(data.label_column).to_numpy(zero_copy_only=False)
+            for source in sources:
+                labels[source.split].append(values[source.keep(hashes)].astype(np.int64))
+            first += chunk.num_rows
+    return {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in labels.items()}
+
+
+def _rows_of(data: DataConfig, roots: dict[str, str], label: int, most: int = 5) -> str:
+    """Where the first rows of ``label`` are (``row 17 of <file>``): a second label pass,
+    made only to name a bad label."""
+    found: list[str] = []
+    for root in dict.fromkeys(roots.values()):
+        for item in _table_items(data, root)[0]:
+            first = item["first_row"]
+            for chunk in _label_chunks(root, data.source, item, [data.label_column]):
+                values = chunk.column(data.label_column).to_numpy(zero_copy_only=False)
+                rows = (np.flatnonzero(values == label) + first).tolist()
+                found += [f"row {r} of {item['path']}" for r in rows[: most - len(found)]]
+                first += chunk.num_rows
+                if len(found) >= most:
+                    return ", ".join(found)
+    return ", ".join(found)
+
+
+def _plan_tables(data: DataConfig) -> dict[str, StreamedSplit]:
+    roots = split_roots(data)
+    by_root: dict[str, list[str]] = {}
+    for split, root in roots.items():
+        by_root.setdefault(root, []).append(split)
+    planned: dict[str, tuple[StreamSource, pa.Table, np.ndarray, str]] = {}
+    for root, splits in by_root.items():
+        items, digest = _table_items(data, root)
+        sources = [_base_source(data, s, root) for s in splits]
+        labels = _label_pass(data, root, items, sources)
+        table = pa.Table.from_pylist(items)
+        for source in sources:
+            planned[source.split] = (source, table, labels[source.split], digest)
+    found = [v[2] for v in planned.values() if len(v[2])]
+    top = max((int(x.max()) for x in found), default=-1)
+    low = min((int(x.min()) for x in found), default=0)
+    num_classes = data.num_classes or top + 1
+    if data.num_classes is None:
+        from raydistill.data.sources import check_class_sizes
+
+        total = sum(np.bincount(v[2], minlength=num_classes) for v in planned.values())
+        check_class_sizes(total, lambda label: _rows_of(data, roots, label))
+    if low < 0 or top >= num_classes:
+        bad = low if low < 0 else top
+        raise JobError(
+            f"data: label {bad} in {data.path or roots['train']} is outside "
+            f"num_classes={num_classes}"
+        )
+    out = {
+        split: StreamedSplit(source, table, np.bincount(labels, minlength=num_classes), (), digest)
+        for split, (source, table, labels, digest) in planned.items()
+    }
+    return _finish(out, num_classes)
+
+
+def _finish(splits: dict[str, StreamedSplit], num_classes: int) -> dict[str, StreamedSplit]:
+    """Fix the class count and the input shape (the first training row's; images resize to
+    it) in every split's source; refuse an empty split."""
+    for name, split in splits.items():
+        if not len(split):
+            raise JobError(f"data: the {name} split ({split.source.root}) has no rows")
+    train = splits["train"]
+    train.source = replace(train.source, num_classes=num_classes)
+    first = train.head(1).inputs[0]
+    size = tuple(first.shape[-2:]) if train.source.kind == "image_folder" else None
+    for split in splits.values():
+        split.source = replace(split.source, num_classes=num_classes)
+        if size is not None and split.source.image_size is None:
+            split.source = replace(split.source, image_size=size)
+        split.input_shape = tuple(first.shape)
+    return {k: splits[k] for k in SPLIT_NAMES}
+
+
+def plan_splits(data: DataConfig) -> dict[str, StreamedSplit]:
+    """Train, val and test of a file source, planned (see the module docstring)."""
+    if data.source == "image_folder":
+        return _plan_images(data)
+    return _plan_tables(data)
+
+
+__all__ = ["STREAMED_SOURCES", "plan_splits", "read_rows", "streams"]
