@@ -94,6 +94,12 @@ def validate(job_file: str, overrides: tuple[str, ...], clusters: tuple[str, ...
     if problems:
         raise JobError("\n".join(problems))
     click.echo(job.to_yaml(), nl=False)
+    from raydistill.data.plan import plan_splits, streams
+
+    if streams(job.data):  # planned from the listing and label column: no input is read
+        from raydistill.data.stream import describe_streamed
+
+        click.echo(f"# data: {describe_streamed(plan_splits(job.data))}", err=True)
     fit = f"; it fits {', '.join(clusters)}" if clusters else ""
     click.echo(f"# ok: {job_file} is a valid job; runs go to {job.run_dir}{fit}", err=True)
 

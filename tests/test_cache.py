@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from raydistill.config import JobError, load_job
 from raydistill.data.sources import load_splits
@@ -42,8 +45,8 @@ def test_cache_written_once_reused_and_trained_from(ray_address, write_job, digi
     assert manifest["logit_bytes_per_sample"] == 4 * (2 + 2) + 4
     table = pq.read_table(job.cache_dir / "train")
     assert table.num_rows == 2 * len(splits["train"])
+    assert "input" not in table.column_names  # joined back from the source by row key
     assert {
-        "input",
         "label",
         "row_id",
         "teacher_topk_values",
@@ -64,6 +67,22 @@ def test_cache_written_once_reused_and_trained_from(ray_address, write_job, digi
         assert sum(h["class_counts"]) == len(splits["train"])
     assert summary.score("student (distilled)").accuracy > 0.3
 
+    # the join gives each streamed row its own outputs: the teacher's top 4 classes on it
+    from raydistill.data.sources import training_datasets
+    from raydistill.models import build_model, load_weights
+    from raydistill.teacher.passes import STRATEGIES
+
+    weights = Path(digits_teacher)
+    joined = STRATEGIES["cache"].attach(
+        job, training_datasets(job, splits), weights, splits, 10, print
+    ).datasets["train"]
+    sample = joined.take(60)
+    teacher = load_weights(build_model(job.teacher, 10, load=False), weights).eval()
+    with torch.no_grad():
+        logits = teacher(torch.from_numpy(np.stack([r["input"] for r in sample]))).numpy()
+    top = [set(np.argsort(-row)[:4].tolist()) for row in logits]
+    assert [set(r["teacher_topk_indices"].tolist()) for r in sample] == top
+
     # a job asking for another codec is refused, naming what differs
     other = load_job(write_job({**changes, "cache.codec": "fp16"}, name="cached"))
     with pytest.raises(JobError, match=r"made for another job: differs in .*codec.kind"):
@@ -83,6 +102,12 @@ def test_cache_written_once_reused_and_trained_from(ray_address, write_job, digi
     rebuilt = run_cache(job, log=print)
     assert rebuilt["teacher_forward_passes"] == rows
     verify_cache(job.cache_dir, rebuilt["key"])
+
+    # asked for, the cache keeps a copy of the inputs (read without the source)
+    copying = load_job(write_job({**changes, "cache.inputs": "copy"}, name="cached"))
+    copied = run_cache(copying, log=print, fresh=True)
+    assert copied["key"]["inputs"] == "copy"
+    assert "input" in pq.read_table(copying.cache_dir / "train").column_names
 
 
 def test_each_view_is_its_own_training_dataset(ray_address):

@@ -26,9 +26,9 @@ class SplitConfig(Section):
         0.2, description="share of the data for validation (0-1), or the val split's location"
     )
     test: float | str | None = Field(
-        0.2,
-        description="share of the data for the final test, or the test split's location"
-        " (null with locations: report on val)",
+        None,
+        description="share of the data for the final test, or the test split's location;"
+        " null: 0.2 of one source, or with locations: report on val",
     )
     seed: int = Field(0, description="split seed, fixed apart from the training seed")
     train: str | None = Field(
@@ -54,9 +54,11 @@ class SplitConfig(Section):
                 if "://" not in value and not Path(value).expanduser().exists():
                     raise KeyedError(f"data.split.{key}", f"not found: {value}")
             return self
+        if self.test is None:
+            self.test = 0.2
         for key in ("val", "test"):
             value = getattr(self, key)
-            if isinstance(value, str) or value is None:
+            if isinstance(value, str):
                 raise KeyedError(f"data.split.{key}", "a share (0-1); locations need split.train")
             if not 0 < value < 1:
                 raise KeyedError(f"data.split.{key}", f"a share between 0 and 1, got {value}")

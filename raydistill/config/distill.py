@@ -146,6 +146,13 @@ class DistillConfig(Section):
         " in Ray's object store; per_epoch: the pool runs inside every epoch's stream; cache:"
         " read the Parquet teacher cache (built by `raydistill cache`, or first when missing)",
     )
+    once_max_mb: float | None = Field(
+        None,
+        gt=0,
+        description="teacher_pass once: above this many MB of rows (inputs and outputs of train"
+        " and val) the pass is written through the teacher cache instead of held in the object"
+        " store; null: half the object store",
+    )
 
     @field_validator("feature_layers", mode="before")
     @classmethod

@@ -11,13 +11,23 @@ from raydistill.config.base import Section
 
 
 class CacheConfig(Section):
-    """The offline teacher cache: Parquet rows of (input, label, teacher outputs) + a manifest."""
+    """The offline teacher cache: Parquet rows of (row key, label, teacher outputs) + a manifest.
+
+    By default (``inputs: join``) the inputs stay in the source: training streams them from
+    there and attaches each row's cached outputs by its key. ``inputs: copy`` stores the inputs
+    too (a self-contained cache, read without the source).
+    """
 
     path: Path | None = Field(None, description="null: <run directory>/teacher_cache")
     codec: Literal["fp32", "fp16", "topk"] = Field(
         "fp32", description="how teacher logits are stored (topk keeps the tail mass)"
     )
     k: int = Field(16, ge=1, description="logits kept per sample by the topk codec")
+    inputs: Literal["join", "copy"] = Field(
+        "join",
+        description="join: the cache holds no inputs, training joins the outputs to the rows"
+        " streamed from the source by row key; copy: the inputs are stored in the cache too",
+    )
 
 
 class OutputConfig(Section):

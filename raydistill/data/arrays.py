@@ -60,6 +60,11 @@ class LabelledArrays:
         self.__dict__["_fingerprint"] = digest.hexdigest()  # frozen: no setattr
         return self.__dict__["_fingerprint"]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the inputs and labels."""
+        return int(self.inputs.nbytes + self.labels.nbytes)
+
     def class_counts(self) -> np.ndarray:
         """Rows per class, int64 [num_classes]."""
         return np.bincount(self.labels, minlength=self.num_classes)

@@ -108,7 +108,13 @@ def _plan_images(data: DataConfig) -> dict[str, StreamedSplit]:
             }
         )
         out[split] = StreamedSplit(
-            source, items, np.bincount(labels, minlength=num_classes), (), _digest(files, classes)
+            source,
+            items,
+            np.bincount(labels, minlength=num_classes),
+            (),
+            _digest(files, classes),
+            len(files),
+            sum(f.size for f in files),
         )
     return _finish(out, num_classes)
 
@@ -145,7 +151,7 @@ def _label_chunks(root: str, kind: str, item: dict, columns: list[str]) -> Itera
     yield table.select(columns)
 
 
-def _table_items(data: DataConfig, root: str) -> tuple[list[dict], str]:
+def _table_items(data: DataConfig, root: str) -> tuple[list[dict], str, list[Listed]]:
     files = list_files(root, TABLE_SUFFIXES[data.source])
     if not files:
         raise JobError(f"data.path: no {data.source} files under {root}")
@@ -158,9 +164,9 @@ def _table_items(data: DataConfig, root: str) -> tuple[list[dict], str]:
             {"path": g.path, "key": g.key, "group": g.group, "first_row": g.first_row}
             for g in groups
         ]
-        return items, _digest(files, [g.rows for g in groups])
+        return items, _digest(files, [g.rows for g in groups]), files
     items = [{"path": f.path, "key": f.key, "group": -1, "first_row": 0} for f in files]
-    return items, _digest(files)
+    return items, _digest(files), files
 
 
 def _label_pass(data: DataConfig, root: str, items: list[dict], sources: list[StreamSource]):
@@ -206,12 +212,12 @@ def _plan_tables(data: DataConfig) -> dict[str, StreamedSplit]:
         by_root.setdefault(root, []).append(split)
     planned: dict[str, tuple[StreamSource, pa.Table, np.ndarray, str]] = {}
     for root, splits in by_root.items():
-        items, digest = _table_items(data, root)
+        items, digest, files = _table_items(data, root)
         sources = [_base_source(data, s, root) for s in splits]
         labels = _label_pass(data, root, items, sources)
         table = pa.Table.from_pylist(items)
         for source in sources:
-            planned[source.split] = (source, table, labels[source.split], digest)
+            planned[source.split] = (source, table, labels[source.split], digest, files)
     found = [v[2] for v in planned.values() if len(v[2])]
     top = max((int(x.max()) for x in found), default=-1)
     low = min((int(x.min()) for x in found), default=0)
@@ -228,8 +234,16 @@ def _plan_tables(data: DataConfig) -> dict[str, StreamedSplit]:
             f"num_classes={num_classes}"
         )
     out = {
-        split: StreamedSplit(source, table, np.bincount(labels, minlength=num_classes), (), digest)
-        for split, (source, table, labels, digest) in planned.items()
+        split: StreamedSplit(
+            source,
+            table,
+            np.bincount(labels, minlength=num_classes),
+            (),
+            digest,
+            len(files),
+            sum(f.size for f in files),
+        )
+        for split, (source, table, labels, digest, files) in planned.items()
     }
     return _finish(out, num_classes)
 

@@ -16,7 +16,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -200,7 +200,8 @@ class StreamedSplit:
     counts: np.ndarray
     input_shape: tuple[int, ...]
     listing_digest: str
-    _dataset_blocks: int = field(default=0)
+    files: int = 0
+    file_bytes: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -250,11 +251,13 @@ class StreamedSplit:
     def _arrays(self, rows: dict[str, np.ndarray]) -> LabelledArrays:
         return LabelledArrays(rows[INPUT], rows[LABEL], self.num_classes)
 
-    def dataset(self) -> Any:
-        """A lazy Ray dataset of the split: work items spread over read tasks, decoded there."""
+    def dataset(self, items_per_block: int | None = None) -> Any:
+        """A lazy Ray dataset of the split: work items spread over read tasks (one per
+        ``items_per_block`` items: 256 images, or one Parquet row group or JSON file), decoded
+        there."""
         import ray.data
 
-        per_block = 256 if self.source.kind == "image_folder" else 1
+        per_block = items_per_block or (256 if self.source.kind == "image_folder" else 1)
         n = self.items.num_rows
         blocks = [self.items.slice(i, per_block) for i in range(0, n, per_block)] or [self.items]
         return ray.data.from_arrow(blocks).map_batches(
@@ -274,3 +277,17 @@ def _take(
     rest = {k: v[rows:] for k, v in merged.items()}
     left = len(rest[LABEL])
     return out, ([rest] if left else []), left
+
+
+def describe_streamed(splits: dict[str, StreamedSplit]) -> str:
+    """What a streamed source holds, from its plan: rows per split, decoded bytes, files."""
+    roots = {s.source.root: s for s in splits.values()}
+    files = sum(s.files for s in roots.values())
+    on_disk = sum(s.file_bytes for s in roots.values())
+    rows = sum(len(s) for s in splits.values())
+    decoded = sum(s.nbytes for s in splits.values())
+    sizes = ", ".join(f"{k} {len(v):,}" for k, v in splits.items())
+    return (
+        f"{sizes} rows, {splits['train'].num_classes} classes; streams {rows:,} rows "
+        f"({decoded / 1e6:,.1f} MB decoded) from {files:,} files ({on_disk / 1e6:,.1f} MB)"
+    )

@@ -21,6 +21,7 @@ from raydistill.config import JobConfig, JobError, ModelSpec
 from raydistill.data.arrays import LabelledArrays, model_tensor
 from raydistill.data.balance import ClassBalancer, balance_rng
 from raydistill.data.sources import load_splits, training_datasets
+from raydistill.data.stream import StreamedSplit, describe_streamed
 from raydistill.data.text import for_model
 from raydistill.distill.distiller import Distiller
 from raydistill.distill.taps import feature_shapes
@@ -53,6 +54,8 @@ class ClassificationTask(Task):
         return load_splits(job.data)
 
     def describe_data(self, job: JobConfig, splits: Splits) -> str:
+        if isinstance(splits["train"], StreamedSplit):
+            return f"data: {job.data.source}: {describe_streamed(splits)}"
         sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
         return f"data: {job.data.source}: {sizes} rows, {self.num_classes(splits)} classes"
 

@@ -44,6 +44,7 @@ from raydistill.files import (
 from raydistill.rundir import CACHE_BUILD_MARKER as BUILD_MARKER
 from raydistill.rundir import CACHE_MANIFEST as MANIFEST
 from raydistill.teacher.codec import LogitCodec
+from raydistill.teacher.join import CachedOutputs, drop_inputs
 from raydistill.teacher.pool import attach_teacher
 
 FORMAT = "raydistill.teacher_cache/1"
@@ -68,6 +69,7 @@ def cache_key(job: JobConfig, teacher_weights: Path, splits: dict[str, LabelledA
         "augment": job.data.augment.model_dump(mode="json") if job.data.augment else None,
         "seed": job.seed if job.data.augment else None,
         "codec": {"kind": job.cache.codec, "k": job.cache.k if job.cache.codec == "topk" else None},
+        "inputs": job.cache.inputs,
         "feature_layers": job.pool_feature_layers,
         "feature_dtype": job.distill.feature_dtype if job.pool_feature_layers else None,
         "num_classes": splits["train"].num_classes,
@@ -264,6 +266,8 @@ def _teacher_pass(
     num_classes = splits["train"].num_classes
     for split, ds in training_datasets(job, splits).items():
         ds = attach_teacher(ds, job, teacher_weights, num_classes, codec)
+        if job.cache.inputs == "join":  # the inputs stay in the source (see teacher.join)
+            ds = ds.map_batches(drop_inputs, batch_format="numpy")
         ds.write_parquet(str(directory / split))
 
 
@@ -326,6 +330,7 @@ def write_cache(
             manifest = {
                 "format": FORMAT,
                 "key": key,
+                "inputs": job.cache.inputs,
                 "rows": rows,
                 "teacher_forward_passes": passes,
                 "logit_bytes_per_sample": codec.bytes_per_sample(num_classes),
@@ -369,8 +374,10 @@ def ensure_cache(
 
 
 def read_cache(directory: Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The cached splits as Ray datasets (call :func:`verify_cache` first), read from exactly
-    the files the manifest lists.
+    """The cached splits (call :func:`verify_cache` first), read from exactly the files the
+    manifest lists: a joined cache's outputs per split (:class:`CachedOutputs`, joined onto the
+    streamed rows by :func:`raydistill.teacher.join.join_outputs`), a copied cache's rows as
+    Ray datasets.
 
     A cache that fits comfortably in Ray's object store is read by this process with pyarrow
     and put there once: epochs (and every tune trial) then read memory, and no read tasks are
@@ -387,6 +394,13 @@ def read_cache(directory: Path, manifest: dict[str, Any] | None = None) -> dict[
         if manifest is None:
             raise JobError(f"teacher cache {directory} is missing or unfinished (no {MANIFEST})")
     files = {split: listed_files(directory, manifest, split) for split in SPLITS}
+    if manifest["key"].get("inputs") == "join":  # outputs only: joined onto the streamed rows
+        return {
+            split: CachedOutputs.from_table(
+                pa.concat_tables([pq.read_table(p) for p in paths]), f"teacher cache {directory}"
+            )
+            for split, paths in files.items()
+        }
     store = ray.available_resources().get("object_store_memory", 0.0)
     # Parquet compresses: budget a few times its size once decoded.
     if 4 * manifest["parquet_bytes"] < 0.3 * store:

@@ -8,7 +8,8 @@ strategy       what happens                                                   te
 ``per_epoch``  the pool runs inside the lazy pipeline, so each epoch sees     one per epoch
                fresh teacher outputs
 ``cache``      ``raydistill cache`` (or the first train) writes the pool's    one, then none
-               outputs as Parquet; train and tune read them
+               outputs as Parquet; train and tune join them to the streamed
+               inputs by row key
 ``worker``     no pool: a frozen teacher copy runs inside every train         one per epoch
                worker (detection, where proposals must be shared)
 =============  =============================================================  ===============
@@ -28,6 +29,7 @@ from typing import Any, ClassVar
 from raydistill.config import JobConfig
 from raydistill.teacher.cache import ensure_cache, job_codec, read_cache, read_manifest
 from raydistill.teacher.codec import LogitCodec
+from raydistill.teacher.join import CachedOutputs, join_outputs
 from raydistill.teacher.pool import attach_teacher
 
 Log = Callable[[str], None]
@@ -87,6 +89,14 @@ class PoolOnce(PoolPerEpoch):
         return rows
 
     def attach(self, job, datasets, teacher_weights, splits, num_classes, log, cached=None):
+        held, limit = once_bytes(job, splits, num_classes), once_limit(job)
+        if held > limit:
+            log(
+                f"[teacher] train and val rows take {held / 1e6:,.0f} MB, more than teacher_pass"
+                f" once holds in the object store ({limit / 1e6:,.0f} MB, distill.once_max_mb):"
+                f" the teacher pass is written through the cache at {job.cache_dir} instead"
+            )
+            return CachePass().attach(job, datasets, teacher_weights, splits, num_classes, log)
         lazy = super().attach(job, datasets, teacher_weights, splits, num_classes, log)
         started = time.perf_counter()
         materialized = {k: ds.materialize() for k, ds in lazy.datasets.items()}
@@ -96,6 +106,27 @@ class PoolOnce(PoolPerEpoch):
             f"({job.scaling.teacher_pool.max_actors} actor(s) max)"
         )
         return Attached(materialized, lazy.codec)
+
+
+def once_bytes(job: JobConfig, splits: dict[str, Any], num_classes: int) -> int:
+    """Bytes ``teacher_pass: once`` would hold: train (every view) and val rows with their
+    fp32 logits."""
+    views = job.data.augment.views if job.data.augment else 1
+    logits = 4 * num_classes
+    return sum(
+        (splits[k].nbytes + logits * len(splits[k])) * (views if k == "train" else 1)
+        for k in ("train", "val")
+        if hasattr(splits[k], "nbytes")
+    )
+
+
+def once_limit(job: JobConfig) -> float:
+    """``distill.once_max_mb`` in bytes, or half the object store of the Ray in use."""
+    if job.distill.once_max_mb is not None:
+        return job.distill.once_max_mb * 1e6
+    import ray
+
+    return 0.5 * ray.cluster_resources().get("object_store_memory", float("inf"))
 
 
 class CachePass(TeacherPass):
@@ -108,6 +139,9 @@ class CachePass(TeacherPass):
         if cached is None:  # tune reads the cache once for every trial and passes it here
             manifest = ensure_cache(job, teacher_weights, splits, log)
             cached = read_cache(job.cache_dir, manifest)
+        if all(isinstance(v, CachedOutputs) for v in cached.values()):
+            what = f"teacher cache {job.cache_dir}"
+            cached = {k: join_outputs(ds, cached[k], what) for k, ds in datasets.items()}
         return Attached(cached, job_codec(job))
 
 
