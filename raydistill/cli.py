@@ -58,10 +58,19 @@ def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except JobError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {_own_error(exc)}", err=True)
             sys.exit(2)
 
     return wrapper
+
+
+def _own_error(exc: JobError) -> JobError:
+    """The JobError a Ray task raised, not Ray's wrapper of it: a bad row found by a read task
+    reaches the driver as a ``RayTaskError`` that is also a JobError, whose message starts with
+    the task's name and traceback."""
+    while isinstance(getattr(exc, "cause", None), JobError) and exc.cause is not exc:
+        exc = exc.cause
+    return exc
 
 
 @click.group()
