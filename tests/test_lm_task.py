@@ -221,3 +221,32 @@ def test_settings_causal_lm_does_not_run_are_refused(lm_files):
     _one_line(r"^`raydistill tune` does not run task: causal_lm: ", lambda: task.require("tune"))
     with pytest.raises(Exception, match=r"lm: only task: causal_lm reads the lm section"):
         load_job(write_lm_job(root, corpus, model_dir, task="classification"))
+
+
+def test_hf_export_is_loaded_back_by_plain_transformers(lm_files, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from raydistill.export import export_run
+    from raydistill.models.specs import save_weights
+    from raydistill.rundir import JOB_FILE, weights_file
+
+    root, corpus, model_dir = lm_files
+    job = load_job(write_lm_job(root, corpus, model_dir, output={"storage_path": str(tmp_path)}))
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / JOB_FILE).write_text(job.to_yaml())
+    torch.manual_seed(3)
+    student = build_model(task_named("causal_lm").prepare(job).student, 320)
+    save_weights(student, weights_file(job.run_dir, "student"))
+
+    result = export_run(job.run_dir, "hf", "student")
+    assert result.max_abs_diff < 1e-4  # transformers' own loading, against the trained module
+    plain = AutoModelForCausalLM.from_pretrained(result.path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(result.path)
+    ids = torch.tensor([tokenizer("The prime minister said")["input_ids"]])
+    with torch.no_grad():
+        want = student.eval()(torch.stack([ids, torch.ones_like(ids)], dim=1))
+        got = plain(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert plain.config.num_hidden_layers == 1 and tokenizer.pad_token == "<pad>"
+    with pytest.raises(JobError, match="exports as hf, not onnx"):
+        export_run(job.run_dir, "onnx", "student")

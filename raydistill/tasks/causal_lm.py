@@ -68,13 +68,12 @@ class CausalLMTask(Task):
     """``hf:`` causal LMs on text: perplexity and next-token agreement are the figures."""
 
     name: ClassVar[str] = "causal_lm"
-    commands: ClassVar[frozenset[str]] = frozenset({"validate", "teacher", "train"})
+    commands: ClassVar[frozenset[str]] = frozenset({"validate", "teacher", "train", "export"})
     refusals: ClassVar[dict[str, str]] = {
         "cache": "the per-token top-k cache is not wired into the Parquet cache yet",
         "tune": "a search shares the teacher cache, which causal_lm does not write yet",
         "evaluate": "not wired for causal LMs yet (train prints the test table)",
         "report": "not wired for causal LMs yet (train prints the test table)",
-        "export": "Hugging Face export of causal LMs is not wired yet",
         "check-teacher": "its headroom check measures classifiers",
     }
     monitor: ClassVar[str] = "val_ce"
