@@ -140,3 +140,24 @@ def test_bad_corpora_and_pair_files_are_refused_in_one_line_naming_the_culprit(t
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     with pytest.raises(JobError, match=r"bad.jsonl:1: not JSON"):
         read_prompt_response(tmp_path / "bad.jsonl")
+
+
+def test_the_pool_encodes_with_top_k_when_lm_topk_is_set_and_steps_decode_it():
+    from types import SimpleNamespace
+
+    from raydistill.config.lm import LMConfig
+    from raydistill.distill.token_losses import TopKTargets
+    from raydistill.teacher.codec import LogitCodec
+    from raydistill.teacher.topk_codec import pool_codec
+
+    assert pool_codec(SimpleNamespace(lm=None), 50) == LogitCodec()
+    assert pool_codec(SimpleNamespace(lm=LMConfig()), 50) == LogitCodec()
+    codec = pool_codec(SimpleNamespace(lm=LMConfig(topk=4)), 50)
+    assert codec == TokenTopKCodec(k=4, vocab_size=50)
+    logits = _logits((2, 3), 50, seed=2).astype(np.float32)  # as the pool's actor hands them
+    cols = {k: torch.from_numpy(v) for k, v in codec.encode(logits).items()}  # a torch batch
+    targets = codec.decode(cols, 50)
+    assert isinstance(targets, TopKTargets) and targets.ids.dtype == torch.int64
+    assert targets[:, :-1].ids.shape == (2, 2, 4) and targets.to("cpu").k == 4
+    with pytest.raises(ValueError, match="top-k rows of 50 tokens read as 60"):
+        codec.decode(cols, 60)

@@ -1,6 +1,6 @@
 """jobs/lm-tiny.yaml end to end on a real local Ray, at reduced size: the teacher stage on 2
-DDP workers, one pass of a 1-actor teacher pool shipping per-token logits, the distilled student
-on 2 workers, and the test table."""
+DDP workers, one pass of a 1-actor teacher pool shipping each token's top 16 (ids, log-probs,
+tail mass), the distilled student on 2 workers reading them, and the test table."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def test_lm_tiny_job_end_to_end(ray_address, tmp_path):
         teacher__train={"epochs": 2, "lr": 0.01, "batch_size": 16},
         train__epochs=2,
         train__baseline=False,
+        lm={"topk": 16},
     )
     job = load_job(path)
     assert job.scaling.workers == 2 and job.scaling.teacher_pool.max_actors == 1

@@ -4,6 +4,7 @@ table, and bad input refused in one line naming the culprit."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -19,6 +20,7 @@ from raydistill.data.lm_tokenizer import write_model_dir
 from raydistill.distill.token_losses import token_agreement
 from raydistill.models.specs import build_model
 from raydistill.tasks import get_task, task_named
+from raydistill.teacher.topk_codec import TokenTopKCodec
 from raydistill.train.context import LocalContext, LocalShard
 from raydistill.train.loop import run_epochs
 from raydistill.train.spec import StageSpec
@@ -57,14 +59,16 @@ def _spec(job, role, vocab, epochs):
     )
 
 
-def _shards(splits, teacher=None):
+def _shards(splits, teacher=None, codec=None):
+    """Rows as the pool leaves them: with the teacher's outputs dense (or through ``codec``)."""
     shards = {}
     for name in ("train", "val"):
         rows = splits[name].rows
         columns = {INPUT: rows, ROW_ID: np.arange(len(rows))}
         if teacher is not None:
             with torch.no_grad():
-                columns[TEACHER_LOGITS] = teacher.eval()(torch.from_numpy(rows)).numpy()
+                logits = teacher.eval()(torch.from_numpy(rows)).numpy()
+            columns.update(codec.encode(logits) if codec else {TEACHER_LOGITS: logits})
         shards[name] = LocalShard(columns)
     return shards
 
@@ -113,6 +117,13 @@ def test_the_three_stages_run_the_shared_loop_and_are_scored(lm_files):
     assert agree > token_agreement(fresh_logits[:, :-1], t_logits[:, :-1], counted).item()
     assert lines[-1].startswith("[student] epoch 2/2 loss ")
     assert "agree" in lines[-1] and "T=2.00" in lines[-1]
+
+    # the same stage from top-k rows (what the pool ships with lm.topk): the same step reads them
+    codec = TokenTopKCodec(k=16, vocab_size=vocab)
+    top_spec = dataclasses.replace(_spec(job, "student", vocab, 1), codec=codec)
+    from_top = run_epochs(task, top_spec, LocalContext(_shards(splits, teacher, codec)))[0]
+    assert 0 < from_top["train_kd"] <= first["train_kd"] * 1.01  # folding lowers the divergence
+    assert from_top["val_agree"] == pytest.approx(first["val_agree"], abs=0.05)
 
     alone = run_epochs(task, _spec(job, "baseline", vocab, 1), LocalContext(shards, log=print))
     assert alone[0]["train_kd"] == 0.0 and "val_agree" not in alone[0]

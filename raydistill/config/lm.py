@@ -38,6 +38,12 @@ class LMConfig(Section):
     beta: float = Field(
         0.5, ge=0, le=1, description="jsd: the mixing weight (0: forward KL, 1: reverse KL)"
     )
+    topk: int | None = Field(
+        None,
+        ge=1,
+        description="the teacher pool ships per token its top-k ids, log-probabilities and the"
+        " tail mass (k * (2 or 4) + 4 bytes); null: dense float32 logits (4 * V bytes)",
+    )
     chunk_tokens: int = Field(
         1024, ge=1, description="tokens per chunk of the loss (bounds its softmax memory)"
     )

@@ -18,7 +18,6 @@ from raydistill.distill.schedules import Schedule, as_schedule
 from raydistill.distill.token_losses import (
     DEFAULT_CHUNK_TOKENS,
     TeacherTokens,
-    TopKTargets,
     next_token_ce,
     token_distill_loss,
 )
@@ -98,17 +97,8 @@ class TokenDistiller(nn.Module):
         ce = next_token_ce(s, nxt, counted, self.chunk_tokens)
         if teacher is None:
             return TokenLossOutput(ce, torch.zeros_like(ce), ce, tokens)
-        if isinstance(teacher, TopKTargets):
-            t: TeacherTokens = TopKTargets(
-                teacher.ids[:, :-1],
-                teacher.logprobs[:, :-1],
-                teacher.log_tail[:, :-1],
-                teacher.vocab_size,
-            )
-        else:
-            t = teacher[:, :-1]
         kd = token_distill_loss(
-            s, t, counted, self.kind, self.temperature, self.beta, self.chunk_tokens
+            s, teacher[:, :-1], counted, self.kind, self.temperature, self.beta, self.chunk_tokens
         )
         alpha = self.alpha
         return TokenLossOutput(alpha * kd + (1 - alpha) * ce, kd, ce, tokens)

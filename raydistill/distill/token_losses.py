@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,17 @@ class TopKTargets:
     @property
     def k(self) -> int:
         return int(self.ids.shape[-1])
+
+    def __getitem__(self, index: Any) -> TopKTargets:
+        """The targets at ``index`` over the leading (batch, position) dims."""
+        return TopKTargets(
+            self.ids[index], self.logprobs[index], self.log_tail[index], self.vocab_size
+        )
+
+    def to(self, device: torch.device | str) -> TopKTargets:
+        return TopKTargets(
+            self.ids.to(device), self.logprobs.to(device), self.log_tail.to(device), self.vocab_size
+        )
 
     def flat(self) -> tuple[Tensor, Tensor, Tensor]:
         k = self.k

@@ -29,6 +29,7 @@ from raydistill.config import JobConfig
 from raydistill.teacher.cache import ensure_cache, job_codec, read_cache, read_manifest
 from raydistill.teacher.codec import LogitCodec
 from raydistill.teacher.pool import attach_teacher
+from raydistill.teacher.topk_codec import pool_codec
 
 Log = Callable[[str], None]
 
@@ -71,12 +72,13 @@ class PoolPerEpoch(TeacherPass):
         return rows * job.train.epochs
 
     def attach(self, job, datasets, teacher_weights, splits, num_classes, log, cached=None):
+        codec = pool_codec(job, num_classes)
         return Attached(
             {
-                k: attach_teacher(ds, job, teacher_weights, num_classes)
+                k: attach_teacher(ds, job, teacher_weights, num_classes, codec)
                 for k, ds in datasets.items()
             },
-            LogitCodec(),
+            codec,
         )
 
 

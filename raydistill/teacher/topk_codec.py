@@ -8,7 +8,8 @@ vocabulary: 68 bytes). Log-probabilities are computed in float64 before rounding
 logit's offset costs no precision (see :mod:`raydistill.teacher.codec`).
 
 Ray-free: numpy in, numpy out; :meth:`TokenTopKCodec.targets` gives the
-:class:`~raydistill.distill.token_losses.TopKTargets` the token losses read.
+:class:`~raydistill.distill.token_losses.TopKTargets` the token losses read. With ``lm.topk``
+set, the teacher pool encodes its per-token outputs with it (:func:`pool_codec`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from raydistill.config import JobConfig
 from raydistill.distill.token_losses import TopKTargets
+from raydistill.teacher.codec import LogitCodec
 
 TOPK_IDS = "teacher_token_topk_ids"
 TOPK_LOGPROBS = "teacher_token_topk_logprobs"
@@ -94,6 +97,15 @@ class TokenTopKCodec:
             vocab_size=self.vocab_size,
         )
 
+    def columns(self) -> list[str]:
+        return list(COLUMNS)
+
+    def decode(self, columns: Mapping[str, Any], num_classes: int) -> TopKTargets:
+        """What a train step reads from a batch's columns (the pool's codec interface)."""
+        if num_classes != self.vocab_size:
+            raise ValueError(f"top-k rows of {self.vocab_size} tokens read as {num_classes}")
+        return self.targets(columns)
+
     def dense(self, columns: Mapping[str, Any]) -> torch.Tensor:
         """Dense log-probabilities float32 [..., V] with the tail spread evenly over the
         V - k tokens outside the top k (a proper distribution: logsumexp is 0 to fp16 error)."""
@@ -107,3 +119,11 @@ class TokenTopKCodec:
     def bytes_per_token(self) -> int:
         """Payload bytes of one position (before Parquet's compression)."""
         return self.kept * (2 + _id_dtype(self.vocab_size).itemsize) + 4
+
+
+def pool_codec(job: JobConfig, num_classes: int) -> LogitCodec | TokenTopKCodec:
+    """How the teacher pool encodes its outputs for ``job``: per-token top-k when ``lm.topk`` is
+    set (``num_classes``: the shared vocabulary), else dense float32 logits."""
+    if job.lm is not None and job.lm.topk is not None:
+        return TokenTopKCodec(job.lm.topk, num_classes)
+    return LogitCodec()
