@@ -10,7 +10,8 @@ Formats:
 * ``safetensors``: the weights (no code, no pickle) with the model spec, its args and the class
   count in the file's metadata, so :func:`load_safetensors` rebuilds the model from it alone.
 * ``hf``: ``save_pretrained`` of a Hugging Face ``transformers`` model (an ``hf:`` spec) with
-  its tokenizer, loadable by plain ``AutoModelForSequenceClassification.from_pretrained``;
+  its tokenizer, loadable by plain ``AutoModelForSequenceClassification.from_pretrained``
+  (``AutoModelForCausalLM`` for ``task: causal_lm``);
   refused for others.
 
 Every export is loaded back and run on a few test inputs; the largest absolute difference from
@@ -34,6 +35,7 @@ from raydistill.config import JobError, ModelSpec
 from raydistill.data.arrays import model_tensor
 from raydistill.files import atomic_output
 from raydistill.models.hf import HFTextClassifier
+from raydistill.models.hf_causal import HFCausalLM
 from raydistill.models.specs import build_model, check_spec_allowed, load_weights
 from raydistill.results import read_run_job
 from raydistill.rundir import EXPORT_DIR, JOB_FILE, teacher_weights_path, weights_file
@@ -184,6 +186,11 @@ def _max_diff(fmt: str, path: Path, model: nn.Module, inputs: Any, job: Any) -> 
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = session.run(None, {"input": x.numpy()})[0]
+    elif isinstance(model, HFCausalLM):
+        from transformers import AutoModelForCausalLM
+
+        plain = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+        got = plain(input_ids=x[:, 0], attention_mask=x[:, 1]).logits[..., : model.vocab].numpy()
     elif isinstance(model, HFTextClassifier):
         from transformers import AutoModelForSequenceClassification
 

@@ -13,6 +13,7 @@ from raydistill.config.base import Section
 from raydistill.config.data import DataConfig
 from raydistill.config.distill import DistillConfig, check_schedule_ranges
 from raydistill.config.errors import KeyedError, validation_lines
+from raydistill.config.lm import LMConfig
 from raydistill.config.models import StudentConfig, TeacherConfig
 from raydistill.config.scaling import ScalingConfig
 from raydistill.config.storage import CacheConfig, OutputConfig
@@ -32,11 +33,12 @@ class JobConfig(Section):
         " the job file's stem unless set)",
     )
     seed: int = Field(0, description="seeds training (model init, shuffles, augmentation)")
-    task: Literal["classification", "detection", "cross_modal"] = Field(
+    task: Literal["classification", "detection", "cross_modal", "causal_lm"] = Field(
         "classification",
         description="classification: images, tensors or text (data.text); detection: COCO-format"
         " data, torchvision detectors, mAP; cross_modal: an image teacher guides a text student"
-        " over paired rows through distill.modal_mapping",
+        " over paired rows through distill.modal_mapping; causal_lm: token-level distillation"
+        " of hf: causal language models on text (section lm)",
     )
     data: DataConfig = Field(default_factory=DataConfig, description="the examples")
     teacher: TeacherConfig = Field(..., description="the model distilled from")
@@ -49,6 +51,9 @@ class JobConfig(Section):
     cache: CacheConfig = Field(default_factory=CacheConfig, description="the teacher cache")
     output: OutputConfig = Field(default_factory=OutputConfig, description="the run directory")
     tune: TuneConfig | None = Field(None, description="the search run by `raydistill tune`")
+    lm: LMConfig | None = Field(
+        None, description="task: causal_lm: row format and token loss; null: its defaults"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -85,6 +90,8 @@ class JobConfig(Section):
             raise KeyedError(
                 "distill.feature_layers", "detection pairs FPN levels: use distill.detection.levels"
             )
+        if self.lm is not None and self.task != "causal_lm":
+            raise KeyedError("lm", "only task: causal_lm reads the lm section")
         if not detection:
             self._sides_fit_data()
         return self

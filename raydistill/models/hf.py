@@ -195,7 +195,12 @@ def build_hf_classifier(
     """The ``hf:<name>`` model: ``name`` is a local directory or a hub name (see
     :func:`locate`). ``pretrained=False`` builds randomly initialised weights from the
     directory's config; ``config`` overrides config fields (e.g. ``num_hidden_layers: 2``);
-    other ``kwargs`` go to ``from_pretrained`` (e.g. ``attn_implementation``)."""
+    other ``kwargs`` go to ``from_pretrained`` (e.g. ``attn_implementation``).
+    ``causal_lm=True`` builds a causal LM instead (:mod:`raydistill.models.hf_causal`)."""
+    if kwargs.pop("causal_lm", False):
+        from raydistill.models.hf_causal import build_hf_causal_lm
+
+        return build_hf_causal_lm(name, num_classes, pretrained, config, **kwargs)
     transformers = _require_transformers()
     path = locate(name)
     overrides = dict(config or {})

@@ -1,4 +1,4 @@
-"""Tasks: what differs between classification, detection and cross-modal jobs.
+"""Tasks: what differs between classification, detection, cross-modal and causal-LM jobs.
 
 ``TASKS`` maps a job's ``task`` to the module and class that implement
 :class:`~raydistill.tasks.base.Task`; a task's module is imported the first time a job needs it
@@ -17,6 +17,7 @@ TASKS: dict[str, str] = {
     "classification": "raydistill.tasks.classification:ClassificationTask",
     "cross_modal": "raydistill.tasks.cross_modal:CrossModalTask",
     "detection": "raydistill.tasks.detection:DetectionTask",
+    "causal_lm": "raydistill.tasks.causal_lm:CausalLMTask",
 }
 
 

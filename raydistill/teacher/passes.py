@@ -31,6 +31,7 @@ from raydistill.teacher.cache import ensure_cache, job_codec, read_cache, read_m
 from raydistill.teacher.codec import LogitCodec
 from raydistill.teacher.join import CachedOutputs, join_outputs
 from raydistill.teacher.pool import attach_teacher
+from raydistill.teacher.topk_codec import pool_codec
 
 Log = Callable[[str], None]
 
@@ -73,12 +74,13 @@ class PoolPerEpoch(TeacherPass):
         return rows * job.train.epochs
 
     def attach(self, job, datasets, teacher_weights, splits, num_classes, log, cached=None):
+        codec = pool_codec(job, num_classes)
         return Attached(
             {
-                k: attach_teacher(ds, job, teacher_weights, num_classes)
+                k: attach_teacher(ds, job, teacher_weights, num_classes, codec)
                 for k, ds in datasets.items()
             },
-            LogitCodec(),
+            codec,
         )
 
 
