@@ -46,7 +46,7 @@ def digits(tmp_path_factory):
 
 
 def test_every_task_is_in_the_registry_and_lists_only_known_commands():
-    assert set(TASKS) == {"classification", "cross_modal", "detection"}
+    assert set(TASKS) == {"classification", "causal_lm", "cross_modal", "detection"}
     for name, commands in capabilities().items():
         assert commands <= set(COMMANDS), name
         assert task_named(name).name == name
@@ -76,7 +76,9 @@ def test_classification_runs_the_shared_loop_in_process(digits):
     assert first["class_counts"] == np.bincount(splits["train"].labels, minlength=10).tolist()
     # the schedule the job asks for, as the loop ran it (linear 6 -> 2 over 4 epochs)
     assert first["temperature"] == pytest.approx(6.0) and first["alpha"] == pytest.approx(0.9)
-    assert lines[0].startswith("[student] epoch 1/2 loss ") and "val_acc" in lines[0]
+    # (a slow machine may print a within-epoch progress line before it)
+    ends = [line for line in lines if " step " not in line]
+    assert ends[0].startswith("[student] epoch 1/2 loss ") and "val_acc" in ends[0]
     assert ctx.reports == history and ctx.last_state["epoch"] == 1
 
     # resumed from that state with more epochs: only the new epoch trains
