@@ -50,15 +50,6 @@ OVER_THE_CEILING = {
         600,
         "ResNet-18 teacher stage, DKD and attention-transfer students (266 s loaded)",
     ),
-    "tests/test_node_loss.py::test_a_removed_node_does_not_end_the_run": (
-        600,
-        "starts a three-node cluster of its own and trains through a node's removal",
-    ),
-    "tests/test_cluster_placement.py::"
-    "test_teacher_actors_and_train_workers_run_on_their_node_groups": (
-        480,
-        "starts a three-node cluster of its own",
-    ),
     "tests/test_e2e_detection.py::test_detection_job_end_to_end": (
         600,
         "trains a Faster R-CNN teacher, then a student on 2 DDP workers, scored by COCO mAP",
@@ -239,20 +230,10 @@ def ray_dashboard(ray_address: str) -> str:
 @pytest.fixture
 def write_job(tmp_path: Path):
     """Write a job YAML (the quickstart job with changes) into a temp dir; returns its path."""
+    from job_files import write_digits_job
 
     def write(changes: dict | None = None, name: str = "job") -> Path:
-        raw = yaml.safe_load((ROOT / "jobs" / "digits.yaml").read_text())
-        raw["name"] = name
-        raw["output"] = {"storage_path": str(tmp_path / "runs")}
-        for key, value in (changes or {}).items():
-            node = raw
-            *parents, last = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[last] = value
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(raw))
-        return path
+        return write_digits_job(tmp_path, changes, name)
 
     return write
 
@@ -284,3 +265,83 @@ def digits_teacher(ray_address, tmp_path_factory) -> str:
     raw["scaling"]["teacher_pool"] = {"min_actors": 1, "max_actors": 1, "num_cpus": 0.5}
     (directory / "digits.yaml").write_text(yaml.safe_dump(raw))
     return str(run_teacher(load_job(directory / "digits.yaml"), log=print))
+
+
+# The node-level jobs, run on one four-node cluster (tests/helpers/node_cluster.py): starting a
+# cluster costs more than either job. Read by test_cluster_placement.py and test_node_loss.py.
+
+
+@pytest.fixture(scope="session")
+@time_budget.allow(
+    seconds=600,
+    reason="starts a four-node cluster of its own, runs the placement job, then trains "
+    "through a node's removal",
+)
+def node_cluster_runs(tmp_path_factory) -> dict:
+    """What the two node-level jobs did on one cluster of their own: ``placement`` (where each
+    actor ran) and ``node_loss`` (the history of a run that lost a student node)."""
+    import json
+
+    from job_files import write_digits_job
+    from node_cluster import NODE_LOSS_EPOCHS
+
+    from raydistill.config import load_job
+    from raydistill.models import build_model, save_weights
+    from raydistill.runtime import TRAIN_POLL_ENV, TRAIN_POLL_S
+
+    directory = tmp_path_factory.mktemp("node-cluster")
+    quickstart = load_job(ROOT / "jobs" / "digits.yaml")
+    teacher = save_weights(build_model(quickstart.teacher, 10, load=False), directory / "t.pt")
+    placed = write_digits_job(
+        directory,
+        {
+            "teacher.checkpoint": str(teacher),
+            "train.epochs": 1,
+            "train.baseline": False,
+            "scaling.workers": 2,
+            "scaling.cpus_per_worker": 1,
+            "scaling.resources_per_worker": {"student": 1},
+            "scaling.teacher_pool": {
+                "min_actors": 1,
+                "max_actors": 1,
+                "num_cpus": 0.5,
+                "resources": {"teacher": 1},
+            },
+        },
+        name="placed",
+    )
+    node_loss = write_digits_job(
+        directory,
+        {
+            "distill.enabled": False,
+            "train.epochs": NODE_LOSS_EPOCHS,
+            "scaling.workers": [1, 2],
+            "scaling.cpus_per_worker": 1,
+            "scaling.resources_per_worker": {"student": 1},
+            "scaling.max_failures": 3,
+            "output.report": False,
+        },
+        name="node-loss",
+    )
+    script = HELPERS / "node_cluster.py"
+    # A short path of its own: Ray's socket paths must stay under 108 characters.
+    temp_dir = tempfile.mkdtemp(prefix="rd-nodes-", dir="/tmp")
+    out = directory / "nodes.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR")}
+    # Train's controller polls its workers at the session cluster's pace, not every 2 s
+    env[TRAIN_POLL_ENV] = TRAIN_POLL_S
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), str(HELPERS), env.get("PYTHONPATH")) if p
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), str(placed), str(node_loss), str(out), temp_dir],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return json.loads(out.read_text())
