@@ -11,27 +11,22 @@ import time
 from pathlib import Path
 
 import pytest
+from job_files import DIGITS_SHORT as SHORT
 
 from raydistill.config import load_job
 from raydistill.pipeline import run_job
 
 pytestmark = pytest.mark.slow
 
-SHORT = {
-    "teacher.train": {"epochs": 4},
-    "train.epochs": 10,
-    "train.baseline": True,
-    "scaling.workers": 2,
-    "scaling.teacher_pool": {"min_actors": 1, "max_actors": 1, "num_cpus": 0.5},
-}
-
 
 def _checkpoints(stage_dir: Path) -> list[Path]:
     return sorted(p for p in stage_dir.glob("checkpoint_*") if p.is_dir())
 
 
-def test_digits_job_end_to_end(ray_address, write_job):
-    job = load_job(write_job({**SHORT, "output.tensorboard": True}, name="e2e"))
+def test_digits_job_end_to_end(digits_teacher_job):
+    """The session's end-to-end job, whose teacher stage ``digits_teacher_job`` trained (the
+    teacher the other tests share): the students, the table, the report, and the rerun."""
+    job = load_job(digits_teacher_job)
     summary = run_job(job, log=print)
 
     run_dir = job.run_dir

@@ -9,6 +9,15 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# The quickstart at end-to-end test size: a 4-epoch teacher, 10-epoch students, 2 DDP workers,
+# one teacher actor (tests/conftest.py trains this job's teacher once per session).
+DIGITS_SHORT: dict[str, Any] = {
+    "teacher.train": {"epochs": 4},
+    "train.epochs": 10,
+    "train.baseline": True,
+    "scaling.workers": 2,
+    "scaling.teacher_pool": {"min_actors": 1, "max_actors": 1, "num_cpus": 0.5},
+}
 
 
 def write_digits_job(
