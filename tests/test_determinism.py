@@ -1,7 +1,9 @@
 """The same job and seed on one Ray Train worker gives the same metrics (issue #8, item 7).
 
 Two short distilled runs of the same job (teacher given as weights, the teacher pool labelling
-the data once, one train worker) under different run names must log identical histories:
+the data once, one train worker; the first is the session's ``single_worker_run``, which
+test_faults.py also uses as its uninterrupted reference) under different run names must log
+identical histories:
 every loss, accuracy, temperature, alpha, learning rate and class count of every epoch, and
 the same chosen weights. Only the timing fields may differ. With more workers Ray Data's
 streaming split decides at run time which worker reads which rows, so runs differ (docs/running.md).
@@ -13,7 +15,6 @@ import pytest
 import torch
 
 from raydistill.config import load_job
-from raydistill.models import build_model, save_weights
 from raydistill.models.specs import read_state_dict
 from raydistill.pipeline import run_job
 
@@ -26,21 +27,12 @@ def _without_timing(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in epoch.items() if k not in TIMING} for epoch in history]
 
 
-def test_single_worker_runs_with_the_same_seed_are_identical(ray_address, write_job, tmp_path):
-    quickstart = load_job(write_job(name="source"))
-    torch.manual_seed(1)
-    teacher = save_weights(build_model(quickstart.teacher, 10, load=False), tmp_path / "t.pt")
-    changes = {
-        "seed": 3,
-        "teacher.checkpoint": str(teacher),
-        "train.epochs": 2,
-        "train.baseline": False,
-        "scaling.workers": 1,
-        "output.report": False,
-    }
-    runs = [run_job(load_job(write_job(changes, name=f"same-seed-{i}")), log=print) for i in (0, 1)]
+def test_single_worker_runs_with_the_same_seed_are_identical(write_job, single_worker_run):
+    # the session's reference run, and the same job again under another run name
+    changes = single_worker_run["changes"]
+    runs = [single_worker_run["summary"], run_job(load_job(write_job(changes, "same")), log=print)]
     first, second = (r.stages["student"] for r in runs)
-    assert len(first.history) == 2
+    assert len(first.history) == changes["train.epochs"]
     assert first.history[0]["train_soft"] > 0  # the teacher's outputs took part
     assert _without_timing(first.history) == _without_timing(second.history)
     a, b = read_state_dict(first.weights), read_state_dict(second.weights)

@@ -11,27 +11,22 @@ import time
 from pathlib import Path
 
 import pytest
+from job_files import DIGITS_SHORT as SHORT
 
 from raydistill.config import load_job
 from raydistill.pipeline import run_job
 
 pytestmark = pytest.mark.slow
 
-SHORT = {
-    "teacher.train": {"epochs": 4},
-    "train.epochs": 10,
-    "train.baseline": True,
-    "scaling.workers": 2,
-    "scaling.teacher_pool": {"min_actors": 1, "max_actors": 1, "num_cpus": 0.5},
-}
-
 
 def _checkpoints(stage_dir: Path) -> list[Path]:
     return sorted(p for p in stage_dir.glob("checkpoint_*") if p.is_dir())
 
 
-def test_digits_job_end_to_end(ray_address, write_job):
-    job = load_job(write_job({**SHORT, "output.tensorboard": True}, name="e2e"))
+def test_digits_job_end_to_end(digits_teacher_job):
+    """The session's end-to-end job, whose teacher stage ``digits_teacher_job`` trained (the
+    teacher the other tests share): the students, the table, the report, and the rerun."""
+    job = load_job(digits_teacher_job)
     summary = run_job(job, log=print)
 
     run_dir = job.run_dir
@@ -161,35 +156,3 @@ def test_feature_distillation_weighting_schedules_and_early_stop(
     assert all(h["train_feature"] > 0 for h in history)
     assert history[-1]["train_feature"] < history[0]["train_feature"]
     assert summary.score("student (distilled)").accuracy > 0.2
-
-
-def test_balanced_stream_reaches_the_trainer(ray_address, write_job, tmp_path):
-    """On a deliberately imbalanced split, the class histogram the workers train on meets the
-    balancer's target."""
-    import numpy as np
-
-    from raydistill.data import load_digits_arrays
-    from raydistill.data.sources import load_splits
-    from raydistill.pipeline import make_balancer
-
-    digits = load_digits_arrays()
-    rng = np.random.default_rng(0)
-    keep = (digits.labels < 5) | (rng.random(len(digits.labels)) < 0.2)
-    np.savez(tmp_path / "imbalanced.npz", inputs=digits.inputs[keep], labels=digits.labels[keep])
-    changes = {
-        **SHORT,
-        "data.source": "npz",
-        "data.path": str(tmp_path / "imbalanced.npz"),
-        "data.balance": {"keep_ratio": 0.7},
-        "distill.enabled": False,
-        "train.epochs": 3,
-    }
-    job = load_job(write_job(changes, name="balanced"))
-    summary = run_job(job, log=print)
-    train = load_splits(job.data)["train"]
-    counts = np.bincount(train.labels, minlength=10)
-    assert counts[:5].min() > 2 * counts[5:].max()  # really imbalanced
-    expected = make_balancer(job, train).expected_counts(counts)
-    seen = np.mean([h["class_counts"] for h in summary.stages["baseline"].history], axis=0)
-    assert np.allclose(seen, expected, rtol=0.15), (seen, expected)
-    assert seen[5:].min() > 0.8 * seen[:5].min()  # rare classes lifted toward the frequent ones

@@ -74,19 +74,11 @@ def _teacher_file(tmp_path: Path, spec: ModelSpec) -> str:
     return str(save_weights(build_model(spec, 10, load=False), tmp_path / "teacher.pt"))
 
 
-def test_a_killed_train_worker_restarts_from_the_latest_checkpoint(
-    ray_address, write_job, tmp_path
-):
-    quickstart = load_job(write_job(name="source"))
-    changes = {
-        "teacher.checkpoint": _teacher_file(tmp_path, quickstart.teacher),
-        "train.epochs": 4,
-        "train.baseline": False,
-        "scaling.workers": 1,
-        "scaling.max_failures": 1,
-        "output.report": False,
-    }
-    reference = run_job(load_job(write_job(changes, name="uninterrupted")), log=print)
+def test_a_killed_train_worker_restarts_from_the_latest_checkpoint(write_job, single_worker_run):
+    # the uninterrupted reference: the session's single-worker run of the same job and seed
+    changes = single_worker_run["changes"]
+    assert changes["scaling.max_failures"] == 1 and changes["train.epochs"] == 4
+    reference = single_worker_run["summary"]
 
     job = load_job(write_job(changes, name="worker-killed"))
     stage = job.run_dir / "student"
