@@ -262,13 +262,20 @@ def _teacher_pass(
     job: JobConfig, teacher_weights: Path, splits: dict[str, LabelledArrays], directory: Path
 ) -> None:
     """Label train and val with the teacher pool and write them as ``directory/<split>/``."""
+    from concurrent.futures import ThreadPoolExecutor
+
     codec = job_codec(job)
     num_classes = splits["train"].num_classes
+    writes = []
     for split, ds in training_datasets(job, splits).items():
         ds = attach_teacher(ds, job, teacher_weights, num_classes, codec)
         if job.cache.inputs == "join":  # the inputs stay in the source (see teacher.join)
             ds = ds.map_batches(drop_inputs, batch_format="numpy")
-        ds.write_parquet(str(directory / split))
+        writes.append((ds, str(directory / split)))
+    # train and val at once: their pools start side by side, not one after the other
+    with ThreadPoolExecutor(max_workers=len(writes)) as pool:
+        for done in [pool.submit(ds.write_parquet, path) for ds, path in writes]:
+            done.result()
 
 
 def _remove_leftovers(directory: Path) -> None:

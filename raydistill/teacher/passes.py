@@ -101,13 +101,24 @@ class PoolOnce(PoolPerEpoch):
             return CachePass().attach(job, datasets, teacher_weights, splits, num_classes, log)
         lazy = super().attach(job, datasets, teacher_weights, splits, num_classes, log)
         started = time.perf_counter()
-        materialized = {k: ds.materialize() for k, ds in lazy.datasets.items()}
+        materialized = materialize_together(lazy.datasets)
         labelled = sum(ds.count() for ds in materialized.values())
         log(
             f"[teacher] one pass over {labelled} rows in {time.perf_counter() - started:.1f}s "
             f"({job.scaling.teacher_pool.max_actors} actor(s) max)"
         )
         return Attached(materialized, lazy.codec)
+
+
+def materialize_together(datasets: dict[str, Any]) -> dict[str, Any]:
+    """Every dataset materialized at once, one thread each: train's and val's teacher pools
+    start side by side (``planned_cpus`` budgets two), instead of val's pool starting only
+    after train's pass (actor start-up, not inference, is most of a small pass)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(datasets))) as pool:
+        futures = {k: pool.submit(ds.materialize) for k, ds in datasets.items()}
+        return {k: f.result() for k, f in futures.items()}
 
 
 def once_bytes(job: JobConfig, splits: dict[str, Any], num_classes: int) -> int:
