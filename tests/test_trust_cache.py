@@ -220,11 +220,15 @@ def test_two_jobs_building_one_cache_path_never_mix(write_job, tmp_path, teacher
             b_waits_or_ends.set()
 
     builder_b = threading.Thread(target=build_b)
+    once = threading.Lock()  # A writes train and val at once: both call the hook
 
     def start_b_midway(weights: Path, split_dir: Path) -> None:
-        if weights == teacher_a and not builder_b.is_alive() and "b" not in outcome:
-            builder_b.start()
-            assert b_waits_or_ends.wait(120)  # B either blocks on the lock or runs through
+        if weights != teacher_a:
+            return
+        with once:
+            if builder_b.ident is None:
+                builder_b.start()
+        assert b_waits_or_ends.wait(120)  # B either blocks on the lock or runs through
 
     teacher_pass["hook"] = start_b_midway
     manifest = cache.ensure_cache(job_a, teacher_a, splits, log=print)
@@ -264,11 +268,13 @@ def test_two_runs_of_one_job_share_one_teacher_pass(write_job, tmp_path, teacher
             waits_or_ends.set()
 
     thread = threading.Thread(target=run_second)
+    once = threading.Lock()  # train and val are written at once: both call the hook
 
     def start_second(w: Path, split_dir: Path) -> None:
-        if not thread.is_alive() and "manifest" not in second:
-            thread.start()
-            assert waits_or_ends.wait(120)
+        with once:
+            if thread.ident is None:
+                thread.start()
+        assert waits_or_ends.wait(120)
 
     teacher_pass["hook"] = start_second
     first = cache.ensure_cache(job, weights, splits, log=print)
