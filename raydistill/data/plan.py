@@ -50,8 +50,7 @@ def _digest(files: list[Listed], extra: object = None) -> str:
     return hashlib.sha256(json.dumps([listing, extra]).encode()).hexdigest()
 
 
-def _base_source(data: DataConfig, split: str, root: str) -> StreamSource:
-    hashed = data.split.locations() is None
+def _base_source(data: DataConfig, split: str, root: str, hashed: bool) -> StreamSource:
     return StreamSource(
         kind=data.source,
         root=root,
@@ -62,7 +61,7 @@ def _base_source(data: DataConfig, split: str, root: str) -> StreamSource:
         image_size=tuple(data.image_size) if data.image_size else None,
         channels=data.channels,
         hash_split=(data.split.val, data.split.test, data.split.seed) if hashed else None,
-        subset=data.subset,
+        subset=data.subset if hashed or data.split.locations() is not None else None,
         subset_seed=data.split.seed,
         skip_bad=data.skip_bad,
     )
@@ -71,8 +70,7 @@ def _base_source(data: DataConfig, split: str, root: str) -> StreamSource:
 # ---------------------------------------------------------------------------- image folders
 
 
-def _plan_images(data: DataConfig) -> dict[str, StreamedSplit]:
-    roots = split_roots(data)
+def _plan_images(data: DataConfig, roots: dict[str, str], hashed: bool) -> dict[str, StreamedSplit]:
     classes = image_classes(roots["train"])
     index = {name: i for i, name in enumerate(classes)}
     num_classes = data.num_classes or len(classes)
@@ -96,7 +94,7 @@ def _plan_images(data: DataConfig) -> dict[str, StreamedSplit]:
         files, hashes = listings[root]
         if not files:
             raise JobError(f"data.path: no images under {root} ({', '.join(classes)})")
-        source = _base_source(data, split, root)
+        source = _base_source(data, split, root, hashed)
         keep = np.flatnonzero(source.keep(hashes))
         labels = np.asarray([index[files[i].key.split("/")[0]] for i in keep], dtype=np.int64)
         items = pa.table(
@@ -205,15 +203,14 @@ def _rows_of(data: DataConfig, roots: dict[str, str], label: int, most: int = 5)
     return ", ".join(found)
 
 
-def _plan_tables(data: DataConfig) -> dict[str, StreamedSplit]:
-    roots = split_roots(data)
+def _plan_tables(data: DataConfig, roots: dict[str, str], hashed: bool) -> dict[str, StreamedSplit]:
     by_root: dict[str, list[str]] = {}
     for split, root in roots.items():
         by_root.setdefault(root, []).append(split)
     planned: dict[str, tuple[StreamSource, pa.Table, np.ndarray, str]] = {}
     for root, splits in by_root.items():
         items, digest, files = _table_items(data, root)
-        sources = [_base_source(data, s, root) for s in splits]
+        sources = [_base_source(data, s, root, hashed) for s in splits]
         labels = _label_pass(data, root, items, sources)
         table = pa.Table.from_pylist(items)
         for source in sources:
@@ -263,14 +260,20 @@ def _finish(splits: dict[str, StreamedSplit], num_classes: int) -> dict[str, Str
         if size is not None and split.source.image_size is None:
             split.source = replace(split.source, image_size=size)
         split.input_shape = tuple(first.shape)
-    return {k: splits[k] for k in SPLIT_NAMES}
+    return {k: splits[k] for k in SPLIT_NAMES if k in splits}
 
 
 def plan_splits(data: DataConfig) -> dict[str, StreamedSplit]:
     """Train, val and test of a file source, planned (see the module docstring)."""
-    if data.source == "image_folder":
-        return _plan_images(data)
-    return _plan_tables(data)
+    plan = _plan_images if data.source == "image_folder" else _plan_tables
+    return plan(data, split_roots(data), data.split.locations() is None)
 
 
-__all__ = ["STREAMED_SOURCES", "plan_splits", "read_rows", "streams"]
+def whole_source(data: DataConfig) -> StreamedSplit:
+    """Every row of ``data.path``, unsplit and in listing order (``data.subset`` not applied):
+    what :func:`raydistill.data.sources.load_arrays` reads, through the same reader."""
+    plan = _plan_images if data.source == "image_folder" else _plan_tables
+    return plan(data, {"train": str(data.path)}, False)["train"]
+
+
+__all__ = ["STREAMED_SOURCES", "plan_splits", "read_rows", "streams", "whole_source"]

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from raydistill.columns import INPUT, LABEL, ROW_ID, TEXT, VIEW, view_dataset_name
 from raydistill.config import AugmentConfig, DataConfig, JobConfig, JobError, ModelSpec
-from raydistill.data.arrays import LabelledArrays, register_tensor_types, split_arrays
+from raydistill.data.arrays import LabelledArrays, split_arrays
 from raydistill.data.augment import augment_batch
 from raydistill.data.digits import load_digits_arrays
 from raydistill.data.idx import IdxError, load_fashion_mnist
@@ -39,60 +39,6 @@ def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
         raise JobError(f"data.path: cannot read {path} as .npz: {why}") from None
 
 
-def _read_table(data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Parquet or JSON-lines rows (a file or directory; any pyarrow filesystem URI)."""
-    import pyarrow.dataset as pads
-
-    register_tensor_types()
-    fmt = "json" if data.source == "jsonl" else "parquet"
-    try:
-        table = pads.dataset(data.path, format=fmt).to_table()
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise JobError(f"data.path: cannot read {fmt} at {data.path}: {exc}") from None
-    for column in (data.input_column, data.label_column):
-        if column not in table.column_names:
-            raise JobError(
-                f"data: column '{column}' not in {data.path} (columns: {table.column_names})"
-            )
-    column = table.column(data.input_column).combine_chunks()
-    if hasattr(column, "to_numpy_ndarray"):  # fixed-shape tensor extension column
-        inputs = column.to_numpy_ndarray()
-    else:
-        inputs = np.stack([np.asarray(v, dtype=np.float32) for v in column.to_pylist()])
-    return inputs, table.column(data.label_column).to_numpy()
-
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
-
-def _read_image_folder(data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Images [N, C, H, W] float32 in [0, 1] and labels from ``path/<class>/<image>``."""
-    from PIL import Image, UnidentifiedImageError
-
-    root = Path(str(data.path)).expanduser()
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise JobError(f"data.path: {root} has no class folders")
-    images, labels = [], []
-    size = data.image_size
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        for file in files:
-            try:
-                with Image.open(file) as img:
-                    img = img.convert("L" if data.channels == 1 else "RGB")
-                    size = size or (img.height, img.width)
-                    img = img.resize((size[1], size[0])) if img.size != (size[1], size[0]) else img
-                    array = np.asarray(img, dtype=np.float32) / 255.0
-            except (UnidentifiedImageError, OSError) as exc:
-                raise JobError(f"data: cannot read image {file}: {exc}") from None
-            images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
-            labels.append(label)
-    if not images:
-        raise JobError(f"data.path: no images under {root} ({', '.join(classes)})")
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
-
-
 def load_arrays(data: DataConfig) -> LabelledArrays:
     """All rows of the job's source, checked: float32 inputs, labels in range(num_classes)."""
     if data.text is not None:
@@ -115,10 +61,16 @@ def load_arrays(data: DataConfig) -> LabelledArrays:
         inputs, labels = arrays.inputs, arrays.labels
     elif data.source == "npz":
         inputs, labels = _read_npz(str(data.path))
-    elif data.source == "image_folder":
-        inputs, labels = _read_image_folder(data)
-    else:
-        inputs, labels = _read_table(data)
+    else:  # a file source: every row through the streaming reader, in listing order
+        from raydistill.data.plan import whole_source
+
+        source = whole_source(data)
+        parts = list(source.iter_arrays(4096))
+        return LabelledArrays(
+            np.concatenate([p.inputs for p in parts]),
+            np.concatenate([p.labels for p in parts]),
+            source.num_classes,
+        )
     if not np.issubdtype(np.asarray(labels).dtype, np.integer):
         raise JobError(f"data: labels in {data.path} must be integers, got {labels.dtype}")
     labels = np.asarray(labels, dtype=np.int64)
