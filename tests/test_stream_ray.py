@@ -29,7 +29,7 @@ HELPERS = Path(__file__).parent / "helpers"
 STORE = 80 * 2**20  # the test Ray's object store: smaller than the training split
 
 
-@pytest.mark.budget(300, "a Ray of its own (small object store) and a 2-worker Train epoch")
+@pytest.mark.budget(seconds=300, reason="a Ray of its own (small object store), 2 workers")
 def test_a_split_larger_than_the_object_store_reaches_two_workers_once(tmp_path):
     rows, per_file = 16_000, 3_200
     rng = np.random.default_rng(0)
@@ -122,7 +122,7 @@ def test_a_corrupt_image_found_mid_stream_ends_the_run_with_one_line(
     assert "data.skip_bad" in error[0]
 
 
-@pytest.mark.budget(300, "a cache pass and a 2-epoch student on 2 workers, streamed")
+@pytest.mark.budget(seconds=300, reason="a cache pass and a 2-epoch student, streamed")
 def test_a_streamed_image_folder_trains_end_to_end_skipping_a_bad_image(
     ray_address, digits_teacher, tmp_path, capfd
 ):
