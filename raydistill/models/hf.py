@@ -212,18 +212,24 @@ def build_hf_classifier(
         raise JobError(f"hf:{name}: cannot read its config: {exc}") from None
     auto = transformers.AutoModelForSequenceClassification
     if pretrained:
-        if not any((Path(path) / f).is_file() for f in WEIGHT_FILES):
-            raise JobError(
-                f"hf:{name}: no weights in {path} (one of {', '.join(WEIGHT_FILES)}); "
-                "set args: {pretrained: false} to start from random weights"
-            )
-        try:
-            model = auto.from_pretrained(path, config=cfg, **kwargs)
-        except (OSError, ValueError) as exc:
-            raise JobError(f"hf:{name}: cannot load its weights: {exc}") from None
+        model = load_pretrained(auto, name, path, cfg, **kwargs)
     else:
         model = auto.from_config(cfg, **kwargs)
     return HFTextClassifier(model, source=path)
+
+
+def load_pretrained(auto: Any, name: str, path: str, cfg: Any, **kwargs: Any) -> Any:
+    """``auto.from_pretrained`` of the local model at ``path``, its missing weights or a load
+    failure named in one line (``name``: the job's ``hf:`` name)."""
+    if not any((Path(path) / f).is_file() for f in WEIGHT_FILES):
+        raise JobError(
+            f"hf:{name}: no weights in {path} (one of {', '.join(WEIGHT_FILES)}); "
+            "set args: {pretrained: false} to start from random weights"
+        )
+    try:
+        return auto.from_pretrained(path, config=cfg, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise JobError(f"hf:{name}: cannot load its weights: {exc}") from None
 
 
 def load_tokenizer(source: str) -> Any:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from raydistill.config import JobError
-from raydistill.models.hf import WEIGHT_FILES, _require_transformers, load_tokenizer, locate
+from raydistill.models.hf import _require_transformers, load_pretrained, load_tokenizer, locate
 
 
 class HFCausalLM(nn.Module):
@@ -111,15 +111,7 @@ def build_hf_causal_lm(
         raise JobError(f"hf:{name}: cannot read its config: {exc}") from None
     auto = transformers.AutoModelForCausalLM
     if pretrained:
-        if not any((Path(path) / f).is_file() for f in WEIGHT_FILES):
-            raise JobError(
-                f"hf:{name}: no weights in {path} (one of {', '.join(WEIGHT_FILES)}); "
-                "set args: {pretrained: false} to start from random weights"
-            )
-        try:
-            model = auto.from_pretrained(path, config=cfg, **kwargs)
-        except (OSError, ValueError) as exc:
-            raise JobError(f"hf:{name}: cannot load its weights: {exc}") from None
+        model = load_pretrained(auto, name, path, cfg, **kwargs)
     else:
         try:
             model = auto.from_config(cfg, **kwargs)
