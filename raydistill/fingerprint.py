@@ -41,7 +41,14 @@ def stage_inputs(
     inputs: dict[str, Any] = {
         "task": job.task,
         "seed": job.seed,
-        "data": job.data.model_dump(mode="json"),
+        # unset, the share is left out: runs recorded before it existed still match; the
+        # teacher learns every label, so the share the student sees never changes it
+        "data": job.data.model_dump(
+            mode="json",
+            exclude={"labelled_fraction"}
+            if role == "teacher" or job.data.labelled_fraction is None
+            else None,
+        ),
         "rows": get_task(job).data_fingerprint(splits),
     }
     if role == "teacher":

@@ -230,6 +230,8 @@ def fit_student(
     task = get_task(job)
     distill = role == "student"
     datasets = task.datasets(job, splits, job.student, distill=distill)
+    if role == "baseline" and job.data.labelled_fraction is not None:
+        datasets = task.labelled_only(job, datasets)
     codec = LogitCodec()
     if not distill:
         shapes = ({}, {})
@@ -332,7 +334,7 @@ def run_job(
     _check_stages(job, splits, ["teacher", *roles], fresh, fresh_stages, allow_changed, log)
     run_dir = prepare_run_dir(job, fresh, log, fresh_stages)
     log(f"{get_task(job).describe_data(job, splits)}; run directory {run_dir}")
-    summary = RunSummary(run_dir, task=job.task)
+    summary = RunSummary(run_dir, task=job.task, labelled_fraction=job.data.labelled_fraction)
     with ray_session(job):
         teacher_weights = None
         if job.distill.enabled or teacher_weights_path(job).is_file():

@@ -32,6 +32,7 @@ class RunSummary:
     stages: dict[str, StageResult] = field(default_factory=dict)
     scores: list[Any] = field(default_factory=list)
     task: str = "classification"
+    labelled_fraction: float | None = None  # data.labelled_fraction: the students' labelled share
 
     def score(self, name: str) -> Any:
         return next(s for s in self.scores if s.name == name)
@@ -40,7 +41,15 @@ class RunSummary:
         from raydistill.tasks import task_named
 
         epochs = {role: stage.epochs_run for role, stage in self.stages.items()}
-        return task_named(self.task).table(self.scores, epochs, detailed=detailed)
+        table = task_named(self.task).table(self.scores, epochs, detailed=detailed)
+        share = self.labelled_fraction
+        if share is not None and any(s.name == STAGE_NAMES["baseline"] for s in self.scores):
+            table.notes.append(
+                f"labels on {share:.0%} of the training rows (data.labelled_fraction): the "
+                "baseline trained on those alone; the distilled student on those and the "
+                "teacher's soft targets on every row; the teacher on every label"
+            )
+        return table
 
     def table(self) -> str:
         """The comparison as a Markdown table, then the trade-off in words."""
@@ -98,7 +107,7 @@ def summarize_run(run_dir: Path) -> tuple[JobConfig, RunSummary]:
     finished stages are scored again, on this machine)."""
     run_dir = Path(run_dir).resolve()
     job = read_run_job(run_dir, "report")
-    summary = RunSummary(run_dir, task=job.task)
+    summary = RunSummary(run_dir, task=job.task, labelled_fraction=job.data.labelled_fraction)
     for role in ("teacher", "student", "baseline"):
         if (done := finished_stage(run_dir, role)) is not None:
             summary.stages[role] = done

@@ -20,7 +20,10 @@ def test_quickstart_job_resolves_with_defaults():
     assert job.teacher.checkpoint is None
     assert job.distill.temperature.kind == "constant" and job.distill.temperature.start == 4.0
     assert job.scaling.teacher_pool.num_cpus == 0.5
-    assert job.teacher_train().epochs == 30 and job.teacher_train().batch_size == 32
+    # teacher.train overrides the student's train section key by key
+    assert job.teacher_train().lr == 0.003 and job.train.lr == 0.01
+    assert job.teacher_train().epochs == 20 and job.teacher_train().batch_size == 32
+    assert job.data.labelled_fraction == 0.1
     assert job.run_dir == (Path("runs") / "digits").resolve()
 
 

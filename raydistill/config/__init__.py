@@ -4,7 +4,8 @@ A job file is parsed into :class:`JobConfig`; every field's default and meaning 
 its ``description``, and the resolved job (defaults filled in) is written into the run
 directory. Errors name the offending key path (``distill.alpha.start``) and say why.
 
-One module per part of the job: :mod:`~raydistill.config.data`,
+One module per part of the job: :mod:`~raydistill.config.data` (its COCO splits in
+:mod:`~raydistill.config.coco`),
 :mod:`~raydistill.config.models` (teacher, student), :mod:`~raydistill.config.distill`,
 :mod:`~raydistill.config.train`, :mod:`~raydistill.config.scaling`,
 :mod:`~raydistill.config.storage` (cache, output), :mod:`~raydistill.config.tune`,
@@ -12,11 +13,10 @@ One module per part of the job: :mod:`~raydistill.config.data`,
 :mod:`~raydistill.config.loading` (files, overrides, error lines).
 """
 
+from raydistill.config.coco import CocoConfig, CocoSplitPaths
 from raydistill.config.data import (
     AugmentConfig,
     BalanceConfig,
-    CocoConfig,
-    CocoSplitPaths,
     DataConfig,
     SplitConfig,
     TextConfig,

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from raydistill.config.base import Section
+from raydistill.config.coco import CocoConfig
 from raydistill.config.errors import KeyedError
 from raydistill.data.augment import AugmentOp, RandomCrop
 
@@ -102,37 +103,6 @@ class AugmentConfig(Section):
     )
 
 
-class CocoSplitPaths(Section):
-    """One COCO-format split: an image folder and its instances JSON (local paths or URIs)."""
-
-    images: str = Field(..., description="the folder of the split's images")
-    annotations: str = Field(..., description="the split's COCO instances JSON file")
-
-    @field_validator("images", "annotations")
-    @classmethod
-    def _exists(cls, value: str) -> str:
-        # a plain error: pydantic names the full key path (data.coco.train.images)
-        if "://" not in value and not Path(value).expanduser().exists():
-            raise ValueError("not found")
-        return value
-
-
-class CocoConfig(Section):
-    """COCO-format detection data (``data.source: coco``, ``task: detection``)."""
-
-    train: CocoSplitPaths = Field(..., description="the training split")
-    val: CocoSplitPaths = Field(..., description="the validation split")
-    test: CocoSplitPaths | None = Field(None, description="null: report on val")
-    image_size: int = Field(
-        512,
-        ge=32,
-        description="longest image side in pixels: images shrink to it before they travel,"
-        " and teacher and student both resize to it (so proposals carry over)",
-    )
-    flip: bool = Field(True, description="mirror half the training images each epoch (seeded)")
-    min_box_size: float = Field(1.0, ge=0, description="boxes thinner than this (px) are dropped")
-
-
 class TextConfig(Section):
     """Text rows: ``column`` holds the text, tokenized inside the Ray Data pipeline by each
     model's own tokenizer into packed token rows int64 [N, 2, max_length] (ids, mask)."""
@@ -180,6 +150,15 @@ class DataConfig(Section):
         le=1,
         description="keep this share of the rows (stratified, seeded by split.seed) before"
         " splitting; with fashion_mnist, of train and of test; null: all",
+    )
+    labelled_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="share of the training rows whose labels the student sees (drawn by"
+        " row id, seeded by split.seed): the teacher learns every label, the distilled"
+        " student the teacher's soft targets on every row and the labels on this share, the"
+        " baseline this share alone (as many steps); null: all",
     )
     input_column: str = Field(
         "input",

@@ -96,6 +96,27 @@ class JobConfig(Section):
             self._sides_fit_data()
         return self
 
+    @model_validator(mode="after")
+    def _labels_of_a_share(self) -> JobConfig:
+        """With ``data.labelled_fraction`` the student must not read the labels of the other
+        rows: settings that consume every row's label on the student's side are refused."""
+        if self.data.labelled_fraction is None:
+            return self
+        reads_labels = {
+            "distill.method": ("dkd", self.distill.method == "dkd"),
+            "distill.weighting": ("teacher_correct", self.distill.weighting == "teacher_correct"),
+            "data.balance": ("set", self.data.balance is not None),
+        }
+        for key, (value, refused) in reads_labels.items():
+            if refused:
+                raise KeyedError(
+                    key,
+                    f"{value} reads the label of every training row, which"
+                    " data.labelled_fraction hides from the student: use method kd, another"
+                    " weighting and no balance",
+                )
+        return self
+
     def _sides_fit_data(self) -> None:
         reads_text = {
             side: getattr(self, side).text_tokenizer is not None for side in ("teacher", "student")

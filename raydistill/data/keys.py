@@ -82,3 +82,13 @@ def subset_mask(hashes: np.ndarray, share: float | None, seed: int) -> np.ndarra
     if share is None or share >= 1:
         return np.ones(len(hashes), dtype=bool)
     return _unit(hashes, 0x50B5E7 + seed) < share
+
+
+def labelled_mask(row_ids: np.ndarray, share: float | None, seed: int) -> np.ndarray:
+    """bool [N]: the training rows whose labels the student sees under
+    ``data.labelled_fraction`` (``share``), drawn from each ``row_id`` alone (int64 [N]), so a
+    row is labelled or not on every run, worker count and epoch, and apart from the split."""
+    ids = np.asarray(row_ids, dtype=np.int64)
+    if share is None or share >= 1:
+        return np.ones(len(ids), dtype=bool)
+    return _unit(_mix(ids.astype(np.uint64)), 0x1ABE1ED + seed) < share

@@ -15,6 +15,7 @@ from raydistill.data.arrays import LabelledArrays, split_arrays
 from raydistill.data.augment import augment_batch
 from raydistill.data.digits import load_digits_arrays
 from raydistill.data.idx import IdxError, load_fashion_mnist
+from raydistill.data.keys import labelled_mask
 
 if TYPE_CHECKING:
     import ray.data
@@ -235,6 +236,41 @@ def split_views(datasets: dict[str, Any], augment: AugmentConfig) -> dict[str, A
     for v in range(augment.views):
         out[view_dataset_name(v)] = train.filter(expr=f"{VIEW} == {v}")
     return out
+
+
+def labelled_rows_only(batch: dict[str, Any], share: float, seed: int) -> dict[str, Any]:
+    """The rows of ``batch`` (columns [N, ...] with ``row_id``) that ``data.labelled_fraction``
+    labels, each :func:`labelled_copies` times: what a stage trained on labels alone reads."""
+    keep = np.flatnonzero(labelled_mask(batch[ROW_ID], share, seed))
+    # copies apart in the block, so a shuffle buffer mixes them
+    index = np.tile(keep, labelled_copies(share))
+    return {k: np.asarray(v)[index] for k, v in batch.items()}
+
+
+def labelled_copies(share: float) -> int:
+    """How many times each labelled row is read per epoch by a stage that trains on the
+    labelled share alone: as many rows, so as many steps, as an epoch over every row."""
+    return max(1, round(1 / share))
+
+
+def labelled_part(datasets: dict[str, Any], share: float, seed: int) -> dict[str, Any]:
+    """``datasets`` with every training dataset (all but ``val``) cut to its rows whose labels
+    ``data.labelled_fraction`` (``share``) keeps, each read :func:`labelled_copies` times."""
+    kwargs = {"share": share, "seed": seed}
+    return {
+        k: ds
+        if k == "val"
+        else ds.map_batches(labelled_rows_only, fn_kwargs=kwargs, batch_format="numpy")
+        for k, ds in datasets.items()
+    }
+
+
+def labelled_rows(split: Any, share: float | None, seed: int) -> int | None:
+    """Rows of a split held in memory whose labels the student sees (row ids are positions);
+    None for a streamed split (its row ids are key hashes, known only when read)."""
+    if share is None or not isinstance(split, LabelledArrays):
+        return None
+    return int(labelled_mask(np.arange(len(split)), share, seed).sum())
 
 
 def training_datasets(

@@ -10,7 +10,13 @@ import torch
 from torch import Tensor, nn
 
 from raydistill.distill.feature_losses import AttentionVariant, FeatureLossKind
-from raydistill.distill.losses import DistillMethod, hard_loss, scale_grad, weighted_sum
+from raydistill.distill.losses import (
+    DistillMethod,
+    hard_loss,
+    labelled_weights,
+    scale_grad,
+    weighted_sum,
+)
 from raydistill.distill.model_io import Inputs, adapter_key, as_logits, module_device, to_device
 from raydistill.distill.schedules import Schedule
 from raydistill.distill.settings import (
@@ -366,6 +372,7 @@ class Distiller(nn.Module):
         teacher_logits: Tensor | None = None,
         student_features: Mapping[str, Tensor] | None = None,
         teacher_features: Mapping[str, Tensor] | None = None,
+        labelled: Tensor | None = None,
     ) -> DistillLoss:
         """The objective at the current epoch's temperature and alpha.
 
@@ -376,8 +383,11 @@ class Distiller(nn.Module):
             student_features: adapted student features keyed by teacher layer name (from
                 :meth:`forward`); not read when the feature weight is 0.
             teacher_features: teacher features keyed by teacher layer name; likewise.
+            labelled: bool [N], the rows whose labels count (``data.labelled_fraction``): the
+                hard term is the mean cross entropy over them (0 in a batch with none), the
+                soft and feature terms cover every row; None: every row is labelled.
         """
-        hard = hard_loss(student_logits, labels)
+        hard = hard_loss(student_logits, labels, labelled_weights(labelled))
         zero = hard.new_zeros(())
         if teacher_logits is None:
             return DistillLoss(total=hard, soft=zero, hard=hard, feature=zero, weights=None)

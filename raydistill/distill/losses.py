@@ -91,6 +91,15 @@ def hard_loss(student_logits: Tensor, labels: Tensor, weights: Tensor | None = N
     return _weighted_mean(ce, weights)
 
 
+def labelled_weights(labelled: Tensor | None) -> Tensor | None:
+    """Per-sample weights [N] that turn :func:`hard_loss`'s weighted mean into the mean over
+    the rows ``labelled`` (bool [N]) marks, and into 0 for a batch with none; None for None."""
+    if labelled is None:
+        return None
+    mask = labelled.float()
+    return mask * (mask.numel() / mask.sum().clamp_min(1.0))
+
+
 class _ScaleGrad(torch.autograd.Function):
     """Identity in the forward pass; multiplies the incoming gradient by ``scale``."""
 

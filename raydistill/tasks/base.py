@@ -104,6 +104,8 @@ class Task:
     loss_parts: ClassVar[tuple[str, ...]] = ("loss",)
     # whether steps count labels per class (StepOutput.counts -> the epoch's class_counts)
     counts: ClassVar[bool] = False
+    # whether the student can learn from labels on a share of the rows (data.labelled_fraction)
+    labelled_share: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ capabilities
 
@@ -127,6 +129,8 @@ class Task:
                     f"{key}.monitor: task {self.name} validates with "
                     f"{', '.join(sorted(self.monitors))}, not {train.monitor}"
                 )
+        if job.data.labelled_fraction is not None and not self.labelled_share:
+            raise JobError(f"data.labelled_fraction: task {self.name} trains on every row's labels")
         if self.teacher_pass(job) not in self.teacher_passes:
             raise JobError(
                 f"distill.teacher_pass: task {self.name} runs "
@@ -182,6 +186,11 @@ class Task:
         self, job: JobConfig, splits: Splits, model: ModelSpec, distill: bool
     ) -> dict[str, Any]:
         """Ray datasets of train (or one per augmented view) and val, as ``model`` reads them."""
+        raise NotImplementedError
+
+    def labelled_only(self, job: JobConfig, datasets: dict[str, Any]) -> dict[str, Any]:
+        """``datasets`` cut to the training rows ``data.labelled_fraction`` labels (a stage
+        that learns from labels alone: the baseline); tasks with ``labelled_share``."""
         raise NotImplementedError
 
     def loop_extras(self, job: JobConfig, splits: Splits) -> dict[str, Any]:

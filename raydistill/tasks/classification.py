@@ -20,7 +20,13 @@ from raydistill.columns import INPUT, LABEL, ROW_ID, TEACHER_INPUT, feature_colu
 from raydistill.config import JobConfig, JobError, ModelSpec
 from raydistill.data.arrays import LabelledArrays, model_tensor
 from raydistill.data.balance import ClassBalancer, balance_rng
-from raydistill.data.sources import load_splits, training_datasets
+from raydistill.data.keys import labelled_mask
+from raydistill.data.sources import (
+    labelled_part,
+    labelled_rows,
+    load_splits,
+    training_datasets,
+)
 from raydistill.data.stream import StreamedSplit, describe_streamed
 from raydistill.data.text import for_model
 from raydistill.distill.distiller import Distiller
@@ -42,6 +48,7 @@ class ClassificationTask(Task):
     name: ClassVar[str] = "classification"
     loss_parts: ClassVar[tuple[str, ...]] = ("loss", "soft", "hard", "feature")
     counts: ClassVar[bool] = True
+    labelled_share: ClassVar[bool] = True
     curves: ClassVar[tuple[tuple[str, str | None, str | None], ...]] = (
         ("objective", "train_loss", "val_loss"),
         ("cross entropy with labels", "train_hard", "val_ce"),
@@ -55,9 +62,19 @@ class ClassificationTask(Task):
 
     def describe_data(self, job: JobConfig, splits: Splits) -> str:
         if isinstance(splits["train"], StreamedSplit):
-            return f"data: {job.data.source}: {describe_streamed(splits)}"
-        sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
-        return f"data: {job.data.source}: {sizes} rows, {self.num_classes(splits)} classes"
+            line = f"data: {job.data.source}: {describe_streamed(splits)}"
+        else:
+            sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+            line = f"data: {job.data.source}: {sizes} rows, {self.num_classes(splits)} classes"
+        share = job.data.labelled_fraction
+        if share is None:
+            return line
+        known = labelled_rows(splits["train"], share, job.data.split.seed)
+        count = f"{known} train rows" if known is not None else f"~{share:.0%} of train rows"
+        return (
+            f"{line}; the student sees labels on {count} (data.labelled_fraction {share:g}), "
+            "the teacher on all"
+        )
 
     def split_fingerprint(self, split: Any) -> str:
         return split.fingerprint()
@@ -108,6 +125,11 @@ class ClassificationTask(Task):
         self, job: JobConfig, splits: Splits, model: ModelSpec, distill: bool
     ) -> dict[str, Any]:
         return training_datasets(job, splits, model, distill=distill)
+
+    def labelled_only(self, job: JobConfig, datasets: dict[str, Any]) -> dict[str, Any]:
+        share = job.data.labelled_fraction
+        assert share is not None
+        return labelled_part(datasets, share, job.data.split.seed)
 
     def score(
         self, job: JobConfig, name: str, model: nn.Module, spec: ModelSpec, split: Any
@@ -187,7 +209,9 @@ class ClassificationTask(Task):
         labels = batch[LABEL]
         logits, feats = module(batch[INPUT])
         t_logits, t_feats = _teacher_side(spec, core, batch)
-        out = core.loss(logits, labels, t_logits, feats if t_feats else None, t_feats)
+        out = core.loss(
+            logits, labels, t_logits, feats if t_feats else None, t_feats, _labelled(spec, batch)
+        )
         rows = batch_rows(batch[ROW_ID]) if ROW_ID in batch else "?"
         return StepOutput(
             total=out.total,
@@ -241,6 +265,16 @@ def _teacher_side(
     return logits, {t: batch[feature_column(t)].float() for _, t in spec.feature_pairs}
 
 
+def _labelled(spec: StageSpec, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """bool [N]: the batch's rows whose labels a student stage learns from
+    (``data.labelled_fraction``); None when every row's label counts (and for the teacher)."""
+    share = spec.job.data.labelled_fraction
+    if share is None or spec.role == "teacher":
+        return None
+    mask = labelled_mask(batch[ROW_ID].cpu().numpy(), share, spec.job.data.split.seed)
+    return torch.from_numpy(mask).to(batch[LABEL].device)
+
+
 def _batches(shard: Any, spec: StageSpec, seed: int | None) -> Any:
     shuffle = spec.job.data.shuffle_buffer if seed is not None else 0
     return shard.iter_torch_batches(
@@ -271,11 +305,7 @@ def make_balancer(job: JobConfig, train: LabelledArrays, log: Log = print) -> Cl
     cfg = job.data.balance
     if cfg is None:
         return None
-    counts = (
-        np.asarray(cfg.counts)
-        if cfg.counts is not None
-        else train.class_counts()
-    )
+    counts = np.asarray(cfg.counts) if cfg.counts is not None else train.class_counts()
     if len(counts) != train.num_classes:
         raise JobError(f"data.balance.counts: {len(counts)} counts for {train.num_classes} classes")
     balancer = ClassBalancer.from_counts(counts, cfg.keep_ratio, cfg.repeat_rare, cfg.target)
