@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import statistics
 import subprocess
@@ -142,6 +143,8 @@ def _cli(args: list[str], log: Path) -> tuple[float, list[tuple[float, str]]]:
             stderr=subprocess.STDOUT,
             text=True,
             cwd=ROOT,
+            # line by line as printed: the stage walls are taken from arrival times
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -197,6 +200,7 @@ def run_search(teacher: Path, storage: Path, workers: int, epochs: int) -> list[
         "tune.scheduler=fifo",
         f"tune.workers_per_trial={workers}",
     ]
+    storage.mkdir(parents=True, exist_ok=True)
     args = ["tune", str(ROOT / "jobs" / "digits-tune.yaml")]
     for s in sets:
         args += ["--set", s]
