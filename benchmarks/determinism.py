@@ -21,7 +21,7 @@ from raydistill.models import build_model, save_weights
 from raydistill.pipeline import run_job
 from raydistill.runtime import ray_session
 
-TIMING = {"samples_per_s", "epoch_s"}
+TIMING = {"samples_per_s", "epoch_s", "startup_s"}
 
 
 def largest_difference(a: dict, b: dict) -> tuple[str, float]:

@@ -42,6 +42,15 @@ class ScalingConfig(Section):
         default_factory=dict, description="custom resources, e.g. {student: 1}"
     )
     max_failures: int = Field(0, ge=-1, description="worker failures survived; -1: unlimited")
+    in_memory_max_mb: float = Field(
+        256.0,
+        ge=0,
+        description="a split already materialized (teacher_pass once, an in-memory source) whose"
+        " rows take at most this many MB is read once per stage into each train worker's"
+        " memory and iterated there every epoch, its rows shared out by row id (the same"
+        " rows on the same worker every run); larger or lazy splits stream through Ray"
+        " Data's split; 0: always stream",
+    )
     teacher_pool: TeacherPoolConfig = Field(
         default_factory=TeacherPoolConfig, description="the actors that run the teacher"
     )

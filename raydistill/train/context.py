@@ -9,15 +9,20 @@ process, no Ray: unit tests and the in-memory temperature search).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from raydistill.train.shards import InMemoryShard, read_blocks
 from raydistill.train.state import Resumed
+
+# Rows held in this process, for tests and the in-memory search (the name they import).
+LocalShard = InMemoryShard
 
 
 def _say(message: str) -> None:
@@ -29,6 +34,11 @@ def _say(message: str) -> None:
     out.flush()
 
 
+# Entries of a Ray Train loop config beyond the spec and the task's extras (set by stage.py)
+STAGE_STARTED = "stage_started"  # the driver's time.time() when it started the stage
+HELD = "held_datasets"  # name -> the Arrow block refs of a split held in memory
+
+
 class LoopContext:
     """What the loop needs from where it runs (see the module docstring)."""
 
@@ -36,6 +46,9 @@ class LoopContext:
     world_size: int = 1
     device: torch.device = torch.device("cpu")
     extras: dict[str, Any] = {}  # the task's loop_extras (read only)
+    stage_started: float | None = None  # wall clock (time.time()) of the stage's start
+    worker_started: float | None = None  # wall clock of this worker's loop entry
+    data_s: float = 0.0  # seconds this worker spent reading splits it holds in memory
 
     def prepare_model(self, core: nn.Module) -> nn.Module:
         return core
@@ -68,10 +81,14 @@ class RayTrainContext(LoopContext):
         import ray.train
         import ray.train.torch
 
+        self.worker_started = time.time()
         self.config = self.extras = config
+        self.stage_started = config.get(STAGE_STARTED)
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.held_refs: dict[str, list[Any]] = config.get(HELD) or {}
+        self.held: dict[str, InMemoryShard] = {}
 
     def prepare_model(self, core: nn.Module) -> nn.Module:
         import ray.train.torch
@@ -83,9 +100,18 @@ class RayTrainContext(LoopContext):
         return module
 
     def dataset(self, name: str) -> Any:
+        """A split this stage holds in memory (read once, this rank's rows by row id; see
+        :mod:`raydistill.train.shards`), else Ray Train's streaming shard of it."""
         import ray.train
 
-        return ray.train.get_dataset_shard(name)
+        if name not in self.held_refs:
+            return ray.train.get_dataset_shard(name)
+        if name not in self.held:
+            started = time.perf_counter()
+            columns = read_blocks(self.held_refs[name])
+            self.held[name] = InMemoryShard.for_rank(columns, self.rank, self.world_size)
+            self.data_s += time.perf_counter() - started
+        return self.held[name]
 
     def all_sum(self, values: torch.Tensor) -> torch.Tensor:
         if dist.is_available() and dist.is_initialized():
@@ -108,48 +134,6 @@ class RayTrainContext(LoopContext):
         from raydistill.train.state import report_epoch
 
         report_epoch(self.rank, metrics, state)
-
-
-class LocalShard:
-    """Rows held in memory (column -> array [N, ...]) with the iterators the loop uses on a
-    Ray Data shard: ``iter_torch_batches`` (tensors) and ``iter_batches`` (numpy)."""
-
-    def __init__(self, columns: dict[str, Any]) -> None:
-        lengths = {len(v) for v in columns.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"columns of different lengths: {sorted(lengths)}")
-        self.columns = {k: np.asarray(v) for k, v in columns.items()}
-        self.rows = lengths.pop()
-
-    def _order(self, shuffle: int | None, seed: int | None) -> np.ndarray:
-        if not shuffle:
-            return np.arange(self.rows)
-        return np.random.default_rng(seed).permutation(self.rows)
-
-    def iter_batches(
-        self,
-        batch_size: int,
-        batch_format: str = "numpy",
-        local_shuffle_buffer_size: int | None = None,
-        local_shuffle_seed: int | None = None,
-    ) -> Iterator[dict[str, np.ndarray]]:
-        order = self._order(local_shuffle_buffer_size, local_shuffle_seed)
-        for start in range(0, self.rows, batch_size):
-            index = order[start : start + batch_size]
-            yield {k: v[index] for k, v in self.columns.items()}
-
-    def iter_torch_batches(
-        self,
-        batch_size: int,
-        local_shuffle_buffer_size: int | None = None,
-        local_shuffle_seed: int | None = None,
-    ) -> Iterator[dict[str, torch.Tensor]]:
-        for batch in self.iter_batches(
-            batch_size,
-            local_shuffle_buffer_size=local_shuffle_buffer_size,
-            local_shuffle_seed=local_shuffle_seed,
-        ):
-            yield {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
 
 
 class LocalContext(LoopContext):
@@ -194,3 +178,38 @@ class LocalContext(LoopContext):
 
     def say(self, line: str) -> None:
         (self.log or _say)(line)
+
+
+@dataclass(frozen=True)
+class Startup:
+    """What a stage spent before its first step, as this worker measured it (seconds).
+
+    ``total_s``: from the driver starting the stage (``run_stage``, just before
+    ``TorchTrainer.fit``; the datasets and any teacher pass are ready by then) to this worker
+    having its first batch in hand, by wall clock (the driver's and this worker's: on one
+    machine the same clock, across nodes as close as their clocks). ``workers_s``: up to this
+    worker entering the loop: Ray Train's controller, the worker group's placement and
+    processes, torch.distributed's set-up and the loop config's transfer. ``data_s``: reading
+    the splits this worker holds in memory, plus the wait for the first batch (a streamed
+    split's dataset start). The rest, ``total_s - workers_s - data_s``, is building the model,
+    wrapping it for DDP and restoring a checkpoint.
+    """
+
+    total_s: float
+    workers_s: float
+    data_s: float
+
+    @classmethod
+    def measure(cls, ctx: LoopContext, first_batch_s: float) -> Startup | None:
+        """None where the context has no stage start (in-process runs)."""
+        if ctx.stage_started is None or ctx.worker_started is None:
+            return None
+        total = time.time() - ctx.stage_started
+        return cls(total, ctx.worker_started - ctx.stage_started, ctx.data_s + first_batch_s)
+
+    def line(self, name: str) -> str:
+        rest = max(self.total_s - self.workers_s - self.data_s, 0.0)
+        return (
+            f"[{name}] first step after {self.total_s:.1f} s (worker group {self.workers_s:.1f} s,"
+            f" data {self.data_s:.1f} s, model {rest:.1f} s)"
+        )

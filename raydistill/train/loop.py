@@ -19,7 +19,7 @@ import torch
 
 from raydistill.tasks import get_task
 from raydistill.tasks.base import Task
-from raydistill.train.context import LoopContext, RayTrainContext
+from raydistill.train.context import LoopContext, RayTrainContext, Startup
 from raydistill.train.optim import (
     BestTracker,
     build_lr_scheduler,
@@ -128,6 +128,7 @@ def run_epochs(task: Task, spec: StageSpec, ctx: LoopContext) -> list[dict[str, 
     stopped_early = bool(history and history[-1].get("stopped_early"))
 
     val_shard = ctx.dataset("val")
+    startup: Startup | None = None  # measured at this worker group's first step
     progress = StepProgress(spec.name, train.epochs)
     for epoch in range(start_epoch, train.epochs):
         if stopped_early:
@@ -136,13 +137,19 @@ def run_epochs(task: Task, spec: StageSpec, ctx: LoopContext) -> list[dict[str, 
         module.train()
         started = time.perf_counter()
         names = task.loss_parts
-        sums = torch.zeros(len(names) + 1, dtype=torch.float64)  # each part x n, then n
-        counts = torch.zeros(spec.num_classes, dtype=torch.float64) if task.counts else None
+        # Python floats, not a tensor built per step: each part x n, then n
+        sums = [0.0] * (len(names) + 1)
+        counts = torch.zeros(spec.num_classes, dtype=torch.int64) if task.counts else None
         seed = spec.job.seed * 1_000_003 + epoch * 101 + rank
         progress.start(epoch, started)
         schedule = f" T={core.temperature:.2f} alpha={core.alpha:.2f}" if spec.distill else ""
         shard = ctx.dataset(_train_dataset_name(spec, epoch))
+        asked = time.perf_counter()
         for step, batch in enumerate(task.train_batches(shard, spec, epoch, rank, seed)):
+            if step == 0 and epoch == start_epoch:  # this worker group's first step
+                startup = Startup.measure(ctx, first_batch_s=time.perf_counter() - asked)
+                if startup is not None:
+                    ctx.say(startup.line(spec.name))
             out = task.step(module, core, spec, batch, ctx)
             if not torch.isfinite(out.total):
                 raise NonFiniteLossError(
@@ -155,16 +162,16 @@ def run_epochs(task: Task, spec: StageSpec, ctx: LoopContext) -> list[dict[str, 
             if train.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(module.parameters(), train.grad_clip)
             optimizer.step()
-            sums += torch.tensor(
-                [out.parts[k] * out.n for k in names] + [out.n], dtype=torch.float64
-            )
+            for i, k in enumerate(names):
+                sums[i] += out.parts[k] * out.n
+            sums[-1] += out.n
             if counts is not None and out.counts is not None:
-                counts += out.counts.detach().cpu().to(torch.float64)
+                counts += out.counts.detach().cpu()
             line = progress.update(step, out.n, time.perf_counter(), schedule)
             if line is not None:
                 ctx.say(line)
         progress.finish()
-        totals = ctx.all_sum(sums).tolist()
+        totals = ctx.all_sum(torch.tensor(sums, dtype=torch.float64)).tolist()
         n = max(totals[-1], 1.0)
         elapsed = time.perf_counter() - started
         metrics: dict[str, Any] = {"epoch": epoch}
@@ -182,8 +189,11 @@ def run_epochs(task: Task, spec: StageSpec, ctx: LoopContext) -> list[dict[str, 
                 "started_at_epoch": start_epoch,
             }
         )
+        if startup is not None:  # this worker group's stage start to first step (Startup)
+            metrics["startup_s"] = startup.total_s
         if counts is not None:
-            metrics["class_counts"] = [int(c) for c in ctx.all_sum(counts).tolist()]
+            summed = ctx.all_sum(counts.to(torch.float64))
+            metrics["class_counts"] = [int(c) for c in summed.tolist()]
         metrics.update(task.validate(module, core, spec, val_shard, ctx))
         scheduler.step()
         if tracker.update(epoch, metrics) or best_student is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,14 +13,15 @@ from raydistill.files import atomic_write_json, read_json
 from raydistill.models.specs import build_model, save_weights
 from raydistill.rundir import HISTORY_FILE, WEIGHTS_FILE, stage_dir
 from raydistill.runtime import check_worker_resources
+from raydistill.train.context import HELD, STAGE_STARTED
 from raydistill.train.loop import NonFiniteLossError, train_loop_per_worker
+from raydistill.train.shards import held_datasets
 from raydistill.train.spec import StageSpec
 from raydistill.train.state import final_state
 from raydistill.train.state import latest_checkpoint as latest_checkpoint  # re-exported
 
 if TYPE_CHECKING:
     import ray.data
-
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,20 @@ def run_stage(
     (a tune trial forwards each epoch's report to Tune with one). ``loop`` is the per-worker
     function (the shared epoch loop) and ``loop_config`` extra entries of its config (the
     task's extras, ``resume_from``).
+
+    Splits that :func:`~raydistill.train.shards.held_datasets` picks (materialized, at most
+    ``scaling.in_memory_max_mb``) reach the workers as block refs and are held in memory,
+    sharded by row id; the others stream through Ray Train's dataset split.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    started = time.time()  # the stage's start, for the workers' start-up line (Startup)
     scaling = spec.job.scaling
     check_worker_resources(spec.job)
     directory = stage_dir(run_dir, spec.role)
+    # small materialized splits go to every worker whole, as block refs, and are read once
+    held = held_datasets(datasets, scaling.in_memory_max_mb)
     resources: dict[str, Any] = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
     trainer = TorchTrainer(
         loop,
@@ -93,6 +102,8 @@ def run_stage(
         train_loop_config={
             "spec": spec,
             "stage_dir": str(directory),
+            STAGE_STARTED: started,
+            HELD: held,
             **(loop_config or {}),
         },
         scaling_config=ScalingConfig(
@@ -110,7 +121,7 @@ def run_stage(
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             callbacks=callbacks or None,
         ),
-        datasets=datasets,
+        datasets={k: ds for k, ds in datasets.items() if k not in held},
     )
     try:
         result = trainer.fit()
