@@ -256,13 +256,19 @@ def labelled_copies(share: float) -> int:
 def labelled_part(datasets: dict[str, Any], share: float, seed: int) -> dict[str, Any]:
     """``datasets`` with every training dataset (all but ``val``) cut to its rows whose labels
     ``data.labelled_fraction`` (``share``) keeps, each read :func:`labelled_copies` times."""
+    from ray.data.dataset import MaterializedDataset
+
     kwargs = {"share": share, "seed": seed}
-    return {
-        k: ds
-        if k == "val"
-        else ds.map_batches(labelled_rows_only, fn_kwargs=kwargs, batch_format="numpy")
-        for k, ds in datasets.items()
-    }
+    out = {}
+    for k, ds in datasets.items():
+        if k == "val":
+            out[k] = ds
+            continue
+        part = ds.map_batches(labelled_rows_only, fn_kwargs=kwargs, batch_format="numpy")
+        # rows already in the object store stay there: small ones are then held in each
+        # worker's memory and sharded by row id, like the stages that read every row
+        out[k] = part.materialize() if isinstance(ds, MaterializedDataset) else part
+    return out
 
 
 def labelled_rows(split: Any, share: float | None, seed: int) -> int | None:

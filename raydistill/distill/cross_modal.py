@@ -238,6 +238,7 @@ class CrossModalDistiller(Distiller):
         teacher_logits: Tensor | None = None,
         student_features: Mapping[str, Tensor] | None = None,
         teacher_features: Mapping[str, Tensor] | None = None,
+        labelled: Tensor | None = None,
     ) -> DistillLoss:
         """As :meth:`Distiller.loss`, with the teacher's features first mapped into the
         student's space (the mapping's gradient trains it jointly with the student)."""
@@ -248,7 +249,7 @@ class CrossModalDistiller(Distiller):
                 if t in teacher_features
             }
         return super().loss(
-            student_logits, labels, teacher_logits, student_features, teacher_features
+            student_logits, labels, teacher_logits, student_features, teacher_features, labelled
         )
 
     def _feature_term(self, student: Tensor, teacher: Tensor) -> Tensor:

@@ -55,7 +55,8 @@ class StepOutput:
 
     ``total`` is the scalar loss to back-propagate; ``parts`` its named terms as floats (logged
     per epoch as ``train_<name>``, sample-weighted; ``loss`` is the total); ``n`` the samples
-    the step trained on; ``where`` names the batch's rows for a non-finite-loss report;
+    the step trained on; ``where`` names the batch's rows for a non-finite-loss report (or
+    returns that name when called: built only when needed);
     ``counts`` per-class label counts [C] of the step (summed into the epoch's
     ``class_counts``), when the task has them.
     """
@@ -63,7 +64,7 @@ class StepOutput:
     total: Tensor
     parts: dict[str, float]
     n: int
-    where: str
+    where: str | Callable[[], str]
     counts: Tensor | None = None
 
 

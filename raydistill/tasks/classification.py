@@ -212,12 +212,13 @@ class ClassificationTask(Task):
         out = core.loss(
             logits, labels, t_logits, feats if t_feats else None, t_feats, _labelled(spec, batch)
         )
-        rows = batch_rows(batch[ROW_ID]) if ROW_ID in batch else "?"
+        ids = batch.get(ROW_ID)
         return StepOutput(
             total=out.total,
             parts=out.as_floats(),
             n=len(labels),
-            where=f"batch rows {rows}",
+            # formatted only for a non-finite loss: every step pays for it otherwise
+            where=lambda: f"batch rows {batch_rows(ids) if ids is not None else '?'}",
             counts=torch.bincount(labels.cpu(), minlength=spec.num_classes),
         )
 

@@ -152,9 +152,10 @@ def run_epochs(task: Task, spec: StageSpec, ctx: LoopContext) -> list[dict[str, 
                     ctx.say(startup.line(spec.name))
             out = task.step(module, core, spec, batch, ctx)
             if not torch.isfinite(out.total):
+                where = out.where() if callable(out.where) else out.where
                 raise NonFiniteLossError(
                     f"[{spec.role}] loss is {out.total.item()} at epoch {epoch} step {step} "
-                    f"(worker {rank}, {out.where}): lower train.lr, set train.grad_clip, or "
+                    f"(worker {rank}, {where}): lower train.lr, set train.grad_clip, or "
                     "check the data"
                 )
             optimizer.zero_grad(set_to_none=True)
