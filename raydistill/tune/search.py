@@ -1,9 +1,10 @@
 """``raydistill tune``: a Ray Tune search whose trials all read one teacher pass.
 
 The driver trains (or finds) the teacher, builds (or reuses) the teacher cache once, then runs
-Ray Tune: each trial is a distributed student training on the cache (see :mod:`.trial`), ASHA
-stops poor trials early. At the end the run's ``tune/`` directory holds the results table, the
-plots and ``best.yaml``, a complete job that ``raydistill train`` runs as is.
+Ray Tune: each trial is a student training on the cache (see :mod:`.trial`: in the trial's own
+process with one worker, a Ray Train run with more), ASHA stops poor trials early. At the end
+the run's ``tune/`` directory holds the results table, the plots and ``best.yaml``, a
+complete job that ``raydistill train`` runs as is.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from raydistill.rundir import TUNE_DIR as TUNE_DIR
 from raydistill.rundir import TUNER_STATE as TUNER_STATE
 from raydistill.tune.discovered import discovered_schedules, lineage_history
 from raydistill.tune.in_memory import InMemoryResult
+from raydistill.tune.local import in_process, trial_resources
 from raydistill.tune.record import (
     SEARCH_JOB,
     SUMMARY_JSON,
@@ -47,7 +49,8 @@ from raydistill.tune.trial import TEACHER_PASSES, TRIALS_DIR, TrialContext, run_
 
 Log = Callable[[str], None]
 
-TRIAL_CPUS = 0.1  # the trial function only drives its TorchTrainer (a zero request is refused)
+# a multi-worker trial's function only drives its TorchTrainer (a zero request is refused)
+TRIAL_CPUS = 0.1
 
 
 @dataclass
@@ -97,7 +100,10 @@ def planned_tune_cpus(job: JobConfig) -> int:
     assert job.tune is not None
     s, t = job.scaling, job.tune
     cpus_per_worker = t.cpus_per_worker if t.cpus_per_worker is not None else s.cpus_per_worker
-    per_trial = TRIAL_CPUS + t.workers_per_trial * cpus_per_worker
+    # an in-process trial (one worker) is its worker; a multi-worker one drives a TorchTrainer
+    per_trial = t.workers_per_trial * cpus_per_worker + (
+        TRIAL_CPUS if t.workers_per_trial > 1 else 0
+    )
     if not t.shared_teacher:
         per_trial += 2 * s.teacher_pool.max_actors * s.teacher_pool.num_cpus
     return max(planned_cpus(job), math.ceil(t.max_concurrent_trials * per_trial + 2))
@@ -146,8 +152,10 @@ def _tuner(job: JobConfig, context: TrialContext, tune_dir: Path, resume: bool) 
     from ray import tune
 
     settings = context.settings
+    trial = context.job({}, "resources")
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, context=context), {"CPU": TRIAL_CPUS}
+        tune.with_parameters(run_trial, context=context),
+        trial_resources(trial) if in_process(trial) else {"CPU": TRIAL_CPUS},
     )
     if resume:
         return tune.Tuner.restore(

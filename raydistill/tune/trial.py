@@ -1,9 +1,11 @@
-"""One Tune trial: the job with the trial's parameters, trained as a real Ray Train run.
+"""One Tune trial: the job with the trial's parameters, trained in the trial or on Ray Train.
 
-Ray Tune cannot run a ``TorchTrainer`` directly in 2.60 (``TuneError: Improper 'run'``), so each
-trial is a function trainable that builds the trial's job and runs the student stage, whose
-``TorchTrainer`` reports every epoch back to Tune through :class:`EpochReporter` (the scheduler
-stops trials on those).
+Each trial is a function trainable that builds the trial's job and trains its student stage,
+reporting every epoch to Tune (the scheduler stops, and PBT exploits, trials on those). A trial
+with one worker (``tune.workers_per_trial: 1``, the default) runs the shared epoch loop in its
+own process on the rows the driver read (:mod:`.local`): it starts in a second or two. A trial
+with more workers runs a ``TorchTrainer`` (Ray Tune cannot run one directly in 2.60:
+``TuneError: Improper 'run'``), whose epochs reach Tune through :class:`EpochReporter`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 
 from raydistill.config import JobConfig, TuneConfig, job_from_dict
 from raydistill.rundir import TRIALS_DIR as TRIALS_DIR
-from raydistill.tune.results import EPOCHS_DONE, TrialRow
+from raydistill.tune.local import fit_in_process, in_process
+from raydistill.tune.local import tune_row as _tune_row
+from raydistill.tune.results import TrialRow
 from raydistill.tune.space import apply_params
 
 TEACHER_PASSES = "teacher_forward_passes"
@@ -58,14 +62,6 @@ class TrialContext:
     def alpha_of(self, row: TrialRow) -> str:
         """A trial's alpha schedule in words (the search plot's legend)."""
         return self.job(row.params, row.trial_id).distill.alpha.describe()
-
-
-def _tune_row(metrics: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """An epoch's metrics as Tune takes them: scalars only, with the scheduler's clock."""
-    row = {k: v for k, v in metrics.items() if not isinstance(v, list | dict)}
-    row[EPOCHS_DONE] = int(row["epoch"]) + 1
-    row.update(extra)
-    return row
 
 
 def _reporter(extra: dict[str, Any]) -> Any:
@@ -172,6 +168,20 @@ def _run_pbt_trial(config: dict[str, Any], context: TrialContext, trial_id: str)
     passes = planned_teacher_passes(job, splits)
     source = f", continuing from {given.path}" if given is not None else ""
     print(f"[{trial_id}] " + ", ".join(f"{k}={v}" for k, v in config.items()) + source)
+    if in_process(job):
+        reported = fit_in_process(
+            job,
+            splits,
+            Path(context.teacher_weights),
+            trial_id,
+            {TEACHER_PASSES: passes},
+            context.cached if job.distill.teacher_pass == "cache" else None,
+            context.shapes,
+            resume_from=start,
+            to_tune=True,
+        )
+        _report_owed(start, reported, passes)
+        return
     reports = Queue(actor_options={"num_cpus": 0})
     failures: list[BaseException] = []
     finished = threading.Event()
@@ -203,6 +213,12 @@ def _run_pbt_trial(config: dict[str, Any], context: TrialContext, trial_id: str)
     worker.join()
     if failures:
         raise failures[0]
+    _report_owed(start, reported, passes)
+
+
+def _report_owed(start: Path | None, reported: int, passes: int) -> None:
+    from ray import tune
+
     owed = unreported_end(start, reported, {TEACHER_PASSES: passes})
     if owed is not None:
         assert start is not None
@@ -239,4 +255,15 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         print(f"[{trial_id}] already trained: reported its {done.epochs_run} epochs to Tune")
         return
     print(f"[{trial_id}] " + ", ".join(f"{k}={v}" for k, v in config.items()))
+    if in_process(job):
+        fit_in_process(
+            job,
+            splits,
+            Path(context.teacher_weights),
+            trial_id,
+            {TEACHER_PASSES: passes},
+            context.cached if job.distill.teacher_pass == "cache" else None,
+            context.shapes,
+        )
+        return
     _fit(context, job, splits, trial_id, _reporter({TEACHER_PASSES: passes}))
