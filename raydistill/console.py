@@ -37,6 +37,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _RAY_HANDLER = "ray_print_logs"  # the name ray.init gives its printer of worker lines
 
 _QUIET = False
+_ACTIVE: Console | None = None  # the quiet session under way
 
 
 def configure(quiet: bool) -> None:
@@ -155,13 +156,16 @@ def quiet_ray(log_path: Path | None) -> Iterator[Console | None]:
     for fd in (1, 2):
         os.dup2(log.fileno(), fd)
     sys.stdout, sys.stderr = out, LineRouter(err, log)  # type: ignore[assignment]
+    global _ACTIVE
+    _ACTIVE = Console(out, log)
     failed = False
     try:
-        yield Console(out, log)
+        yield _ACTIVE
     except BaseException:
         failed = True
         raise
     finally:
+        _ACTIVE = None
         sys.stderr.flush()
         sys.stdout.flush()
         for fd, saved in ((1, saved_out), (2, saved_err)):
@@ -172,3 +176,21 @@ def quiet_ray(log_path: Path | None) -> Iterator[Console | None]:
         log.close()
         if failed:
             print(f"note: Ray's log of this run: {log_path}", file=sys.stderr)
+
+
+@contextmanager
+def ray_prints() -> Iterator[None]:
+    """Around a call in which Ray's own code prints to ``sys.stdout`` (``Tuner.fit`` prints its
+    experiment banner whatever its verbosity): in a quiet session, stdout is routed by line
+    too while the block runs (raydistill's lines to the terminal, the rest to the log)."""
+    active = _ACTIVE
+    if active is None:
+        yield
+        return
+    previous = sys.stdout
+    sys.stdout = LineRouter(active.terminal, active.log)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stdout = previous

@@ -4,7 +4,6 @@ stream is split by line, and that a quiet block sends descriptor-level output to
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 

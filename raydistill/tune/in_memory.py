@@ -171,6 +171,7 @@ def train_trial(
         quiet=True,
     )
     run_epochs(InMemoryTask(student), spec, ctx)
+    ctx.flush_report()
 
 
 @dataclass

@@ -85,6 +85,7 @@ class TuneTrialContext(LocalContext):
         self.to_tune = to_tune
         self.on_epoch = on_epoch
         self.quiet = quiet
+        self._pending: tuple[dict[str, Any], Any] | None = None
         if device is not None:
             self.device = device
 
@@ -112,7 +113,17 @@ class TuneTrialContext(LocalContext):
         if self.to_tune:
             assert checkpoint is not None, "to_tune needs a stage_dir"
             given = tune.Checkpoint.from_directory(str(checkpoint))
-        tune.report(tune_row(metrics, self.extra), checkpoint=given)
+        # Told to Tune after the loop's epoch line (the next say, or flush_report): a scheduler
+        # that stops the trial does so inside tune.report, and the line would be lost.
+        self._pending = (tune_row(metrics, self.extra), given)
+
+    def flush_report(self) -> None:
+        """Hand the epoch reported last to Tune, if it has not been yet."""
+        from ray import tune
+
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            tune.report(pending[0], checkpoint=pending[1])
 
     def _save(self, epoch: int, state: dict[str, Any]) -> Path | None:
         if self.stage_dir is None:
@@ -129,6 +140,7 @@ class TuneTrialContext(LocalContext):
     def say(self, line: str) -> None:
         if not self.quiet:
             _say(line)
+        self.flush_report()
 
 
 def _own_checkpoint(path: Path) -> bool:
@@ -201,6 +213,7 @@ def fit_in_process(
         "in the trial's process"
     )
     run_epochs(get_task(job), spec, ctx)
+    ctx.flush_report()
     state = final_state(None, directory, resume_from)
     if state is None:
         raise RuntimeError(f"[{spec.name}] training finished without a checkpoint")

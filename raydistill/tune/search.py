@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from raydistill.config import JobConfig, JobError, TuneConfig, job_from_dict
+from raydistill.console import ray_prints
 from raydistill.files import atomic_write_json, atomic_write_text, remove_owned_dir
 from raydistill.rundir import BEST_JOB as BEST_JOB
 from raydistill.rundir import RESULTS_CSV as RESULTS_CSV
@@ -51,6 +52,9 @@ Log = Callable[[str], None]
 
 # a multi-worker trial's function only drives its TorchTrainer (a zero request is refused)
 TRIAL_CPUS = 0.1
+# single-worker trials train in the trial's process (False: every trial on Ray Train, as
+# before; benchmarks/tune_startup.py compares the two)
+IN_PROCESS_TRIALS = True
 
 
 @dataclass
@@ -152,11 +156,10 @@ def _tuner(job: JobConfig, context: TrialContext, tune_dir: Path, resume: bool) 
     from ray import tune
 
     settings = context.settings
-    trial = context.job({}, "resources")
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, context=context),
-        trial_resources(trial) if in_process(trial) else {"CPU": TRIAL_CPUS},
-    )
+    resources = {"CPU": TRIAL_CPUS}
+    if context.in_process:
+        resources = trial_resources(context.job({}, "resources"))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
     if resume:
         return tune.Tuner.restore(
             str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
@@ -261,11 +264,20 @@ def run_tune(
             manifest = ensure_cache(job, weights, splits, log)
             passes = manifest["teacher_forward_passes"] if built else 0
             cached = read_cache(job.cache_dir, manifest)
+        # what every trial's job looks like, for its resources
+        probe = TrialContext(base, str(weights.resolve()), str(tune_dir), settings)
+        trial = probe.job({}, "resources")
         context = TrialContext(
-            base, str(weights.resolve()), str(tune_dir), settings, cached, shapes
+            base,
+            str(weights.resolve()),
+            str(tune_dir),
+            settings,
+            cached,
+            shapes,
+            in_process=IN_PROCESS_TRIALS and in_process(trial),
         )
         # a trial asking for what no node has (a GPU on a laptop) fails here, not in each trial
-        check_worker_resources(context.job({}, "resources"), log)
+        check_worker_resources(trial, log)
         if settings.scheduler == "pbt" and settings.max_concurrent_trials < settings.trials:
             log(
                 f"[tune] note: pbt with {settings.max_concurrent_trials} of {settings.trials} "
@@ -279,7 +291,8 @@ def run_tune(
             f"{settings.max_concurrent_trials} at a time, {settings.scheduler} on "
             f"{settings.metric} ({settings.mode}): {dims}"
         )
-        grid = _tuner(job, context, tune_dir, resume).fit()
+        with ray_prints():  # Tune's banner, whatever its verbosity
+            grid = _tuner(job, context, tune_dir, resume).fit()
     rows = reported_rows(grid, settings.metric, settings.mode, _trial_epochs(job))
     passes += sum(int(r.last.get(TEACHER_PASSES, 0)) for r in rows)
     best = ranked(rows, settings.mode)[0]

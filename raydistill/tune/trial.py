@@ -16,7 +16,7 @@ from typing import Any
 
 from raydistill.config import JobConfig, TuneConfig, job_from_dict
 from raydistill.rundir import TRIALS_DIR as TRIALS_DIR
-from raydistill.tune.local import fit_in_process, in_process
+from raydistill.tune.local import fit_in_process
 from raydistill.tune.local import tune_row as _tune_row
 from raydistill.tune.results import TrialRow
 from raydistill.tune.space import apply_params
@@ -37,6 +37,8 @@ class TrialContext:
     # trials then start without reading Parquet or spawning read tasks of their own.
     cached: dict[str, Any] | None = None
     shapes: tuple[dict, dict] | None = None  # check_pair's feature shapes, measured once
+    # trials train in their own process (one worker each, see .local), not on Ray Train
+    in_process: bool = False
 
     def job(self, params: dict[str, Any], trial_id: str, generation: int = 0) -> JobConfig:
         """The job one trial trains: the base job with ``params`` set, the teacher fixed to
@@ -168,7 +170,7 @@ def _run_pbt_trial(config: dict[str, Any], context: TrialContext, trial_id: str)
     passes = planned_teacher_passes(job, splits)
     source = f", continuing from {given.path}" if given is not None else ""
     print(f"[{trial_id}] " + ", ".join(f"{k}={v}" for k, v in config.items()) + source)
-    if in_process(job):
+    if context.in_process:
         reported = fit_in_process(
             job,
             splits,
@@ -255,7 +257,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         print(f"[{trial_id}] already trained: reported its {done.epochs_run} epochs to Tune")
         return
     print(f"[{trial_id}] " + ", ".join(f"{k}={v}" for k, v in config.items()))
-    if in_process(job):
+    if context.in_process:
         fit_in_process(
             job,
             splits,
