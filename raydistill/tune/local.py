@@ -11,6 +11,7 @@ on rows already in memory, and reports every epoch straight to Tune. Trials of a
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -171,13 +172,15 @@ def fit_in_process(
     shapes: Any = None,
     resume_from: Path | None = None,
     to_tune: bool = False,
+    started: float | None = None,
 ) -> int:
     """Train a trial's distilled student in this process, reporting every epoch to Tune;
     the stage's weights and history land in its run directory as a Ray Train run's do.
 
     It continues from the newer of ``resume_from`` (a ``state.pt`` directory: PBT) and the
     newest checkpoint in the stage directory (a restarted trial). ``to_tune`` attaches each
-    epoch's checkpoint to its report. Returns the epochs reported."""
+    epoch's checkpoint to its report; ``started`` (``time.perf_counter()`` when the trial
+    function began) dates the set-up in the first line. Returns the epochs reported."""
     from raydistill.pipeline import student_stage
     from raydistill.rundir import stage_dir
     from raydistill.tasks import get_task
@@ -208,9 +211,10 @@ def fit_in_process(
         on_epoch=on_epoch,
         device=torch.device("cuda") if cuda else None,
     )
+    ready = f" (set up in {time.perf_counter() - started:.1f} s)" if started is not None else ""
     _say(
         f"[{spec.name}] training {spec.model.model} for up to {spec.train.epochs} epochs "
-        "in the trial's process"
+        f"in the trial's process{ready}"
     )
     run_epochs(get_task(job), spec, ctx)
     ctx.flush_report()

@@ -173,6 +173,10 @@ def _tuner(job: JobConfig, context: TrialContext, tune_dir: Path, resume: bool) 
             num_samples=settings.num_samples,
             scheduler=build_scheduler(settings, _trial_epochs(job)),
             search_alg=_search_alg(job, settings),
+            # an in-process trial's actor has torch and the job's code imported (tens of
+            # seconds on a loaded small machine): the next trial reuses it. Not with PBT,
+            # whose exploits restart trials from checkpoints mid-run.
+            reuse_actors=context.in_process and settings.scheduler != "pbt",
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR,

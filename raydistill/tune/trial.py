@@ -10,6 +10,7 @@ with more workers runs a ``TorchTrainer`` (Ray Tune cannot run one directly in 2
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,9 @@ def unreported_end(
     return _tune_row(load_state(start)["history"][-1], extra)
 
 
-def _run_pbt_trial(config: dict[str, Any], context: TrialContext, trial_id: str) -> None:
+def _run_pbt_trial(
+    config: dict[str, Any], context: TrialContext, trial_id: str, started: float
+) -> None:
     """A PBT trial: it starts fresh, or (after an exploit, or a resumed search) continues from
     the Tune checkpoint it was handed, in a run directory of its own, with its new values; every
     epoch's checkpoint goes to Tune so that other trials can continue from it."""
@@ -181,6 +184,7 @@ def _run_pbt_trial(config: dict[str, Any], context: TrialContext, trial_id: str)
             context.shapes,
             resume_from=start,
             to_tune=True,
+            started=started,
         )
         _report_owed(start, reported, passes)
         return
@@ -229,6 +233,7 @@ def _report_owed(start: Path | None, reported: int, passes: int) -> None:
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """The Tune function trainable: ``config`` holds the trial's sampled job fields."""
+    started = time.perf_counter()
     from ray import tune
 
     from raydistill.data.sources import load_splits
@@ -240,7 +245,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     quiet_data()  # this process's Data context is what the trial's datasets carry
     trial_id = tune.get_context().get_trial_id()
     if context.settings.scheduler == "pbt":
-        _run_pbt_trial(config, context, trial_id)
+        _run_pbt_trial(config, context, trial_id, started)
         return
     job = context.job(dict(config), trial_id)
     splits = load_splits(job.data)
@@ -266,6 +271,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             {TEACHER_PASSES: passes},
             context.cached if job.distill.teacher_pass == "cache" else None,
             context.shapes,
+            started=started,
         )
         return
     _fit(context, job, splits, trial_id, _reporter({TEACHER_PASSES: passes}))
