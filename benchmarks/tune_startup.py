@@ -24,6 +24,7 @@ from pathlib import Path
 import raydistill.tune.search as search
 from raydistill.config import load_job
 from raydistill.models import build_model, save_weights
+from raydistill.runtime import ray_session
 from raydistill.tune.search import planned_tune_cpus, run_tune
 
 
@@ -63,20 +64,18 @@ def main() -> None:
             ],
         )
 
-    import ray
-
-    ray.init(num_cpus=planned_tune_cpus(job_for("x")) + 1)
     rows = []
-    for label, local in (("TorchTrainer per trial", False), ("in the trial's process", True)):
-        search.IN_PROCESS_TRIALS = local
-        started = time.perf_counter()
-        # one run directory for both: the second search reuses the first one's cache
-        summary = run_tune(job_for("startup"), fresh=True, log=print)
-        wall = time.perf_counter() - started
-        startups = _startups(summary.tune_dir)
-        rows.append((label, startups, wall))
-        print(f"[bench] {label}: start-up per trial {[round(s, 1) for s in startups]} s")
-    ray.shutdown()
+    # one Ray for both searches, started as raydistill starts it (its workers know its address)
+    with ray_session(first, cpus=planned_tune_cpus(job_for("x")) + 1):
+        for label, local in (("TorchTrainer per trial", False), ("in the trial's process", True)):
+            search.IN_PROCESS_TRIALS = local
+            started = time.perf_counter()
+            # one run directory for both: the second search reuses the first one's cache
+            summary = run_tune(job_for("startup"), fresh=True, log=print)
+            wall = time.perf_counter() - started
+            startups = _startups(summary.tune_dir)
+            rows.append((label, startups, wall))
+            print(f"[bench] {label}: start-up per trial {[round(s, 1) for s in startups]} s")
 
     print(
         f"\n{args.trials}-trial search, {args.epochs} epochs per trial, 1 worker per trial, "

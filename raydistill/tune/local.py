@@ -53,6 +53,22 @@ def local_shards(datasets: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def shared_rows(cached: dict[str, Any], job: Any) -> dict[str, Any]:
+    """The shared cache as the rows every in-process trial trains on, copied out of the
+    object store once by the driver: a trial then starts without running a Ray Data
+    pipeline of its own (its first one in a fresh process costs tens of seconds on a small
+    machine). Only a cache already held in memory (Ray's ``MaterializedDataset`` s, which
+    ``read_cache`` makes of a small copied cache), and only without augmented views (their
+    split runs on Ray Data); otherwise ``cached`` as it is."""
+    import ray.data
+
+    if job.data.augment is not None:
+        return cached
+    if not all(isinstance(v, ray.data.MaterializedDataset) for v in cached.values()):
+        return cached
+    return local_shards(cached)
+
+
 class TuneTrialContext(LocalContext):
     """The loop's context inside a Tune trial: rows in memory, one process, every epoch
     reported to Tune (``ray.tune.report``) with ``extra`` entries in the row.

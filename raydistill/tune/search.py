@@ -29,7 +29,7 @@ from raydistill.rundir import TUNE_DIR as TUNE_DIR
 from raydistill.rundir import TUNER_STATE as TUNER_STATE
 from raydistill.tune.discovered import discovered_schedules, lineage_history
 from raydistill.tune.in_memory import InMemoryResult
-from raydistill.tune.local import in_process, trial_resources
+from raydistill.tune.local import in_process, shared_rows, trial_resources
 from raydistill.tune.record import (
     SEARCH_JOB,
     SUMMARY_JSON,
@@ -262,15 +262,18 @@ def run_tune(
         weights = fit_teacher(job, splits, log)
         # one probe of the pair here, not one per trial: a mismatch fails before any trial
         shapes = check_pair(job, weights, splits["train"])
+        # what every trial's job looks like, for its resources
+        probe = TrialContext(base, str(weights.resolve()), str(tune_dir), settings)
+        trial = probe.job({}, "resources")
+        local = IN_PROCESS_TRIALS and in_process(trial)
         passes, built, cached = 0, False, None
         if settings.shared_teacher:
             built = read_manifest(job.cache_dir) is None
             manifest = ensure_cache(job, weights, splits, log)
             passes = manifest["teacher_forward_passes"] if built else 0
             cached = read_cache(job.cache_dir, manifest)
-        # what every trial's job looks like, for its resources
-        probe = TrialContext(base, str(weights.resolve()), str(tune_dir), settings)
-        trial = probe.job({}, "resources")
+            if local:
+                cached = shared_rows(cached, trial)
         context = TrialContext(
             base,
             str(weights.resolve()),
@@ -278,7 +281,7 @@ def run_tune(
             settings,
             cached,
             shapes,
-            in_process=IN_PROCESS_TRIALS and in_process(trial),
+            in_process=local,
         )
         # a trial asking for what no node has (a GPU on a laptop) fails here, not in each trial
         check_worker_resources(trial, log)
