@@ -43,6 +43,11 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per trial")
+    parser.add_argument(
+        "--sides",
+        default="trainer,local",
+        help="which searches: trainer (TorchTrainer per trial), local (in-process), or both",
+    )
     args = parser.parse_args()
     storage = Path(tempfile.mkdtemp(prefix="rd-tune-startup-"))
     first = load_job(args.job, args.overrides)
@@ -67,7 +72,10 @@ def main() -> None:
     rows = []
     # one Ray for both searches, started as raydistill starts it (its workers know its address)
     with ray_session(first, cpus=planned_tune_cpus(job_for("x")) + 1):
-        for label, local in (("TorchTrainer per trial", False), ("in the trial's process", True)):
+        sides = [("TorchTrainer per trial", False), ("in the trial's process", True)]
+        wanted = args.sides.split(",")
+        sides = [s for s in sides if ("local" if s[1] else "trainer") in wanted]
+        for label, local in sides:
             search.IN_PROCESS_TRIALS = local
             started = time.perf_counter()
             # one run directory for both: the second search reuses the first one's cache
@@ -88,9 +96,12 @@ def main() -> None:
             f"| {label} | {statistics.median(startups):.1f} s | {max(startups):.1f} s | "
             f"{wall:.0f} s |"
         )
-    ours, before = statistics.median(rows[1][1]), statistics.median(rows[0][1])
-    speedup = before / ours
-    print(f"ratios: trial_startup_s={ours:.2f} torchtrainer_s={before:.2f} speedup={speedup:.1f}")
+    if len(rows) == 2:
+        ours, before = statistics.median(rows[1][1]), statistics.median(rows[0][1])
+        speedup = before / ours
+        print(
+            f"ratios: trial_startup_s={ours:.2f} torchtrainer_s={before:.2f} speedup={speedup:.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -60,11 +60,11 @@ def shared_rows(cached: dict[str, Any], job: Any) -> dict[str, Any]:
     machine). Only a cache already held in memory (Ray's ``MaterializedDataset`` s, which
     ``read_cache`` makes of a small copied cache), and only without augmented views (their
     split runs on Ray Data); otherwise ``cached`` as it is."""
-    import ray.data
+    from ray.data.dataset import MaterializedDataset
 
     if job.data.augment is not None:
         return cached
-    if not all(isinstance(v, ray.data.MaterializedDataset) for v in cached.values()):
+    if not all(isinstance(v, MaterializedDataset) for v in cached.values()):
         return cached
     return local_shards(cached)
 
