@@ -117,6 +117,7 @@ class Console:
     def __init__(self, terminal: TextIO, log: TextIO) -> None:
         self.terminal, self.log = terminal, log
         self._plain_log = LineRouter(log, log, lambda _: False)  # colour codes stripped
+        self._ray_printer: Callable[..., None] | None = None
 
     def route_worker_lines(self) -> None:
         """Replace Ray's printer of forwarded worker lines (call after ``ray.init``)."""
@@ -134,6 +135,18 @@ class Console:
 
         dispatcher.remove_handler(_RAY_HANDLER)
         dispatcher.add_handler(_RAY_HANDLER, route)
+        # Ray's error listener prints the raylet's messages ("N PYTHON worker processes have
+        # been started ...") with this function directly, not through the dispatcher.
+        self._ray_printer = worker.print_to_stdstream
+        worker.print_to_stdstream = lambda data, ignore_prefix=False: route(data)
+
+    def restore(self) -> None:
+        """Give Ray back its own printer (the dispatcher's handler goes with ray.shutdown)."""
+        if self._ray_printer is not None:
+            from ray._private import worker
+
+            worker.print_to_stdstream = self._ray_printer
+            self._ray_printer = None
 
 
 @contextmanager
@@ -165,6 +178,7 @@ def quiet_ray(log_path: Path | None) -> Iterator[Console | None]:
         failed = True
         raise
     finally:
+        _ACTIVE.restore()
         _ACTIVE = None
         sys.stderr.flush()
         sys.stdout.flush()

@@ -102,3 +102,30 @@ def test_without_configure_a_block_changes_nothing(tmp_path, capsys):
     assert active is None and not (tmp_path / "ray.log").exists()
     out = capsys.readouterr()
     assert out.out == "[x] shown\n" and out.err == "2026 INFO also shown\n"
+
+
+def test_forwarded_worker_lines_and_raylet_messages_are_routed():
+    """Ray's two printers of lines from elsewhere (no Ray started): the dispatcher of worker
+    output and the error listener's direct print of raylet messages."""
+    from ray._private import worker
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    terminal, log = io.StringIO(), io.StringIO()
+    active = console.Console(terminal, log)  # type: ignore[arg-type]
+    original = worker.print_to_stdstream
+    active.route_worker_lines()
+    try:
+        dispatcher.emit(
+            {"lines": ["[student] epoch 1/2 loss 0.5", "INFO setting up"], "pid": 7, "is_err": 0}
+        )
+        worker.print_to_stdstream(
+            {"lines": ["WARNING: 12 PYTHON worker processes"], "pid": "raylet", "is_err": False},
+            ignore_prefix=False,
+        )
+    finally:
+        active.restore()
+        dispatcher.remove_handler("ray_print_logs")
+    assert worker.print_to_stdstream is original
+    assert terminal.getvalue() == "[student] epoch 1/2 loss 0.5\n"
+    assert "INFO setting up" in log.getvalue() and "12 PYTHON worker" in log.getvalue()
+    assert "[student]" not in log.getvalue()

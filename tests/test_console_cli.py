@@ -32,6 +32,10 @@ def _run(job_file: Path, address: str, *flags: str) -> subprocess.CompletedProce
     return subprocess.run(cli, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.budget(
+    seconds=400,
+    reason="two short CLI train runs on the session's Ray (200 s on a 2-core machine at load 30)",
+)
 def test_the_terminal_shows_raydistills_lines_and_ray_log_keeps_rays(
     ray_address, write_job, tmp_path
 ):
