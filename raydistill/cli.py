@@ -39,6 +39,30 @@ _changes_options = [
 ]
 
 
+def _verbose(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``-v``: Ray's own output on the terminal too; without it Ray's warnings and INFO lines
+    go to the run directory's ray.log and the terminal shows raydistill's lines only."""
+
+    @click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        help="Show Ray's own log lines (warnings, INFO) here too; by default they go to the "
+        "run directory's ray.log.",
+    )
+    @wraps(fn)
+    def wrapper(*args: Any, verbose: bool, **kwargs: Any) -> Any:
+        from raydistill.console import configure
+
+        configure(quiet=not verbose)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            configure(quiet=False)
+
+    return wrapper
+
+
 def _changes(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(_changes_options):
         fn = option(fn)
@@ -118,6 +142,7 @@ def validate(job_file: str, overrides: tuple[str, ...], clusters: tuple[str, ...
 @_set_option
 @_fresh_option
 @_changes
+@_verbose
 @_clean_errors
 def teacher(
     job_file: str,
@@ -159,6 +184,7 @@ def _own_factories_missing(job: JobConfig) -> list[str]:
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @_set_option
 @click.option("--fresh", is_flag=True, help="Rebuild the cache even if a valid one exists.")
+@_verbose
 @_clean_errors
 def cache(job_file: str, overrides: tuple[str, ...], fresh: bool) -> None:
     """Run the teacher once and write its outputs as a Parquet cache that train reads
@@ -180,6 +206,7 @@ def cache(job_file: str, overrides: tuple[str, ...], fresh: bool) -> None:
     "--baseline", is_flag=True, help="Train the student alone, without a teacher (the baseline)."
 )
 @_changes
+@_verbose
 @_clean_errors
 def train(
     job_file: str,
@@ -243,6 +270,7 @@ def make_captions(directory: str, seed: int) -> None:
 @click.option(
     "--fresh", is_flag=True, help="Delete this job's earlier search first (teacher and cache kept)."
 )
+@_verbose
 @_clean_errors
 def tune(job_file: str, overrides: tuple[str, ...], resume: bool, fresh: bool) -> None:
     """Search the job's tune.space with Ray Tune; every trial reads one teacher pass."""

@@ -66,6 +66,7 @@ __all__ = [
     "run_cache",
     "run_job",
     "run_teacher",
+    "student_stage",
     "summarize_run",
     "teacher_pass_rows",
     "teacher_weights_path",
@@ -227,6 +228,23 @@ def fit_student(
     (``state.pt``) to continue from (a PBT trial continuing another trial's training)."""
     if (done := _already_trained(job, role, log)) is not None:
         return done
+    spec, datasets = student_stage(job, splits, role, teacher_weights, log, label, cached, shapes)
+    return _train(spec, datasets, splits, log, callbacks, resume_from)
+
+
+def student_stage(
+    job: JobConfig,
+    splits: Splits,
+    role: Role,
+    teacher_weights: Path | None,
+    log: Log,
+    label: str | None = None,
+    cached: dict[str, Any] | None = None,
+    shapes: Shapes | None = None,
+) -> tuple[StageSpec, dict[str, Any]]:
+    """The student stage :func:`fit_student` trains, its spec and (lazy) datasets, with its
+    fingerprint recorded; for a caller that runs the epoch loop itself (an in-process tune
+    trial). The arguments are :func:`fit_student`'s."""
     task = get_task(job)
     distill = role == "student"
     datasets = task.datasets(job, splits, job.student, distill=distill)
@@ -261,7 +279,7 @@ def fit_student(
         label=label,
     )
     _record(job, role, splits, teacher_weights)
-    return _train(spec, datasets, splits, log, callbacks, resume_from)
+    return spec, datasets
 
 
 def preflight(job: JobConfig, splits: Splits) -> None:

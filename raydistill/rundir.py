@@ -4,6 +4,7 @@
 
     <output.storage_path>/<name>/
       job.yaml                 the job as resolved (earlier versions: job.<n>.yaml)
+      ray.log                  Ray's own output (warnings, INFO lines) kept off the terminal
       summary.md, metrics.json the test-split comparison
       teacher/ student/ baseline/
         model.pt               the stage's kept weights (written last: the stage is done)
@@ -54,6 +55,7 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 PLOTS_DIR = "report"
 EXPORT_DIR = "export"
+RAY_LOG = "ray.log"  # what Ray printed during the run's commands, unless run with -v
 
 
 def stage_dir(run_dir: Path, role: str) -> Path:

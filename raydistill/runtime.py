@@ -32,7 +32,9 @@ DRIVER_CWD_ENV = "RAYDISTILL_DRIVER_CWD"  # the driver's working directory, for 
 @contextmanager
 def ray_session(job: JobConfig, cpus: int | None = None) -> Iterator[None]:
     """Use the Ray already initialised, join ``RAY_ADDRESS``, or start a local Ray for the job
-    with at least ``cpus`` (default: :func:`planned_cpus`) logical CPUs."""
+    with at least ``cpus`` (default: :func:`planned_cpus`) logical CPUs. When the CLI asked
+    for a quiet terminal (:mod:`raydistill.console`), Ray's own output during the session goes
+    to the run directory's ``ray.log``."""
     import ray
 
     global _STARTED_HERE
@@ -44,6 +46,25 @@ def ray_session(job: JobConfig, cpus: int | None = None) -> Iterator[None]:
     # Train's controller collects each epoch's report when it polls the workers (every 2 s by
     # default); with short epochs that poll, not training, sets the pace.
     os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
+    from raydistill.console import quiet_ray
+    from raydistill.rundir import RAY_LOG
+
+    with quiet_ray(job.run_dir / RAY_LOG) as console:
+        _init(job, cpus)
+        if console is not None:
+            console.route_worker_lines()
+        quiet_data()
+        try:
+            yield
+        finally:
+            _STARTED_HERE = False
+            ray.shutdown()
+
+
+def _init(job: JobConfig, cpus: int | None) -> None:
+    import ray
+
+    global _STARTED_HERE
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
@@ -81,12 +102,6 @@ def ray_session(job: JobConfig, cpus: int | None = None) -> Iterator[None]:
             else:
                 os.environ[GCS_PORT_ENV] = previous
         _STARTED_HERE = True
-    quiet_data()
-    try:
-        yield
-    finally:
-        _STARTED_HERE = False
-        ray.shutdown()
 
 
 _STARTED_HERE = False  # a local Ray this process started: no autoscaler will add nodes

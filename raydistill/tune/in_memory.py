@@ -27,10 +27,11 @@ from raydistill.distill.distiller import Distiller, as_logits
 from raydistill.files import atomic_write_text
 from raydistill.rundir import RESULTS_MD
 from raydistill.tasks.classification import ClassificationTask
-from raydistill.train.context import LocalContext, LocalShard
+from raydistill.train.context import LocalShard
 from raydistill.train.loop import run_epochs
 from raydistill.train.spec import StageSpec
-from raydistill.tune.results import EPOCHS_DONE, TrialRow, ranked, reported_rows, results_markdown
+from raydistill.tune.local import TuneTrialContext
+from raydistill.tune.results import TrialRow, ranked, reported_rows, results_markdown
 from raydistill.tune.schedulers import build_scheduler
 
 Pair = tuple[Tensor, Tensor]
@@ -156,8 +157,6 @@ def train_trial(
     """One trial (a Tune function trainable): ``config`` holds ``temperature`` and ``alpha``;
     ``teacher_logits`` are the teacher's logits for train and val, made once. It runs the
     shared epoch loop in this process, reporting every epoch to Tune."""
-    from ray import tune
-
     num_classes = int(teacher_logits[0].shape[1])
     spec = trial_spec(config, settings, num_classes)
 
@@ -167,16 +166,12 @@ def train_trial(
             {INPUT: inputs.numpy(), LABEL: labels.numpy(), TEACHER_LOGITS: logits.numpy()}
         )
 
-    def report(metrics: dict[str, Any]) -> None:
-        reported = {k: v for k, v in metrics.items() if not isinstance(v, list)}
-        tune.report({**reported, EPOCHS_DONE: int(metrics["epoch"]) + 1})
-
-    ctx = LocalContext(
+    ctx = TuneTrialContext(
         {"train": rows(train, teacher_logits[0]), "val": rows(val, teacher_logits[1])},
-        on_report=report,
-        log=lambda _: None,
+        quiet=True,
     )
     run_epochs(InMemoryTask(student), spec, ctx)
+    ctx.flush_report()
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """``raydistill tune``: a Ray Tune search whose trials all read one teacher pass.
 
 The driver trains (or finds) the teacher, builds (or reuses) the teacher cache once, then runs
-Ray Tune: each trial is a distributed student training on the cache (see :mod:`.trial`), ASHA
-stops poor trials early. At the end the run's ``tune/`` directory holds the results table, the
-plots and ``best.yaml``, a complete job that ``raydistill train`` runs as is.
+Ray Tune: each trial is a student training on the cache (see :mod:`.trial`: in the trial's own
+process with one worker, a Ray Train run with more), ASHA stops poor trials early. At the end
+the run's ``tune/`` directory holds the results table, the plots and ``best.yaml``, a
+complete job that ``raydistill train`` runs as is.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import yaml
 
 from raydistill.config import JobConfig, JobError, TuneConfig, job_from_dict
+from raydistill.console import ray_prints
 from raydistill.files import atomic_write_json, atomic_write_text, remove_owned_dir
 from raydistill.rundir import BEST_JOB as BEST_JOB
 from raydistill.rundir import RESULTS_CSV as RESULTS_CSV
@@ -27,6 +29,7 @@ from raydistill.rundir import TUNE_DIR as TUNE_DIR
 from raydistill.rundir import TUNER_STATE as TUNER_STATE
 from raydistill.tune.discovered import discovered_schedules, lineage_history
 from raydistill.tune.in_memory import InMemoryResult
+from raydistill.tune.local import in_process, shared_rows, trial_resources
 from raydistill.tune.record import (
     SEARCH_JOB,
     SUMMARY_JSON,
@@ -47,7 +50,11 @@ from raydistill.tune.trial import TEACHER_PASSES, TRIALS_DIR, TrialContext, run_
 
 Log = Callable[[str], None]
 
-TRIAL_CPUS = 0.1  # the trial function only drives its TorchTrainer (a zero request is refused)
+# a multi-worker trial's function only drives its TorchTrainer (a zero request is refused)
+TRIAL_CPUS = 0.1
+# single-worker trials train in the trial's process (False: every trial on Ray Train, as
+# before; benchmarks/tune_startup.py compares the two)
+IN_PROCESS_TRIALS = True
 
 
 @dataclass
@@ -97,7 +104,10 @@ def planned_tune_cpus(job: JobConfig) -> int:
     assert job.tune is not None
     s, t = job.scaling, job.tune
     cpus_per_worker = t.cpus_per_worker if t.cpus_per_worker is not None else s.cpus_per_worker
-    per_trial = TRIAL_CPUS + t.workers_per_trial * cpus_per_worker
+    # an in-process trial (one worker) is its worker; a multi-worker one drives a TorchTrainer
+    per_trial = t.workers_per_trial * cpus_per_worker + (
+        TRIAL_CPUS if t.workers_per_trial > 1 else 0
+    )
     if not t.shared_teacher:
         per_trial += 2 * s.teacher_pool.max_actors * s.teacher_pool.num_cpus
     return max(planned_cpus(job), math.ceil(t.max_concurrent_trials * per_trial + 2))
@@ -146,9 +156,10 @@ def _tuner(job: JobConfig, context: TrialContext, tune_dir: Path, resume: bool) 
     from ray import tune
 
     settings = context.settings
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, context=context), {"CPU": TRIAL_CPUS}
-    )
+    resources = {"CPU": TRIAL_CPUS}
+    if context.in_process:
+        resources = trial_resources(context.job({}, "resources"))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
     if resume:
         return tune.Tuner.restore(
             str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
@@ -162,6 +173,10 @@ def _tuner(job: JobConfig, context: TrialContext, tune_dir: Path, resume: bool) 
             num_samples=settings.num_samples,
             scheduler=build_scheduler(settings, _trial_epochs(job)),
             search_alg=_search_alg(job, settings),
+            # an in-process trial's actor has torch and the job's code imported (tens of
+            # seconds on a loaded small machine): the next trial reuses it. Not with PBT,
+            # whose exploits restart trials from checkpoints mid-run.
+            reuse_actors=context.in_process and settings.scheduler != "pbt",
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR,
@@ -247,17 +262,29 @@ def run_tune(
         weights = fit_teacher(job, splits, log)
         # one probe of the pair here, not one per trial: a mismatch fails before any trial
         shapes = check_pair(job, weights, splits["train"])
+        # what every trial's job looks like, for its resources
+        probe = TrialContext(base, str(weights.resolve()), str(tune_dir), settings)
+        trial = probe.job({}, "resources")
+        local = IN_PROCESS_TRIALS and in_process(trial)
         passes, built, cached = 0, False, None
         if settings.shared_teacher:
             built = read_manifest(job.cache_dir) is None
             manifest = ensure_cache(job, weights, splits, log)
             passes = manifest["teacher_forward_passes"] if built else 0
             cached = read_cache(job.cache_dir, manifest)
+            if local:
+                cached = shared_rows(cached, trial)
         context = TrialContext(
-            base, str(weights.resolve()), str(tune_dir), settings, cached, shapes
+            base,
+            str(weights.resolve()),
+            str(tune_dir),
+            settings,
+            cached,
+            shapes,
+            in_process=local,
         )
         # a trial asking for what no node has (a GPU on a laptop) fails here, not in each trial
-        check_worker_resources(context.job({}, "resources"), log)
+        check_worker_resources(trial, log)
         if settings.scheduler == "pbt" and settings.max_concurrent_trials < settings.trials:
             log(
                 f"[tune] note: pbt with {settings.max_concurrent_trials} of {settings.trials} "
@@ -271,7 +298,8 @@ def run_tune(
             f"{settings.max_concurrent_trials} at a time, {settings.scheduler} on "
             f"{settings.metric} ({settings.mode}): {dims}"
         )
-        grid = _tuner(job, context, tune_dir, resume).fit()
+        with ray_prints():  # Tune's banner, whatever its verbosity
+            grid = _tuner(job, context, tune_dir, resume).fit()
     rows = reported_rows(grid, settings.metric, settings.mode, _trial_epochs(job))
     passes += sum(int(r.last.get(TEACHER_PASSES, 0)) for r in rows)
     best = ranked(rows, settings.mode)[0]

@@ -1,20 +1,25 @@
-"""One Tune trial: the job with the trial's parameters, trained as a real Ray Train run.
+"""One Tune trial: the job with the trial's parameters, trained in the trial or on Ray Train.
 
-Ray Tune cannot run a ``TorchTrainer`` directly in 2.60 (``TuneError: Improper 'run'``), so each
-trial is a function trainable that builds the trial's job and runs the student stage, whose
-``TorchTrainer`` reports every epoch back to Tune through :class:`EpochReporter` (the scheduler
-stops trials on those).
+Each trial is a function trainable that builds the trial's job and trains its student stage,
+reporting every epoch to Tune (the scheduler stops, and PBT exploits, trials on those). A trial
+with one worker (``tune.workers_per_trial: 1``, the default) runs the shared epoch loop in its
+own process on the rows the driver read (:mod:`.local`): it starts in a second or two. A trial
+with more workers runs a ``TorchTrainer`` (Ray Tune cannot run one directly in 2.60:
+``TuneError: Improper 'run'``), whose epochs reach Tune through :class:`EpochReporter`.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from raydistill.config import JobConfig, TuneConfig, job_from_dict
 from raydistill.rundir import TRIALS_DIR as TRIALS_DIR
-from raydistill.tune.results import EPOCHS_DONE, TrialRow
+from raydistill.tune.local import fit_in_process
+from raydistill.tune.local import tune_row as _tune_row
+from raydistill.tune.results import TrialRow
 from raydistill.tune.space import apply_params
 
 TEACHER_PASSES = "teacher_forward_passes"
@@ -33,6 +38,8 @@ class TrialContext:
     # trials then start without reading Parquet or spawning read tasks of their own.
     cached: dict[str, Any] | None = None
     shapes: tuple[dict, dict] | None = None  # check_pair's feature shapes, measured once
+    # trials train in their own process (one worker each, see .local), not on Ray Train
+    in_process: bool = False
 
     def job(self, params: dict[str, Any], trial_id: str, generation: int = 0) -> JobConfig:
         """The job one trial trains: the base job with ``params`` set, the teacher fixed to
@@ -58,14 +65,6 @@ class TrialContext:
     def alpha_of(self, row: TrialRow) -> str:
         """A trial's alpha schedule in words (the search plot's legend)."""
         return self.job(row.params, row.trial_id).distill.alpha.describe()
-
-
-def _tune_row(metrics: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """An epoch's metrics as Tune takes them: scalars only, with the scheduler's clock."""
-    row = {k: v for k, v in metrics.items() if not isinstance(v, list | dict)}
-    row[EPOCHS_DONE] = int(row["epoch"]) + 1
-    row.update(extra)
-    return row
 
 
 def _reporter(extra: dict[str, Any]) -> Any:
@@ -142,7 +141,9 @@ def unreported_end(
     return _tune_row(load_state(start)["history"][-1], extra)
 
 
-def _run_pbt_trial(config: dict[str, Any], context: TrialContext, trial_id: str) -> None:
+def _run_pbt_trial(
+    config: dict[str, Any], context: TrialContext, trial_id: str, started: float
+) -> None:
     """A PBT trial: it starts fresh, or (after an exploit, or a resumed search) continues from
     the Tune checkpoint it was handed, in a run directory of its own, with its new values; every
     epoch's checkpoint goes to Tune so that other trials can continue from it."""
@@ -172,6 +173,21 @@ def _run_pbt_trial(config: dict[str, Any], context: TrialContext, trial_id: str)
     passes = planned_teacher_passes(job, splits)
     source = f", continuing from {given.path}" if given is not None else ""
     print(f"[{trial_id}] " + ", ".join(f"{k}={v}" for k, v in config.items()) + source)
+    if context.in_process:
+        reported = fit_in_process(
+            job,
+            splits,
+            Path(context.teacher_weights),
+            trial_id,
+            {TEACHER_PASSES: passes},
+            context.cached if job.distill.teacher_pass == "cache" else None,
+            context.shapes,
+            resume_from=start,
+            to_tune=True,
+            started=started,
+        )
+        _report_owed(start, reported, passes)
+        return
     reports = Queue(actor_options={"num_cpus": 0})
     failures: list[BaseException] = []
     finished = threading.Event()
@@ -203,6 +219,12 @@ def _run_pbt_trial(config: dict[str, Any], context: TrialContext, trial_id: str)
     worker.join()
     if failures:
         raise failures[0]
+    _report_owed(start, reported, passes)
+
+
+def _report_owed(start: Path | None, reported: int, passes: int) -> None:
+    from ray import tune
+
     owed = unreported_end(start, reported, {TEACHER_PASSES: passes})
     if owed is not None:
         assert start is not None
@@ -211,6 +233,7 @@ def _run_pbt_trial(config: dict[str, Any], context: TrialContext, trial_id: str)
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """The Tune function trainable: ``config`` holds the trial's sampled job fields."""
+    started = time.perf_counter()
     from ray import tune
 
     from raydistill.data.sources import load_splits
@@ -222,7 +245,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     quiet_data()  # this process's Data context is what the trial's datasets carry
     trial_id = tune.get_context().get_trial_id()
     if context.settings.scheduler == "pbt":
-        _run_pbt_trial(config, context, trial_id)
+        _run_pbt_trial(config, context, trial_id, started)
         return
     job = context.job(dict(config), trial_id)
     splits = load_splits(job.data)
@@ -239,4 +262,16 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         print(f"[{trial_id}] already trained: reported its {done.epochs_run} epochs to Tune")
         return
     print(f"[{trial_id}] " + ", ".join(f"{k}={v}" for k, v in config.items()))
+    if context.in_process:
+        fit_in_process(
+            job,
+            splits,
+            Path(context.teacher_weights),
+            trial_id,
+            {TEACHER_PASSES: passes},
+            context.cached if job.distill.teacher_pass == "cache" else None,
+            context.shapes,
+            started=started,
+        )
+        return
     _fit(context, job, splits, trial_id, _reporter({TEACHER_PASSES: passes}))
