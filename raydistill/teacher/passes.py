@@ -3,8 +3,10 @@
 =============  =============================================================  ===============
 strategy       what happens                                                   teacher passes
 =============  =============================================================  ===============
-``once``       the actor pool labels train and val once; rows are             one
-               materialized in the object store for every epoch
+``once``       teacher actors label train and val once (in-memory splits:     one
+               actor calls, :mod:`~raydistill.teacher.actors`; streamed:
+               the Ray Data pool); rows are held in the object store for
+               every epoch
 ``per_epoch``  the pool runs inside the lazy pipeline, so each epoch sees     one per epoch
                fresh teacher outputs
 ``cache``      ``raydistill cache`` (or the first train) writes the pool's    one, then none
