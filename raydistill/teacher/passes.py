@@ -3,8 +3,10 @@
 =============  =============================================================  ===============
 strategy       what happens                                                   teacher passes
 =============  =============================================================  ===============
-``once``       the actor pool labels train and val once; rows are             one
-               materialized in the object store for every epoch
+``once``       teacher actors label train and val once (in-memory splits:     one
+               actor calls, :mod:`~raydistill.teacher.actors`; streamed:
+               the Ray Data pool); rows are held in the object store for
+               every epoch
 ``per_epoch``  the pool runs inside the lazy pipeline, so each epoch sees     one per epoch
                fresh teacher outputs
 ``cache``      ``raydistill cache`` (or the first train) writes the pool's    one, then none
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from raydistill.config import JobConfig
+from raydistill.teacher.actors import TeacherActors, block_refs, predictor_setup, start_actors
 from raydistill.teacher.cache import ensure_cache, job_codec, read_cache, read_manifest
 from raydistill.teacher.codec import LogitCodec
 from raydistill.teacher.join import CachedOutputs, join_outputs
@@ -99,15 +102,92 @@ class PoolOnce(PoolPerEpoch):
                 f" the teacher pass is written through the cache at {job.cache_dir} instead"
             )
             return CachePass().attach(job, datasets, teacher_weights, splits, num_classes, log)
-        lazy = super().attach(job, datasets, teacher_weights, splits, num_classes, log)
+        codec = pool_codec(job, num_classes)
         started = time.perf_counter()
-        materialized = materialize_together(lazy.datasets)
-        labelled = sum(ds.count() for ds in materialized.values())
+        if all(in_memory(splits[k]) for k in datasets):
+            materialized, rows, startup = label_in_memory(
+                job, datasets, teacher_weights, num_classes, codec
+            )
+            labelled = sum(rows.values())
+        else:  # a streamed split: the Ray Data pool labels it as it is read
+            lazy = super().attach(job, datasets, teacher_weights, splits, num_classes, log)
+            materialized, startup = materialize_together(lazy.datasets), None
+            labelled = sum(ds.count() for ds in materialized.values())
+        pool = job.scaling.teacher_pool
+        note = f", {startup:.1f}s of it waiting for the actors to start" if startup else ""
         log(
             f"[teacher] one pass over {labelled} rows in {time.perf_counter() - started:.1f}s "
-            f"({job.scaling.teacher_pool.max_actors} actor(s) max)"
+            f"({pool.max_actors} actor(s) max{note})"
         )
-        return Attached(materialized, lazy.codec)
+        return Attached(materialized, codec)
+
+
+def in_memory(split: Any) -> bool:
+    """A split held in driver memory (arrays), not streamed from files by a Ray Data reader."""
+    return not hasattr(split, "dataset")
+
+
+def start_teacher_actors(job: JobConfig) -> None:
+    """Start the job's teacher actors now, in the background, for its ``teacher_pass: once``
+    (they load the teacher's weights at their first call): call this as early as the job
+    allows, such as before the teacher stage trains, and the once pass finds them started.
+    Does nothing for another ``teacher_pass``, or when actors were started already."""
+    global _EARLY
+    if job.distill.teacher_pass != "once" or (_EARLY is not None and _EARLY[0] == _actors_key(job)):
+        return
+    stop_teacher_actors()
+    _EARLY = (_actors_key(job), start_actors(job.scaling.teacher_pool))
+
+
+def stop_teacher_actors() -> None:
+    """Kill actors :func:`start_teacher_actors` started and no pass used."""
+    global _EARLY
+    if _EARLY is not None:
+        _EARLY[1].stop()
+        _EARLY = None
+
+
+_EARLY: tuple[str, TeacherActors] | None = None
+
+
+def _actors_key(job: JobConfig) -> str:
+    """What early actors must match to serve ``job``: its pool and the Ray it runs on."""
+    import ray
+
+    return f"{ray.get_runtime_context().get_job_id()}:{job.scaling.teacher_pool!r}"
+
+
+def label_in_memory(
+    job: JobConfig,
+    datasets: dict[str, Any],
+    weights: Path,
+    num_classes: int,
+    codec: LogitCodec,
+) -> tuple[dict[str, Any], dict[str, int], float]:
+    """Every dataset's blocks labelled by one set of teacher actors (plain actor calls, no Ray
+    Data pool); returns the materialized datasets, their rows and the seconds spent waiting for
+    the actors to start. The actors are killed afterwards."""
+    import ray.data
+
+    global _EARLY
+    if _EARLY is not None and _EARLY[0] == _actors_key(job):
+        actors, _EARLY = _EARLY[1], None
+    else:
+        stop_teacher_actors()
+        actors = start_actors(job.scaling.teacher_pool)
+    try:
+        blocks = {k: block_refs(ds) for k, ds in datasets.items()}  # while the actors start
+        labelled, rows, waited = actors.label(
+            predictor_setup(job, weights, num_classes, codec),
+            [ref for refs in blocks.values() for ref in refs],
+        )
+    finally:
+        actors.stop()
+    out, counts, at = {}, {}, 0
+    for k, refs in blocks.items():  # the flat list back into splits, in order
+        out[k] = ray.data.from_arrow_refs(labelled[at : at + len(refs)])
+        counts[k], at = sum(rows[at : at + len(refs)]), at + len(refs)
+    return out, counts, waited
 
 
 def materialize_together(datasets: dict[str, Any]) -> dict[str, Any]:

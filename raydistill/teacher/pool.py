@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     import ray.data
 
 
-
 class TeacherPredictor:
     """One teacher actor: builds the teacher once, then maps numpy batches.
 
