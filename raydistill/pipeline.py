@@ -36,14 +36,19 @@ from raydistill.rundir import (
     stage_dir,
     teacher_weights_path,
 )
-from raydistill.runtime import ray_session
+from raydistill.runtime import ray_session, started_here
 from raydistill.tasks import get_task
 from raydistill.tasks.base import Shapes, Splits
 from raydistill.tasks.classification import make_balancer
 from raydistill.tasks.summary import STAGE_NAMES
 from raydistill.teacher.cache import ensure_cache
 from raydistill.teacher.codec import LogitCodec
-from raydistill.teacher.passes import STRATEGIES
+from raydistill.teacher.passes import (
+    STRATEGIES,
+    in_memory,
+    start_teacher_actors,
+    stop_teacher_actors,
+)
 from raydistill.teacher.passes import planned_teacher_passes as _planned
 from raydistill.train.spec import Role, StageSpec
 from raydistill.train.stage import StageResult, finished_stage, run_stage
@@ -330,6 +335,24 @@ def run_cache(job: JobConfig, fresh: bool = False, log: Log = print) -> dict:
         return ensure_cache(job, weights, splits, log, fresh=fresh)
 
 
+def _start_teacher_early(job: JobConfig, splits: Splits) -> None:
+    """Start the teacher actors of a once pass over in-memory splits now, so that their
+    process start and imports overlap the teacher stage instead of delaying the student's
+    (they load the weights at their first call). Only on a Ray this process started, whose
+    CPUs are budgeted for them (:func:`raydistill.runtime.planned_cpus`), for a CPU pool (a
+    GPU actor would hold its GPU while the teacher trains), and when the student still has to
+    be trained."""
+    if (
+        get_task(job).teacher_pass(job) != "once"
+        or job.scaling.teacher_pool.num_gpus > 0
+        or not started_here()
+        or not all(in_memory(splits[k]) for k in ("train", "val"))
+        or finished_stage(job.run_dir, "student") is not None
+    ):
+        return
+    start_teacher_actors(job)
+
+
 def run_job(
     job: JobConfig,
     fresh: bool = False,
@@ -354,11 +377,16 @@ def run_job(
     log(f"{get_task(job).describe_data(job, splits)}; run directory {run_dir}")
     summary = RunSummary(run_dir, task=job.task, labelled_fraction=job.data.labelled_fraction)
     with ray_session(job):
-        teacher_weights = None
-        if job.distill.enabled or teacher_weights_path(job).is_file():
-            teacher_weights = fit_teacher(job, splits, log)
-        for role in roles:
-            summary.stages[role] = fit_student(job, splits, role, teacher_weights, log)
+        try:
+            if "student" in roles:
+                _start_teacher_early(job, splits)
+            teacher_weights = None
+            if job.distill.enabled or teacher_weights_path(job).is_file():
+                teacher_weights = fit_teacher(job, splits, log)
+            for role in roles:
+                summary.stages[role] = fit_student(job, splits, role, teacher_weights, log)
+        finally:
+            stop_teacher_actors()  # started early and not used (the student was trained)
     if teacher_weights is not None and "teacher" not in summary.stages:
         if done := finished_stage(run_dir, "teacher"):
             summary.stages["teacher"] = done

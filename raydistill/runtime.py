@@ -107,6 +107,11 @@ def _init(job: JobConfig, cpus: int | None) -> None:
 _STARTED_HERE = False  # a local Ray this process started: no autoscaler will add nodes
 
 
+def started_here() -> bool:
+    """Whether the Ray in use is a local one this process started (its CPUs are the plan's)."""
+    return _STARTED_HERE
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,8 @@ def split_arrays(
     data: LabelledArrays, val: float, test: float, seed: int
 ) -> dict[str, LabelledArrays]:
     """Stratified train/val/test split; the same seed always gives the same rows."""
+    from sklearn.model_selection import train_test_split  # see data/digits.py: not at import
+
     index = np.arange(len(data))
     rest, test_idx = train_test_split(
         index, test_size=test, random_state=seed, stratify=data.labels
