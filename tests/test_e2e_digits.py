@@ -14,6 +14,7 @@ import pytest
 from job_files import DIGITS_SHORT as SHORT
 
 from raydistill.config import load_job
+from raydistill.data.sources import labelled_rows, load_splits
 from raydistill.pipeline import run_job
 
 pytestmark = pytest.mark.slow
@@ -42,6 +43,15 @@ def test_digits_job_end_to_end(digits_teacher_job):
     assert student_history[-1]["train_loss"] < student_history[0]["train_loss"]
     assert student_history[0]["temperature"] == 4.0 and student_history[0]["alpha"] == 0.5
     assert student_history[0]["train_soft"] > 0  # teacher logits reached the workers
+    # the labelled share: the student reads every training row, the baseline its labelled
+    # rows, each 10 times (held shards drop at most workers - 1 rows of an epoch)
+    train = load_splits(job.data)["train"]
+    labelled = labelled_rows(train, job.data.labelled_fraction, job.data.split.seed)
+    assert labelled is not None and 0 < labelled < len(train)
+    for h in student_history:
+        assert len(train) - 1 <= sum(h["class_counts"]) <= len(train)
+    for h in summary.stages["baseline"].history:
+        assert 10 * labelled - 1 <= sum(h["class_counts"]) <= 10 * labelled
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     names = [row["name"] for row in metrics["test"]]

@@ -34,6 +34,7 @@ def write_tiny_job(directory: Path, name: str = "tiny", **changes: Any) -> Path:
     raw = yaml.safe_load((ROOT / "jobs" / "digits.yaml").read_text())
     raw["name"] = name
     raw["output"] = {"storage_path": str(directory / "runs")}
+    raw["data"]["labelled_fraction"] = None  # every label, unless a test sets a share
     raw["teacher"]["args"] = {"width": 12}
     raw["student"]["args"] = {"width": 4}
     raw["train"]["epochs"] = 4
