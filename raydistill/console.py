@@ -118,6 +118,7 @@ class Console:
         self.terminal, self.log = terminal, log
         self._plain_log = LineRouter(log, log, lambda _: False)  # colour codes stripped
         self._ray_printer: Callable[..., None] | None = None
+        self._handlers: list[Any] = []  # the dispatcher's, before route_worker_lines
 
     def route_worker_lines(self) -> None:
         """Replace Ray's printer of forwarded worker lines (call after ``ray.init``)."""
@@ -133,6 +134,8 @@ class Console:
             if other:
                 worker.print_worker_logs({**data, "lines": other}, self._plain_log, False)
 
+        with dispatcher._lock:
+            self._handlers = list(dispatcher.handlers)
         dispatcher.remove_handler(_RAY_HANDLER)
         dispatcher.add_handler(_RAY_HANDLER, route)
         # Ray's error listener prints the raylet's messages ("N PYTHON worker processes have
@@ -141,12 +144,16 @@ class Console:
         worker.print_to_stdstream = lambda data, ignore_prefix=False: route(data)
 
     def restore(self) -> None:
-        """Give Ray back its own printer (the dispatcher's handler goes with ray.shutdown)."""
+        """Give Ray back its own printers: the dispatcher's handlers as they were (a Ray that
+        outlives the block, such as one a caller started, prints its workers' lines again)."""
         if self._ray_printer is not None:
             from ray._private import worker
+            from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
             worker.print_to_stdstream = self._ray_printer
             self._ray_printer = None
+            with dispatcher._lock:
+                dispatcher.handlers = self._handlers
 
 
 @contextmanager

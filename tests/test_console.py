@@ -113,6 +113,7 @@ def test_forwarded_worker_lines_and_raylet_messages_are_routed():
     terminal, log = io.StringIO(), io.StringIO()
     active = console.Console(terminal, log)  # type: ignore[arg-type]
     original = worker.print_to_stdstream
+    handlers = list(dispatcher.handlers)  # a session's Ray printing worker lines, if any
     active.route_worker_lines()
     try:
         dispatcher.emit(
@@ -124,8 +125,8 @@ def test_forwarded_worker_lines_and_raylet_messages_are_routed():
         )
     finally:
         active.restore()
-        dispatcher.remove_handler("ray_print_logs")
     assert worker.print_to_stdstream is original
+    assert dispatcher.handlers == handlers  # Ray's own handler is back
     assert terminal.getvalue() == "[student] epoch 1/2 loss 0.5\n"
     assert "INFO setting up" in log.getvalue() and "12 PYTHON worker" in log.getvalue()
     assert "[student]" not in log.getvalue()
