@@ -2,59 +2,33 @@
 labelled share alone, every time.
 
 The stages are the quickstart job's own (jobs/digits.yaml, unchanged), trained by the shared
-epoch loop in this process (one worker, no Ray): the loop, the objective, the labelled share and
-the baseline's labelled copies are the code `raydistill train` runs; the Ray path of this job
+epoch loop in this process, one worker, no Ray (``benchmarks/quickstart_gain.py``'s
+``train``): the loop, the objective, the labelled share and the baseline's labelled copies
+are the code `raydistill train` runs; the Ray path of this job
 is covered by tests/test_e2e_digits.py. One teacher serves the three seeds, as a user's
 reruns reuse theirs.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 from pathlib import Path
 
 import pytest
 import torch
-from local_rows import classification_rows
 
 from raydistill.config import load_job
-from raydistill.data.sources import labelled_rows_only, load_splits
-from raydistill.data.text import for_model
-from raydistill.evaluate import score
-from raydistill.models.specs import build_model
-from raydistill.tasks import get_task
-from raydistill.train.context import LocalContext, LocalShard
-from raydistill.train.loop import run_epochs
-from raydistill.train.spec import StageSpec
+from raydistill.data.sources import load_splits
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _train(job, splits, role: str, teacher: torch.nn.Module | None = None) -> tuple:
-    """One stage in process; returns (best model, test accuracy)."""
-    distill = role == "student"
-    train = classification_rows(job, splits["train"], teacher if distill else None)
-    val = classification_rows(job, splits["val"], teacher if distill else None)
-    columns = train.columns
-    share = job.data.labelled_fraction
-    if role == "baseline" and share is not None:
-        columns = labelled_rows_only(columns, share, job.data.split.seed)
-    model_spec = job.teacher if role == "teacher" else job.student
-    spec = StageSpec(
-        role=role,  # type: ignore[arg-type]
-        job=job,
-        model=model_spec,
-        train=job.teacher_train() if role == "teacher" else job.train,
-        num_classes=10,
-        distill=distill,
-    )
-    shards = {"train": LocalShard(columns), "val": val}
-    ctx = LocalContext(shards, log=lambda _: None, keep_state=True)
-    run_epochs(get_task(job), spec, ctx)
-    model = build_model(model_spec, 10, load=False)
-    model.load_state_dict(ctx.last_state["best_student"])
-    batches = (for_model(job, model_spec, b) for b in splits["test"].iter_arrays())
-    return model.eval(), score(role, model.eval(), batches).accuracy
+_spec = importlib.util.spec_from_file_location(
+    "quickstart_gain", ROOT / "benchmarks" / "quickstart_gain.py"
+)
+assert _spec is not None and _spec.loader is not None
+gain = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gain)
+_train = gain.train  # one stage in process: (best model, test accuracy)
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from raydistill.train.context import LocalContext, LocalShard, _say
-from raydistill.train.state import Resumed, apply_state, save_state, stage_checkpoints
+from raydistill.train.state import save_state, stage_checkpoints
 from raydistill.tune.results import EPOCHS_DONE
 
 CHECKPOINT_PREFIX = "checkpoint_"  # matches rundir.CHECKPOINT_GLOB, as Ray Train's do
@@ -112,11 +112,6 @@ class TuneTrialContext(LocalContext):
         if teacher is not None:  # not a submodule (see RayTrainContext.prepare_model)
             teacher.to(self.device)
         return core
-
-    def restore(self, core: nn.Module, optimizer: Any, scheduler: Any) -> Resumed:
-        if self.resume is None:
-            return Resumed()
-        return apply_state(self.resume, core, optimizer, scheduler)
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any]) -> None:
         from ray import tune

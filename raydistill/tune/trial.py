@@ -141,6 +141,30 @@ def unreported_end(
     return _tune_row(load_state(start)["history"][-1], extra)
 
 
+def _fit_here(
+    context: TrialContext,
+    job: JobConfig,
+    splits: dict[str, Any],
+    trial_id: str,
+    passes: int,
+    started: float,
+    **options: Any,
+) -> int:
+    """The trial's student trained in this process (:func:`fit_in_process`) from what every
+    trial shares; ``options`` are its ``resume_from`` and ``to_tune``."""
+    return fit_in_process(
+        job,
+        splits,
+        Path(context.teacher_weights),
+        trial_id,
+        {TEACHER_PASSES: passes},
+        context.cached if job.distill.teacher_pass == "cache" else None,
+        context.shapes,
+        started=started,
+        **options,
+    )
+
+
 def _run_pbt_trial(
     config: dict[str, Any], context: TrialContext, trial_id: str, started: float
 ) -> None:
@@ -174,17 +198,8 @@ def _run_pbt_trial(
     source = f", continuing from {given.path}" if given is not None else ""
     print(f"[{trial_id}] " + ", ".join(f"{k}={v}" for k, v in config.items()) + source)
     if context.in_process:
-        reported = fit_in_process(
-            job,
-            splits,
-            Path(context.teacher_weights),
-            trial_id,
-            {TEACHER_PASSES: passes},
-            context.cached if job.distill.teacher_pass == "cache" else None,
-            context.shapes,
-            resume_from=start,
-            to_tune=True,
-            started=started,
+        reported = _fit_here(
+            context, job, splits, trial_id, passes, started, resume_from=start, to_tune=True
         )
         _report_owed(start, reported, passes)
         return
@@ -263,15 +278,6 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         return
     print(f"[{trial_id}] " + ", ".join(f"{k}={v}" for k, v in config.items()))
     if context.in_process:
-        fit_in_process(
-            job,
-            splits,
-            Path(context.teacher_weights),
-            trial_id,
-            {TEACHER_PASSES: passes},
-            context.cached if job.distill.teacher_pass == "cache" else None,
-            context.shapes,
-            started=started,
-        )
+        _fit_here(context, job, splits, trial_id, passes, started)
         return
     _fit(context, job, splits, trial_id, _reporter({TEACHER_PASSES: passes}))
