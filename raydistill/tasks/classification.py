@@ -289,12 +289,12 @@ def _rows_for_epoch(
     batch: dict[str, torch.Tensor], spec: StageSpec, epoch: int, rank: int, step: int
 ) -> dict[str, torch.Tensor]:
     """The batch resampled by the class balancer (as it came without one)."""
-    index = np.arange(len(batch[LABEL]))
-    if spec.balancer is not None:
-        rng = balance_rng(spec.job.seed, epoch, rank, step)
-        index = index[spec.balancer.select(batch[LABEL].cpu().numpy()[index], rng)]
-    if len(index) == len(batch[LABEL]):
+    if spec.balancer is None:
         return batch
+    rng = balance_rng(spec.job.seed, epoch, rank, step)
+    # a draw is used even when it has as many rows as the batch: those are other rows (repeats
+    # of rare classes in place of dropped frequent ones), not the batch as it came
+    index = spec.balancer.select(batch[LABEL].cpu().numpy(), rng)
     if len(index) == 0:  # every rank must step each time, or DDP's all-reduce hangs
         index = np.zeros(1, dtype=np.int64)
     picked = torch.from_numpy(index).to(batch[LABEL].device)
