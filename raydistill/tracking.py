@@ -34,6 +34,8 @@ class TensorBoardLogger(UserCallback):
     """Writes each epoch's scalars as TensorBoard events, step = epoch number (1-based, as in
     the progress lines). The writer is opened on first use so the callback stays picklable."""
 
+    in_process = True  # after_report works outside Ray Train (train/in_process.py)
+
     def __init__(self, log_dir: Path | str) -> None:
         self.log_dir = str(log_dir)
         self._writer: Any = None

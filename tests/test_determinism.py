@@ -1,4 +1,5 @@
-"""The same job and seed on one Ray Train worker gives the same metrics (issue #8, item 7).
+"""The same job and seed on one worker gives the same metrics (issue #8, item 7), on a Ray
+Train worker and in the driver's process alike.
 
 Two short distilled runs of the same job (teacher given as weights, the teacher pool labelling
 the data once, one train worker; the first is the session's ``single_worker_run``, which
@@ -34,10 +35,20 @@ def _without_timing(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in epoch.items() if k not in TIMING} for epoch in history]
 
 
-def test_single_worker_runs_with_the_same_seed_are_identical(write_job, single_worker_run):
-    # the session's reference run, and the same job again under another run name
+def test_single_worker_runs_with_the_same_seed_are_identical(
+    write_job, single_worker_run, capfd
+):
+    # the session's reference run (a Ray Train worker: it survives a worker failure), and the
+    # same job again under another run name without max_failures, which trains in this process
+    # (raydistill/train/in_process.py): the same rows, order and thread count, the same result
     changes = single_worker_run["changes"]
-    runs = [single_worker_run["summary"], run_job(load_job(write_job(changes, "same")), log=print)]
+    assert single_worker_run["summary"].stages["student"].history[0]["startup_s"] > 0
+    here = {**changes, "scaling.max_failures": 0}
+    capfd.readouterr()
+    runs = [single_worker_run["summary"], run_job(load_job(write_job(here, "same")), log=print)]
+    assert "[student] one worker, rows in memory, one node: training in this process" in (
+        capfd.readouterr().out
+    )
     first, second = (r.stages["student"] for r in runs)
     assert len(first.history) == changes["train.epochs"]
     assert first.history[0]["train_soft"] > 0  # the teacher's outputs took part
@@ -50,7 +61,7 @@ def test_single_worker_runs_with_the_same_seed_are_identical(write_job, single_w
     )
 
     # and the seed matters: another seed trains another student
-    other = run_job(load_job(write_job({**changes, "seed": 4}, name="other-seed")), log=print)
+    other = run_job(load_job(write_job({**here, "seed": 4}, name="other-seed")), log=print)
     assert _without_timing(other.stages["student"].history) != _without_timing(first.history)
 
 

@@ -42,6 +42,13 @@ class ScalingConfig(Section):
         default_factory=dict, description="custom resources, e.g. {student: 1}"
     )
     max_failures: int = Field(0, ge=-1, description="worker failures survived; -1: unlimited")
+    in_process: bool | None = Field(
+        None,
+        description="train a one-worker stage in the driver's process instead of a Ray Train"
+        " worker group (whose start costs 15-30 s on a small machine); null: when the job has"
+        " one worker, no max_failures, no custom resources, its splits are held in memory and"
+        " the cluster is the driver's one node; false: always a worker group",
+    )
     in_memory_max_mb: float = Field(
         256.0,
         ge=0,
@@ -73,6 +80,25 @@ class ScalingConfig(Section):
                 raise ValueError(f"[min, max] needs 1 <= min <= max (got [{low}, {high}])")
             return [low, high]
         raise ValueError(f"must be a number of workers or [min, max] (got {value!r})")
+
+    @model_validator(mode="after")
+    def _in_process(self) -> ScalingConfig:
+        if self.in_process:
+            clash = [
+                what
+                for what, on in (
+                    ("workers != 1", self.workers != 1),
+                    ("max_failures", self.max_failures != 0),
+                    ("resources_per_worker", bool(self.resources_per_worker)),
+                )
+                if on
+            ]
+            if clash:
+                raise ValueError(
+                    f"in_process: true trains one worker in the driver; it rules out "
+                    f"{', '.join(clash)}"
+                )
+        return self
 
     @property
     def min_workers(self) -> int:

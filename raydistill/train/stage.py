@@ -14,6 +14,7 @@ from raydistill.models.specs import build_model, save_weights
 from raydistill.rundir import HISTORY_FILE, WEIGHTS_FILE, stage_dir
 from raydistill.runtime import check_worker_resources
 from raydistill.train.context import HELD, STAGE_STARTED
+from raydistill.train.in_process import say_here, train_here, why_not_here
 from raydistill.train.loop import NonFiniteLossError, train_loop_per_worker
 from raydistill.train.shards import held_datasets
 from raydistill.train.spec import StageSpec
@@ -73,7 +74,8 @@ def run_stage(
     loop: Callable[[dict[str, Any]], None] = train_loop_per_worker,
     loop_config: dict[str, Any] | None = None,
 ) -> StageResult:
-    """Train one stage with a ``TorchTrainer``; rerunning resumes from its last checkpoint.
+    """Train one stage with a ``TorchTrainer`` (or in this process: :mod:`.in_process`);
+    rerunning resumes from its last checkpoint.
 
     Ray Train restores a run whose ``RunConfig(name, storage_path)`` matches an earlier one, so a
     stable per-stage name makes resume automatic. ``callbacks`` are Ray Train ``UserCallback``s
@@ -94,6 +96,13 @@ def run_stage(
     directory = stage_dir(run_dir, spec.role)
     # small materialized splits go to every worker whole, as block refs, and are read once
     held = held_datasets(datasets, scaling.in_memory_max_mb)
+    elsewhere = why_not_here(spec.job, datasets, held, callbacks or [])
+    if elsewhere is None:
+        say_here(f"[{spec.name}] one worker, rows in memory, one node: training in this process")
+        state = train_here(spec, held, directory, loop_config or {}, callbacks or [], started)
+        return collect_stage(spec, state, run_dir)
+    if scaling.in_process:
+        raise JobError(f"scaling.in_process is true, but {elsewhere}")
     resources: dict[str, Any] = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
     trainer = TorchTrainer(
         loop,

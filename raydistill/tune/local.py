@@ -10,21 +10,16 @@ on rows already in memory, and reports every epoch straight to Tune. Trials of a
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from raydistill.train.context import LocalContext, LocalShard, _say
-from raydistill.train.state import save_state, stage_checkpoints
+from raydistill.train.context import LocalShard, _say
+from raydistill.train.in_process import InProcessContext
 from raydistill.tune.results import EPOCHS_DONE
-
-CHECKPOINT_PREFIX = "checkpoint_"  # matches rundir.CHECKPOINT_GLOB, as Ray Train's do
 
 
 def tune_row(metrics: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -69,16 +64,11 @@ def shared_rows(cached: dict[str, Any], job: Any) -> dict[str, Any]:
     return local_shards(cached)
 
 
-class TuneTrialContext(LocalContext):
-    """The loop's context inside a Tune trial: rows in memory, one process, every epoch
-    reported to Tune (``ray.tune.report``) with ``extra`` entries in the row.
-
-    With ``stage_dir`` every epoch's state is also written there as
-    ``checkpoint_<epoch>/state.pt`` (the newest ``keep`` kept), as Ray Train would: a trial
-    restarted after a failure, or a resumed search, continues from it. ``to_tune`` attaches
-    that checkpoint to the Tune report too (PBT copies a good trial's checkpoint into a poor
-    one). ``resume`` is a state to start from; ``on_epoch`` also sees each epoch's metrics (a
-    TensorBoard writer). ``quiet`` drops the loop's progress lines.
+class TuneTrialContext(InProcessContext):
+    """The loop's context inside a Tune trial: an :class:`InProcessContext` (rows in memory,
+    one process, each epoch's state in ``stage_dir``) that also reports every epoch to Tune
+    (``ray.tune.report``) with ``extra`` entries in the row. ``to_tune`` attaches the epoch's
+    checkpoint to the Tune report too (PBT copies a good trial's checkpoint into a poor one).
     """
 
     def __init__(
@@ -86,45 +76,22 @@ class TuneTrialContext(LocalContext):
         datasets: dict[str, Any],
         extra: dict[str, Any] | None = None,
         *,
-        stage_dir: Path | None = None,
-        keep: int | None = None,
         to_tune: bool = False,
-        resume: dict[str, Any] | None = None,
-        extras: dict[str, Any] | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None,
-        device: torch.device | None = None,
-        quiet: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(datasets, resume=resume, keep_state=True, extras=extras)
+        super().__init__(datasets, **kwargs)
         self.extra = extra or {}
-        self.stage_dir = Path(stage_dir) if stage_dir is not None else None
-        self.keep = keep
         self.to_tune = to_tune
-        self.on_epoch = on_epoch
-        self.quiet = quiet
         self._pending: tuple[dict[str, Any], Any] | None = None
-        if device is not None:
-            self.device = device
-
-    def prepare_model(self, core: nn.Module) -> nn.Module:
-        core.to(self.device)
-        teacher = getattr(core, "teacher", None)
-        if teacher is not None:  # not a submodule (see RayTrainContext.prepare_model)
-            teacher.to(self.device)
-        return core
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any]) -> None:
         from ray import tune
 
-        self.reports.append(metrics)
-        self.last_state = state
-        checkpoint = self._save(int(metrics["epoch"]), state)
-        if self.on_epoch is not None:
-            self.on_epoch(metrics)
+        super().report(metrics, state)
         given = None
         if self.to_tune:
-            assert checkpoint is not None, "to_tune needs a stage_dir"
-            given = tune.Checkpoint.from_directory(str(checkpoint))
+            assert self.last_checkpoint is not None, "to_tune needs a stage_dir"
+            given = tune.Checkpoint.from_directory(str(self.last_checkpoint))
         # Told to Tune after the loop's epoch line (the next say, or flush_report): a scheduler
         # that stops the trial does so inside tune.report, and the line would be lost.
         self._pending = (tune_row(metrics, self.extra), given)
@@ -137,26 +104,9 @@ class TuneTrialContext(LocalContext):
         if pending is not None:
             tune.report(pending[0], checkpoint=pending[1])
 
-    def _save(self, epoch: int, state: dict[str, Any]) -> Path | None:
-        if self.stage_dir is None:
-            return None
-        directory = self.stage_dir / f"{CHECKPOINT_PREFIX}{epoch:06d}"
-        directory.mkdir(parents=True, exist_ok=True)
-        save_state(directory, state)
-        if self.keep is not None:  # this context's own, oldest first (their names sort by epoch)
-            ours = [p for p in stage_checkpoints(self.stage_dir) if _own_checkpoint(p)]
-            for old in ours[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
-        return directory
-
     def say(self, line: str) -> None:
-        if not self.quiet:
-            _say(line)
+        super().say(line)
         self.flush_report()
-
-
-def _own_checkpoint(path: Path) -> bool:
-    return path.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
 
 
 def in_process(job: Any) -> bool:
