@@ -334,7 +334,7 @@ def evaluate(
 @_clean_errors
 def report(run_dir: str) -> None:
     """Write report.md and report.html (comparison table, curves, schedules, per-class
-    accuracy, tune results, the resolved job) for a run directory."""
+    accuracy, calibration, tune results, the resolved job) for a run directory."""
     from raydistill.report import write_report
 
     files = write_report(run_dir)

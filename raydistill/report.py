@@ -2,8 +2,9 @@
 
 The report puts the decision in one place: the comparison table (accuracy lost, size saved,
 speed gained), the training curves and the temperature/alpha schedules as they ran, per-class
-accuracy of teacher and students, a tune search's results when the run has one, and the job as
-resolved. PNG plots go to ``<run dir>/report/``; the Markdown links them, the HTML embeds them.
+accuracy and calibration (ECE, a reliability diagram) of teacher and students, a tune search's
+results when the run has one, and the job as resolved. PNG plots go to ``<run dir>/report/``;
+the Markdown links them, the HTML embeds them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from raydistill.config import JobError
+from raydistill.evaluate import ECE_BINS
 from raydistill.files import atomic_write_text
 from raydistill.results import RunSummary, summarize_run
 from raydistill.rundir import (
@@ -247,6 +249,31 @@ def plot_per_class(scores: list[Any], path: Path) -> Path:
     return path
 
 
+def plot_reliability(scores: list[Any], path: Path) -> Path:
+    """Reliability diagram: accuracy against mean top-1 confidence in each confidence bin, one
+    line per model (empty bins left out); the diagonal is perfect calibration."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.plot([0, 100], [0, 100], color="grey", linestyle=":", label="calibrated")
+    for s in scores:
+        filled = [(c, a) for n, c, a in s.reliability if n]
+        ax.plot(
+            [100 * c for c, _ in filled],
+            [100 * a for _, a in filled],
+            marker="o",
+            label=f"{s.name} (ECE {100 * s.ece:.1f}%)",
+        )
+    ax.set_xlabel("mean confidence in bin (%)")
+    ax.set_ylabel("accuracy in bin (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize="small", loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 # ------------------------------------------------------------------ sections
 
 
@@ -260,6 +287,36 @@ def _per_class_table(scores: list[Any]) -> _Table:
             cells.append(f"{100 * v:.1f}%" if math.isfinite(v) else "-")
         rows.append(cells)
     return _Table(["class", *(s.name for s in scores)], rows, frozenset(range(1, len(scores) + 1)))
+
+
+def _calibration_table(scores: list[Any]) -> _Table:
+    """ECE, mean confidence and accuracy of each model, in percent; the gap is confidence minus
+    accuracy in points (positive: overconfident)."""
+    rows = [
+        [
+            s.name,
+            f"{100 * s.ece:.2f}%",
+            f"{100 * s.mean_confidence:.2f}%",
+            f"{100 * s.accuracy:.2f}%",
+            f"{100 * (s.mean_confidence - s.accuracy):+.2f}",
+        ]
+        for s in scores
+    ]
+    header = [
+        "model",
+        f"ECE ({ECE_BINS} bins)",
+        "mean confidence",
+        "test accuracy",
+        "overconfidence (points)",
+    ]
+    return _Table(header, rows, frozenset({1, 2, 3, 4}))
+
+
+_CALIBRATION = (
+    f"Expected calibration error (torchmetrics, L1): the test rows are put in {ECE_BINS} "
+    "equal-width bins of their top-1 softmax confidence, and ECE is the rows' share-weighted "
+    "mean of |accuracy - mean confidence| over the bins, in percent (0%: perfectly calibrated)."
+)
 
 
 def _schedule_table(history: list[dict[str, Any]], most: int = 12) -> _Table:
@@ -368,6 +425,12 @@ def write_report(run_dir: Path | str, summary: RunSummary | None = None) -> Repo
         blocks.append(_Heading(2, "Per-class accuracy (test split)"))
         plots.append(plot_per_class(scored, plots_dir / "per_class.png"))
         blocks += [_Image(plots[-1], "per-class accuracy"), _per_class_table(scored)]
+    calibrated = [s for s in summary.scores if getattr(s, "reliability", ())]
+    if calibrated:
+        blocks += [_Heading(2, "Calibration (test split)"), _Para(_CALIBRATION)]
+        blocks.append(_calibration_table(calibrated))
+        plots.append(plot_reliability(calibrated, plots_dir / "reliability.png"))
+        blocks.append(_Image(plots[-1], "reliability diagram"))
     blocks += _tune_section(run_dir)
     blocks += [_Heading(2, "The job as resolved"), _Code(job_text)]
 

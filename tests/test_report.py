@@ -38,14 +38,15 @@ def report(tiny_run):
     return write_report(tiny_run.run_dir)
 
 
-def _predictions(job, run_dir, role):
-    """Test predictions of a stage, computed here without raydistill's scoring code."""
+def _predictions(job, run_dir, role, logits=False):
+    """Test predictions of a stage (or its logits), computed here without raydistill's scoring
+    code."""
     spec = job.teacher if role == "teacher" else job.student
     model = load_weights(build_model(spec, 10, load=False), run_dir / role / "model.pt").eval()
     test = load_splits(job.data)["test"]
     with torch.no_grad():
-        predicted = model(torch.from_numpy(test.inputs.copy())).argmax(-1).numpy()
-    return model, predicted, test.labels
+        out = model(torch.from_numpy(test.inputs.copy()))
+    return model, out if logits else out.argmax(-1).numpy(), test.labels
 
 
 def test_report_table_and_per_class_match_independent_scores(tiny_run, report, tmp_path):
@@ -82,6 +83,20 @@ def test_report_table_and_per_class_match_independent_scores(tiny_run, report, t
     assert "name: tiny" in md and "kind: linear" in md  # the resolved job
 
 
+def test_calibration_table_matches_torchmetrics_on_the_models_logits(tiny_run, report):
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    md = report.markdown.read_text()
+    for role, name in ROLES.items():
+        _, logits, labels = _predictions(tiny_run, tiny_run.run_dir, role, logits=True)
+        ece = multiclass_calibration_error(
+            logits.softmax(-1), torch.from_numpy(labels), 10, n_bins=15, norm="l1"
+        )
+        cells = _row(md, name, "## Calibration")
+        assert cells[1] == f"{100 * float(ece):.2f}%"
+        assert cells[3] == _row(md, name)[1]  # the accuracy the comparison table shows
+
+
 def test_schedules_as_they_ran(report):
     md = report.markdown.read_text()
     # linear temperature 6 -> 2 over 3 epochs; alpha 0.9 stepping -0.2 every 2 epochs
@@ -96,14 +111,14 @@ def test_schedules_as_they_ran(report):
 def test_plots_are_pngs_linked_from_markdown_and_embedded_in_html(report):
     files = report
     names = sorted(p.name for p in files.plots)
-    assert names == ["curves.png", "per_class.png", "schedules.png"]
+    assert names == ["curves.png", "per_class.png", "reliability.png", "schedules.png"]
     md, page = files.markdown.read_text(), files.html.read_text()
     for plot in files.plots:
         data = plot.read_bytes()
         assert data.startswith(PNG) and len(data) > 5000
         assert f"](report/{plot.name})" in md
         assert base64.b64encode(data).decode() in page  # self-contained: the bytes themselves
-    assert page.count("data:image/png;base64,") == 3 and 'src="report/' not in page
+    assert page.count("data:image/png;base64,") == 4 and 'src="report/' not in page
     assert "<td>student (distilled)</td>" in page and "<pre>name: tiny" in page
 
 
@@ -116,7 +131,7 @@ def test_a_baseline_only_run_has_no_teacher_columns(tiny_run, tmp_path):
     cells = _row(md, ROLES["baseline"])
     assert cells[2] == "-" and cells[7] == "-"
     assert "| teacher |" not in md and "Temperature and alpha" not in md
-    assert sorted(p.name for p in files.plots) == ["curves.png", "per_class.png"]
+    assert sorted(p.name for p in files.plots) == ["curves.png", "per_class.png", "reliability.png"]
 
 
 def test_tune_results_join_the_report(tiny_run, tmp_path):
@@ -156,14 +171,14 @@ def test_tune_results_join_the_report(tiny_run, tmp_path):
     assert _row(md, "trial_0")[-3:] == ["0.8000", "3", "finished"]
     assert _row(md, "trial_1")[-1] == "stopped early"
     assert "](tune/search.png)" in md and "](tune/curves.png)" in md
-    assert files.html.read_text().count("data:image/png;base64,") == 5
+    assert files.html.read_text().count("data:image/png;base64,") == 6
 
 
 def test_cli_report_and_a_directory_that_is_no_run(tiny_run, tmp_path):
     runner = CliRunner()
     ok = runner.invoke(main, ["report", str(tiny_run.run_dir)])
     assert ok.exit_code == 0, ok.output
-    assert str(tiny_run.run_dir / "report.html") in ok.output and "3 plots" in ok.output
+    assert str(tiny_run.run_dir / "report.html") in ok.output and "4 plots" in ok.output
     bad = runner.invoke(main, ["report", str(tmp_path)])
     assert bad.exit_code == 2 and "not a run directory" in bad.output
 
