@@ -118,7 +118,7 @@ def main() -> None:
 def validate(job_file: str, overrides: tuple[str, ...], clusters: tuple[str, ...]) -> None:
     """Check a job and print it fully resolved (every default filled in)."""
     job = _load(job_file, overrides)
-    problems = _own_factories_missing(job)
+    problems = _named_models_missing(job)
     if clusters:
         from raydistill.cluster import load_node_types, unplaceable
 
@@ -164,15 +164,16 @@ def teacher(
     click.echo(f"teacher weights: {path}")
 
 
-def _own_factories_missing(job: JobConfig) -> list[str]:
-    """``raydistill.*`` factories the job names that do not exist (raydistill's own modules are
-    safe to import; a user's ``module:factory`` is checked only when a command builds it)."""
+def _named_models_missing(job: JobConfig) -> list[str]:
+    """``raydistill.*`` factories and ``timm:`` names the job names that do not exist
+    (raydistill's own modules and timm's registry are safe to look in; a user's
+    ``module:factory`` is checked only when a command builds it)."""
     from raydistill.models.specs import resolve_builder
 
     problems = []
     for side in ("teacher", "student"):
         spec = getattr(job, side).model
-        if spec.startswith("raydistill."):
+        if spec.startswith(("raydistill.", "timm:")):
             try:
                 resolve_builder(spec)
             except JobError as exc:

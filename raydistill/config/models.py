@@ -14,7 +14,9 @@ from raydistill.config.train import TrainOverrides
 class ModelSpec(Section):
     """A model built from a spec string.
 
-    ``model`` is ``torchvision:<name>`` (e.g. ``torchvision:resnet18``), ``hf:<directory or hub
+    ``model`` is ``torchvision:<name>`` (e.g. ``torchvision:resnet18``), ``timm:<name>`` (e.g.
+    ``timm:resnet10t``; ``args`` go to ``timm.create_model``, e.g. ``in_chans``, ``img_size``;
+    pretrained weights only from a local ``args.pretrained_file``), ``hf:<directory or hub
     name>`` (a transformers sequence classifier, read offline from local files first; ``args``:
     ``pretrained`` (default true), ``config`` overrides such as ``num_hidden_layers``) or
     ``module.path:factory`` for user code. ``args`` are passed to the builder; ``num_classes``
@@ -24,7 +26,9 @@ class ModelSpec(Section):
     """
 
     model: str = Field(
-        ..., description="torchvision:<name>, hf:<directory or hub name> or module.path:factory"
+        ...,
+        description="torchvision:<name>, timm:<name>, hf:<directory or hub name> or"
+        " module.path:factory",
     )
     args: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of the builder"
@@ -50,8 +54,8 @@ class ModelSpec(Section):
         prefix, sep, name = value.partition(":")
         if not sep or not prefix or not name:
             raise ValueError(
-                f"'{value}' is not a model spec: use 'torchvision:<name>', 'hf:<directory>' or "
-                "'module.path:factory'"
+                f"'{value}' is not a model spec: use 'torchvision:<name>', 'timm:<name>', "
+                "'hf:<directory>' or 'module.path:factory'"
             )
         return value
 

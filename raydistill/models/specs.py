@@ -1,5 +1,5 @@
-"""Build models from spec strings (``torchvision:``, ``hf:``, ``module.path:factory``) and move
-weights in and out of files safely."""
+"""Build models from spec strings (``torchvision:``, ``timm:``, ``hf:``, ``module.path:factory``)
+and move weights in and out of files safely."""
 
 from __future__ import annotations
 
@@ -73,6 +73,10 @@ def resolve_builder(spec: str) -> Callable[..., nn.Module]:
     prefix, _, name = spec.partition(":")
     if prefix == "torchvision":
         return _torchvision_builder(name)
+    if prefix == "timm":
+        from raydistill.models.timm_models import timm_builder
+
+        return timm_builder(name)
     if prefix == "hf":
         from raydistill.models.hf import build_hf_classifier
 
@@ -84,8 +88,11 @@ def build_model(spec: ModelSpec, num_classes: int | None = None, load: bool = Tr
     """Build the model a spec names, with ``num_classes`` outputs when the builder accepts it.
 
     torchvision models are built with ``weights=None`` unless ``args`` says otherwise; pretrained
-    weights come from ``checkpoint`` (a local file), never from a download. With ``load`` the
-    spec's checkpoint is loaded.
+    weights come from ``checkpoint`` (a local file), never from a download; timm models from
+    ``args.pretrained_file`` (see :mod:`raydistill.models.timm_models`). With ``load`` the
+    spec's starting weights are loaded (its checkpoint; a builder's own pretrained file, for
+    builders with a ``load_pretrained`` parameter); without, the caller loads weights itself
+    or needs only the architecture.
     """
     builder = resolve_builder(spec.model)
     kwargs: dict[str, Any] = dict(spec.args)
@@ -95,6 +102,8 @@ def build_model(spec: ModelSpec, num_classes: int | None = None, load: bool = Tr
         kwargs.setdefault("num_classes", num_classes)
     if spec.model.startswith("torchvision:"):
         kwargs.setdefault("weights", None)
+    if "load_pretrained" in params:
+        kwargs["load_pretrained"] = load
     try:
         model = builder(**kwargs)
     except TypeError as exc:
