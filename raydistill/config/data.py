@@ -35,7 +35,7 @@ class SplitConfig(Section):
     train: str | None = Field(
         None,
         description="file sources: the training split's location (then val and test are"
-        " locations too, and data.path is not needed)",
+        " locations too, and data.path is not needed); hf_dataset: split names in data.path",
     )
 
     @model_validator(mode="after")
@@ -51,9 +51,6 @@ class SplitConfig(Section):
                     )
             if self.val is None:
                 raise KeyedError("data.split.val", "split.train needs split.val")
-            for key, value in self.locations().items():
-                if "://" not in value and not Path(value).expanduser().exists():
-                    raise KeyedError(f"data.split.{key}", f"not found: {value}")
             return self
         if self.test is None:
             self.test = 0.2
@@ -107,7 +104,7 @@ class TextConfig(Section):
     """Text rows: ``column`` holds the text, tokenized inside the Ray Data pipeline by each
     model's own tokenizer into packed token rows int64 [N, 2, max_length] (ids, mask)."""
 
-    column: str = Field("text", description="the text column (csv/jsonl/parquet)")
+    column: str = Field("text", description="the text column (csv/jsonl/parquet/hf_dataset)")
     max_length: int = Field(128, ge=4, le=8192, description="tokens per row (padded and cut)")
 
 
@@ -126,6 +123,9 @@ class DataConfig(Section):
     ``fashion_mnist`` reads the four standard idx(.gz) files from ``path`` (default
     ``/usr/share/datasets/fashion-mnist/``, Debian package ``dataset-fashion-mnist``) and keeps
     their train/test parts: val is cut from train (``split.val``), ``split.test`` is unused.
+    ``hf_dataset`` reads a ``datasets`` save_to_disk directory (a Dataset, or a DatasetDict whose
+    train/validation/test become the splits) or its Parquet export; ``input_column`` (tensors or
+    a ``datasets.Image``), ``label_column`` (a ClassLabel gives the classes) or ``text.column``.
     """
 
     source: Literal[
@@ -138,11 +138,12 @@ class DataConfig(Section):
         "text_folder",
         "fashion_mnist",
         "coco",
+        "hf_dataset",
     ] = Field("digits", description="digits: scikit-learn's bundled 8x8 handwritten digits")
     path: str | None = Field(
         None,
-        description="file or directory for npz/parquet/jsonl/image_folder; fashion_mnist: the"
-        " idx directory (null: /usr/share/datasets/fashion-mnist/)",
+        description="file or directory for npz/parquet/jsonl/image_folder/hf_dataset;"
+        " fashion_mnist: the idx directory (null: /usr/share/datasets/fashion-mnist/)",
     )
     subset: float | None = Field(
         None,
@@ -162,11 +163,12 @@ class DataConfig(Section):
     )
     input_column: str = Field(
         "input",
-        description="parquet/jsonl: the column of inputs, a tensor or nested lists (cross_modal:"
-        " the teacher's images)",
+        description="parquet/jsonl/hf_dataset: the column of inputs, a tensor or nested lists, or"
+        " encoded images (datasets.Image) (cross_modal: the teacher's images)",
     )
     label_column: str = Field(
-        "label", description="the column of labels (integers; text rows: or class names)"
+        "label",
+        description="the column of labels (integers, a ClassLabel; text rows: or class names)",
     )
     image_size: tuple[int, int] | None = Field(
         None, description="image_folder: resize to [H, W]; null: the first image's size"
@@ -178,8 +180,8 @@ class DataConfig(Section):
     num_classes: int | None = Field(None, ge=2, description="null: taken from the source")
     key_column: str | None = Field(
         None,
-        description="parquet/jsonl: a column of stable row ids (the split hashes it); null:"
-        " the file's path and the row's index in it",
+        description="parquet/jsonl/hf_dataset: a column of stable row ids (the split hashes"
+        " it); null: the file's path and the row's index in it",
     )
     skip_bad: bool = Field(
         False,
@@ -198,10 +200,10 @@ class DataConfig(Section):
     def _path_for_files(self) -> DataConfig:
         if self.source in ("csv", "text_folder") and self.text is None:
             self.text = TextConfig()
-        if self.text is not None and self.source not in ("csv", "jsonl", "parquet", "text_folder"):
+        text_sources = ("csv", "jsonl", "parquet", "text_folder", "hf_dataset")
+        if self.text is not None and self.source not in text_sources:
             raise KeyedError(
-                "data.text",
-                f"text rows come from csv, jsonl, parquet or text_folder, not {self.source}",
+                "data.text", f"text rows come from {', '.join(text_sources)}, not {self.source}"
             )
         if self.text is not None and self.augment is not None:
             raise KeyedError("data.augment", "augmentation applies to images, not text rows")
@@ -210,7 +212,7 @@ class DataConfig(Section):
                 raise KeyedError("data.coco", "source 'coco' needs data.coco: {train, val}")
         # fashion_mnist has a default directory; its files are checked when read, so that a job
         # validates on a machine without the dataset installed.
-        elif self.split.train is not None:
+        elif self.split.train is not None and self.source != "hf_dataset":  # names there
             if self.source not in ("parquet", "jsonl", "image_folder") or self.text is not None:
                 raise KeyedError(
                     "data.split.train",
@@ -218,6 +220,9 @@ class DataConfig(Section):
                     f" sources of tensors and images, not {self.source}"
                     + (" text" if self.text is not None else ""),
                 )
+            for key, value in self.split.locations().items():
+                if "://" not in value and not Path(value).expanduser().exists():
+                    raise KeyedError(f"data.split.{key}", f"not found: {value}")
         elif self.source not in ("digits", "fashion_mnist"):
             if self.path is None:
                 raise KeyedError("data.path", f"source '{self.source}' needs a path")

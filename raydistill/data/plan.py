@@ -17,6 +17,14 @@ import numpy as np
 import pyarrow as pa
 
 from raydistill.config import DataConfig, JobError
+from raydistill.data.hf import (
+    ARROW_SUFFIX,
+    HashSplit,
+    arrow_chunks,
+    class_names,
+    hf_splits,
+    table_items,
+)
 from raydistill.data.keys import SPLIT_NAMES, row_hashes, row_ids, text_hashes, value_hashes
 from raydistill.data.listing import (
     IMAGE_SUFFIXES,
@@ -27,9 +35,9 @@ from raydistill.data.listing import (
     open_file,
     parquet_row_groups,
 )
-from raydistill.data.stream import StreamedSplit, StreamSource, read_rows
+from raydistill.data.stream import ROWS_PER_CHUNK, StreamedSplit, StreamSource, read_rows
 
-STREAMED_SOURCES = ("parquet", "jsonl", "image_folder")
+STREAMED_SOURCES = ("parquet", "jsonl", "image_folder", "hf_dataset")
 
 
 def streams(data: DataConfig) -> bool:
@@ -122,7 +130,10 @@ def _plan_images(data: DataConfig, roots: dict[str, str], hashed: bool) -> dict[
 
 def _label_chunks(root: str, kind: str, item: dict, columns: list[str]) -> Iterator[pa.Table]:
     """One work item's label (and key) columns, a chunk at a time: the plan's only read."""
-    if kind == "parquet":
+    if str(item["path"]).endswith(ARROW_SUFFIX):  # hf_dataset's save_to_disk files
+        yield from arrow_chunks(root, item["path"], item["group"], columns, ROWS_PER_CHUNK)
+        return
+    if kind in ("parquet", "hf_dataset"):
         import pyarrow.parquet as pq
 
         reader = pq.ParquetFile(open_file(root, item["path"]))
@@ -150,6 +161,10 @@ def _label_chunks(root: str, kind: str, item: dict, columns: list[str]) -> Itera
 
 
 def _table_items(data: DataConfig, root: str) -> tuple[list[dict], str, list[Listed]]:
+    if data.source == "hf_dataset":
+        key = [data.key_column] if data.key_column else []
+        items, rows, files = table_items(root, [data.input_column, data.label_column, *key])
+        return items, _digest(files, rows), files
     files = list_files(root, TABLE_SUFFIXES[data.source])
     if not files:
         raise JobError(f"data.path: no {data.source} files under {root}")
@@ -203,14 +218,27 @@ def _rows_of(data: DataConfig, roots: dict[str, str], label: int, most: int = 5)
     return ", ".join(found)
 
 
-def _plan_tables(data: DataConfig, roots: dict[str, str], hashed: bool) -> dict[str, StreamedSplit]:
+def _plan_tables(
+    data: DataConfig,
+    roots: dict[str, str],
+    hashed: bool | dict[str, HashSplit],
+    classes: list[str] | None = None,
+) -> dict[str, StreamedSplit]:
+    """Plan table splits; ``hashed``: whether rows are cut by ``data.split``'s shares, or per
+    split the cut (hf_dataset, with ``data.subset`` then always kept); ``classes``: the label
+    column's class names (a ClassLabel), which fix the class count unless ``data.num_classes``."""
     by_root: dict[str, list[str]] = {}
     for split, root in roots.items():
         by_root.setdefault(root, []).append(split)
     planned: dict[str, tuple[StreamSource, pa.Table, np.ndarray, str]] = {}
     for root, splits in by_root.items():
         items, digest, files = _table_items(data, root)
-        sources = [_base_source(data, s, root, hashed) for s in splits]
+        sources = [
+            replace(_base_source(data, s, root, True), hash_split=hashed[s])
+            if isinstance(hashed, dict)
+            else _base_source(data, s, root, hashed)
+            for s in splits
+        ]
         labels = _label_pass(data, root, items, sources)
         table = pa.Table.from_pylist(items)
         for source in sources:
@@ -218,7 +246,7 @@ def _plan_tables(data: DataConfig, roots: dict[str, str], hashed: bool) -> dict[
     found = [v[2] for v in planned.values() if len(v[2])]
     top = max((int(x.max()) for x in found), default=-1)
     low = min((int(x.min()) for x in found), default=0)
-    num_classes = data.num_classes or top + 1
+    num_classes = data.num_classes or (len(classes) if classes else top + 1)
     if data.num_classes is None:
         from raydistill.data.sources import check_class_sizes
 
@@ -242,6 +270,8 @@ def _plan_tables(data: DataConfig, roots: dict[str, str], hashed: bool) -> dict[
         )
         for split, (source, table, labels, digest, files) in planned.items()
     }
+    for split in out.values():
+        split.class_names = tuple(classes) if classes else None
     return _finish(out, num_classes)
 
 
@@ -254,7 +284,11 @@ def _finish(splits: dict[str, StreamedSplit], num_classes: int) -> dict[str, Str
     train = splits["train"]
     train.source = replace(train.source, num_classes=num_classes)
     first = train.head(1).inputs[0]
-    size = tuple(first.shape[-2:]) if train.source.kind == "image_folder" else None
+    # decoded images (a folder's, or a datasets.Image column's) all resize to the first's size
+    images = train.source.kind == "image_folder" or (
+        train.source.kind == "hf_dataset" and first.ndim == 3
+    )
+    size = tuple(first.shape[-2:]) if images else None
     for split in splits.values():
         split.source = replace(split.source, num_classes=num_classes)
         if size is not None and split.source.image_size is None:
@@ -263,8 +297,22 @@ def _finish(splits: dict[str, StreamedSplit], num_classes: int) -> dict[str, Str
     return {k: splits[k] for k in SPLIT_NAMES if k in splits}
 
 
+def _plan_hf(data: DataConfig, whole: bool = False) -> dict[str, StreamedSplit]:
+    """A saved ``datasets`` dataset's splits (:func:`raydistill.data.hf.hf_splits`); ``whole``:
+    every row of its train split (or of the one dataset), uncut."""
+    where = hf_splits(data)
+    if whole:
+        where = {"train": (where["train"][0], None)}
+    roots = {split: root for split, (root, _) in where.items()}
+    hashed = {split: cut for split, (_, cut) in where.items()}
+    names = class_names(roots["train"], data.label_column)
+    return _plan_tables(data, roots, False if whole else hashed, names)
+
+
 def plan_splits(data: DataConfig) -> dict[str, StreamedSplit]:
     """Train, val and test of a file source, planned (see the module docstring)."""
+    if data.source == "hf_dataset":
+        return _plan_hf(data)
     plan = _plan_images if data.source == "image_folder" else _plan_tables
     return plan(data, split_roots(data), data.split.locations() is None)
 
@@ -272,6 +320,8 @@ def plan_splits(data: DataConfig) -> dict[str, StreamedSplit]:
 def whole_source(data: DataConfig) -> StreamedSplit:
     """Every row of ``data.path``, unsplit and in listing order (``data.subset`` not applied):
     what :func:`raydistill.data.sources.load_arrays` reads, through the same reader."""
+    if data.source == "hf_dataset":
+        return _plan_hf(data, whole=True)["train"]
     plan = _plan_images if data.source == "image_folder" else _plan_tables
     return plan(data, {"train": str(data.path)}, False)["train"]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -25,6 +26,7 @@ import pyarrow as pa
 from raydistill.columns import INPUT, LABEL, ROW_ID
 from raydistill.config import JobError
 from raydistill.data.arrays import LabelledArrays, register_tensor_types
+from raydistill.data.hf import ARROW_SUFFIX, arrow_chunks
 from raydistill.data.keys import row_hashes, row_ids, split_mask, subset_mask, value_hashes
 from raydistill.data.listing import open_file
 
@@ -37,7 +39,7 @@ class StreamSource:
     """Everything a reader needs to turn work items into one split's rows; pickled into every
     Ray Data read task, so it holds settings, never rows."""
 
-    kind: str  # parquet | jsonl | image_folder
+    kind: str  # parquet | jsonl | image_folder | hf_dataset
     root: str
     split: str
     input_column: str = "input"
@@ -67,12 +69,15 @@ def _bad(source: StreamSource, what: str) -> None:
     print(f"[data] skipped: {what}", flush=True)
 
 
-def _decode_image(source: StreamSource, path: str) -> np.ndarray | None:
+def _decode_image(source: StreamSource, path: str, data: bytes | None = None) -> np.ndarray | None:
+    """float32 [C, H, W] in [0, 1] of the image file at ``path`` (or of its bytes ``data``),
+    converted to ``source.channels`` and resized to ``source.image_size``; None if bad."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with open_file(source.root, path) as f:
-            data = f.read()
+        if data is None:
+            with open_file(source.root, path) as f:
+                data = f.read()
         with Image.open(io.BytesIO(data)) as img:
             img = img.convert("L" if source.channels == 1 else "RGB")
             h, w = source.image_size or (img.height, img.width)
@@ -103,12 +108,42 @@ def _image_rows(source: StreamSource, items: dict[str, np.ndarray]) -> dict[str,
     }
 
 
-def _input_array(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+def is_image_column(column: pa.ChunkedArray | pa.Array) -> bool:
+    """Whether a column holds encoded images as ``datasets.Image`` stores them:
+    ``struct<bytes: binary, path: string>``."""
+    kind = column.type
+    return pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0
+
+
+def _input_array(
+    source: StreamSource, column: pa.ChunkedArray | pa.Array, where: str, index: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """float32 [N, *shape] inputs of a chunk (rows ``index`` of file ``where``) and bool [N]:
+    which rows decoded (an encoded image that does not is reported by :func:`_bad`)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    if hasattr(column, "to_numpy_ndarray"):  # fixed-shape tensor extension column
-        return np.asarray(column.to_numpy_ndarray(), dtype=np.float32)
-    return np.stack([np.asarray(v, dtype=np.float32) for v in column.to_pylist()])
+    if not is_image_column(column):
+        if hasattr(column, "to_numpy_ndarray"):  # fixed-shape tensor extension column
+            inputs = np.asarray(column.to_numpy_ndarray(), dtype=np.float32)
+        else:
+            inputs = np.stack([np.asarray(v, dtype=np.float32) for v in column.to_pylist()])
+        return inputs, np.ones(len(inputs), dtype=bool)
+    images: list[np.ndarray | None] = []
+    for row, cell in zip(index, column.to_pylist(), strict=True):
+        image = None
+        if cell is None or (cell["bytes"] is None and not cell["path"]):
+            _bad(source, f"row {row} of {where} has no image")
+        elif cell["bytes"] is not None:
+            name = f"{cell['path'] or 'the image'} in row {row} of {where}"
+            image = _decode_image(source, name, cell["bytes"])
+        else:  # datasets.Image of a file path, not embedded
+            image = _decode_image(source, str(cell["path"]))
+        if image is not None and source.image_size is None:  # the rest resize to the first
+            source = replace(source, image_size=tuple(image.shape[-2:]))
+        images.append(image)
+    blank = np.zeros((source.channels, *(source.image_size or (0, 0))), dtype=np.float32)
+    ok = np.asarray([image is not None for image in images], dtype=bool)
+    return np.stack([blank if im is None else im for im in images]), ok
 
 
 def _table_rows(source: StreamSource, table: pa.Table, key: str, first: int) -> dict | None:
@@ -123,16 +158,17 @@ def _table_rows(source: StreamSource, table: pa.Table, key: str, first: int) -> 
     table = table.filter(pa.array(keep))
     index = np.flatnonzero(keep) + first
     labels = table.column(source.label_column).to_numpy(zero_copy_only=False)
-    inputs = _input_array(table.column(source.input_column))
+    inputs, decoded = _input_array(source, table.column(source.input_column), key, index)
     good = (labels >= 0) & (labels < source.num_classes)
     good &= np.isfinite(inputs.reshape(len(inputs), -1)).all(axis=1)
-    for i in np.flatnonzero(~good)[: 1 if not source.skip_bad else None]:
+    for i in np.flatnonzero(~good & decoded)[: 1 if not source.skip_bad else None]:
         why = (
             "NaN or infinite input"
             if 0 <= labels[i] < source.num_classes
             else (f"label {labels[i]} outside num_classes={source.num_classes}")
         )
         _bad(source, f"row {index[i]} of {key}: {why}")
+    good &= decoded
     return {
         INPUT: inputs[good],
         LABEL: labels[good].astype(np.int64),
@@ -146,7 +182,13 @@ def _read_chunks(source: StreamSource, item: dict[str, Any]) -> Iterator[tuple[p
     if source.key_column is not None:
         columns.append(source.key_column)
     path = str(item["path"])
-    if source.kind == "parquet":
+    if path.endswith(ARROW_SUFFIX):  # hf_dataset's save_to_disk files
+        yield from zip(
+            arrow_chunks(source.root, path, int(item["group"]), columns, ROWS_PER_CHUNK),
+            itertools.count(int(item["first_row"]), ROWS_PER_CHUNK),
+        )
+        return
+    if source.kind in ("parquet", "hf_dataset"):
         import pyarrow.parquet as pq
 
         register_tensor_types()
@@ -202,6 +244,7 @@ class StreamedSplit:
     listing_digest: str
     files: int = 0
     file_bytes: int = 0
+    class_names: tuple[str, ...] | None = None  # a ClassLabel's names (hf_dataset)
 
     @property
     def num_classes(self) -> int:
@@ -287,7 +330,9 @@ def describe_streamed(splits: dict[str, StreamedSplit]) -> str:
     rows = sum(len(s) for s in splits.values())
     decoded = sum(s.nbytes for s in splits.values())
     sizes = ", ".join(f"{k} {len(v):,}" for k, v in splits.items())
+    names = splits["train"].class_names
+    named = f" ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})" if names else ""
     return (
-        f"{sizes} rows, {splits['train'].num_classes} classes; streams {rows:,} rows "
+        f"{sizes} rows, {splits['train'].num_classes} classes{named}; streams {rows:,} rows "
         f"({decoded / 1e6:,.1f} MB decoded) from {files:,} files ({on_disk / 1e6:,.1f} MB)"
     )

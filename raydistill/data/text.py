@@ -57,17 +57,31 @@ def _tensor_column(table: pa.Table, name: str) -> np.ndarray:
 
 
 def read_text_arrays(data: DataConfig) -> tuple[LabelledArrays, list[str] | None]:
-    """The rows of a text source and their class names (None for integer labels).
+    """The rows of a text source and their class names (None for integer labels, unless a
+    ClassLabel names them).
 
-    Tables (csv, jsonl, parquet: a file, a directory or a pyarrow URI) need ``text.column``
-    and ``label_column``; when they also hold ``input_column`` it becomes the paired image
-    ``inputs`` (cross-modal rows). Empty texts are refused with their row number.
+    Tables (csv, jsonl, parquet: a file, a directory or a pyarrow URI; hf_dataset: the train
+    split of a saved ``datasets`` dataset) need ``text.column`` and ``label_column``; when
+    they also hold ``input_column`` it becomes the paired image ``inputs`` (cross-modal rows).
+    Empty texts are refused with their row number.
     """
     assert data.text is not None
     inputs: np.ndarray | None = None
     if data.source == "text_folder":
         texts, names = _read_text_folder(Path(str(data.path)).expanduser())
         labels, classes = _label_ids(np.asarray(names, dtype=object), str(data.path))
+    elif data.source == "hf_dataset":  # the train split of a saved datasets dataset
+        from raydistill.data.hf import read_table
+
+        columns = [data.text.column, data.label_column, data.input_column]
+        table, classes = read_table(data, columns)
+        texts = table.column(data.text.column).to_pylist()
+        labels, names = _label_ids(
+            table.column(data.label_column).to_numpy(zero_copy_only=False), str(data.path)
+        )
+        classes = classes or names
+        if data.input_column in table.column_names:
+            inputs = _tensor_column(table, data.input_column)
     else:
         import pyarrow.dataset as pads
 
@@ -91,7 +105,7 @@ def read_text_arrays(data: DataConfig) -> tuple[LabelledArrays, list[str] | None
     for row, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise JobError(f"data: row {row} of {data.path} has no text ({text!r})")
-    num_classes = data.num_classes or int(labels.max()) + 1
+    num_classes = data.num_classes or (len(classes) if classes else int(labels.max()) + 1)
     if inputs is None:
         inputs = np.zeros((len(texts), 0), dtype=np.float32)
     try:
