@@ -142,7 +142,7 @@ def _train(
 ) -> StageResult:
     log(
         f"[{spec.name}] training {spec.model.model} for up to {spec.train.epochs} epochs "
-        f"on {_workers(spec.job)} workers"
+        f"on {_workers(spec.job)}"
     )
     if spec.job.output.tensorboard:
         from raydistill.tracking import TensorBoardLogger, tensorboard_dir
@@ -158,7 +158,10 @@ def _train(
 
 def _workers(job: JobConfig) -> str:
     s = job.scaling
-    return str(s.workers) if isinstance(s.workers, int) else f"{s.min_workers}-{s.max_workers}"
+    if s.workers == 1:
+        return "1 worker"
+    count = str(s.workers) if isinstance(s.workers, int) else f"{s.min_workers}-{s.max_workers}"
+    return f"{count} workers"
 
 
 def teacher_pass_rows(job: JobConfig, splits: Splits) -> int:

@@ -49,6 +49,7 @@ class LoopContext:
     stage_started: float | None = None  # wall clock (time.time()) of the stage's start
     worker_started: float | None = None  # wall clock of this worker's loop entry
     data_s: float = 0.0  # seconds this worker spent reading splits it holds in memory
+    worker_group: bool = True  # False: the stage trains in the driver's process (no group)
 
     def prepare_model(self, core: nn.Module) -> nn.Module:
         return core
@@ -198,18 +199,21 @@ class Startup:
     total_s: float
     workers_s: float
     data_s: float
+    worker_group: bool = True  # False: in the driver's process, ``workers_s`` is 0
 
     @classmethod
     def measure(cls, ctx: LoopContext, first_batch_s: float) -> Startup | None:
-        """None where the context has no stage start (in-process runs)."""
+        """None where the context has no stage start (tests, trials in their process)."""
         if ctx.stage_started is None or ctx.worker_started is None:
             return None
         total = time.time() - ctx.stage_started
-        return cls(total, ctx.worker_started - ctx.stage_started, ctx.data_s + first_batch_s)
+        workers = ctx.worker_started - ctx.stage_started if ctx.worker_group else 0.0
+        return cls(total, workers, ctx.data_s + first_batch_s, ctx.worker_group)
 
     def line(self, name: str) -> str:
         rest = max(self.total_s - self.workers_s - self.data_s, 0.0)
+        where = f"worker group {self.workers_s:.1f} s, " if self.worker_group else "in process: "
         return (
-            f"[{name}] first step after {self.total_s:.1f} s (worker group {self.workers_s:.1f} s,"
-            f" data {self.data_s:.1f} s, model {rest:.1f} s)"
+            f"[{name}] first step after {self.total_s:.1f} s ({where}"
+            f"data {self.data_s:.1f} s, model {rest:.1f} s)"
         )

@@ -76,7 +76,7 @@ class InProcessContext(LocalContext):
             self.device = device
         if stage_started is not None:
             self.stage_started, self.worker_started = stage_started, time.time()
-            self.data_s = data_s
+            self.data_s, self.worker_group = data_s, False
 
     def prepare_model(self, core: nn.Module) -> nn.Module:
         core.to(self.device)
