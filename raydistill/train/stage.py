@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,7 +70,6 @@ def run_stage(
     datasets: dict[str, ray.data.Dataset],
     run_dir: Path,
     callbacks: list[Any] | None = None,
-    loop: Callable[[dict[str, Any]], None] = train_loop_per_worker,
     loop_config: dict[str, Any] | None = None,
 ) -> StageResult:
     """Train one stage with a ``TorchTrainer`` (or in this process: :mod:`.in_process`);
@@ -79,9 +77,9 @@ def run_stage(
 
     Ray Train restores a run whose ``RunConfig(name, storage_path)`` matches an earlier one, so a
     stable per-stage name makes resume automatic. ``callbacks`` are Ray Train ``UserCallback``s
-    (a tune trial forwards each epoch's report to Tune with one). ``loop`` is the per-worker
-    function (the shared epoch loop) and ``loop_config`` extra entries of its config (the
-    task's extras, ``resume_from``).
+    (a tune trial forwards each epoch's report to Tune with one). Both paths run the shared
+    epoch loop; ``loop_config`` holds extra entries of its config (the task's extras,
+    ``resume_from``).
 
     Splits that :func:`~raydistill.train.shards.held_datasets` picks (materialized, at most
     ``scaling.in_memory_max_mb``) reach the workers as block refs and are held in memory,
@@ -105,7 +103,7 @@ def run_stage(
         raise JobError(f"scaling.in_process is true, but {elsewhere}")
     resources: dict[str, Any] = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
     trainer = TorchTrainer(
-        loop,
+        train_loop_per_worker,
         # Each worker group (the first, or one restarted after a failure) resumes from the
         # newer of Ray's checkpoint and the newest complete one in the stage directory.
         train_loop_config={
