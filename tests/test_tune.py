@@ -148,6 +148,20 @@ def test_interrupted_search_resumes_over_one_teacher_pass(
     reason="four PBT trials side by side; every exploit or pause restarts a trial (194-352 s "
     "on Ray Train trials; 889 s in-process on a machine at load 30)",
 )
+def _first_temperature(stage: Path) -> float | None:
+    """The temperature of the first epoch a stage directory recorded (its finished history, or
+    else its newest checkpoint's), or None when it recorded none."""
+    from raydistill.train.state import latest_checkpoint, load_state
+
+    if (stage / "history.json").is_file():
+        history = json.loads((stage / "history.json").read_text())
+    elif (checkpoint := latest_checkpoint(stage)) is not None:
+        history = load_state(checkpoint)["history"]
+    else:
+        return None
+    return float(history[0]["temperature"]) if history else None
+
+
 def test_pbt_continues_poor_trials_from_good_checkpoints(
     ray_address, write_job, tmp_path, teacher_weights
 ):
@@ -197,7 +211,14 @@ def test_pbt_continues_poor_trials_from_good_checkpoints(
     # Some trial continued from another trial's checkpoint in a run directory of its own: its
     # student's history starts with the donor's first epoch (the donor's temperature, as the
     # donor first reported it to Tune) and goes on to the last epoch.
-    first_temperature = {r.trial_id: r.history[0]["temperature"] for r in summary.rows}
+    # Each trial's own first epoch is read from its first generation's run directory: Tune's
+    # per-trial results are no record of it, as a restored trial's rows may begin with the
+    # donor's.
+    first_temperature = {
+        r.trial_id: t
+        for r in summary.rows
+        if (t := _first_temperature(trials_dir / r.trial_id / "student")) is not None
+    }
     exploits = []
     for trial in first_temperature:
         generations = sorted(
