@@ -143,11 +143,6 @@ def test_interrupted_search_resumes_over_one_teacher_pass(
     assert samples_labelled(counts) == labelled + 1  # only the pair probe
 
 
-@pytest.mark.budget(
-    seconds=600,
-    reason="four PBT trials side by side; every exploit or pause restarts a trial (194-352 s "
-    "on Ray Train trials; 889 s in-process on a machine at load 30)",
-)
 def _first_temperature(stage: Path) -> float | None:
     """The temperature of the first epoch a stage directory recorded (its finished history, or
     else its newest checkpoint's), or None when it recorded none."""
@@ -162,6 +157,11 @@ def _first_temperature(stage: Path) -> float | None:
     return float(history[0]["temperature"]) if history else None
 
 
+@pytest.mark.budget(
+    seconds=600,
+    reason="four PBT trials side by side; every exploit or pause restarts a trial (194-352 s "
+    "on Ray Train trials; 889 s in-process on a machine at load 30)",
+)
 def test_pbt_continues_poor_trials_from_good_checkpoints(
     ray_address, write_job, tmp_path, teacher_weights
 ):
