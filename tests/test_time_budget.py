@@ -144,3 +144,31 @@ def test_a_mark_without_seconds_and_reason_is_refused(pytester, mark, complaint)
     result = _run(pytester, f"import pytest\n\n{mark}\ndef test_marked():\n    pass\n")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*test_inner.py::test_marked: @pytest.mark.budget: {complaint}*"])
+
+
+# Lists (file, line, name) of every function in the files named on its command line that is
+# decorated with pytest.mark.budget but is not a test; parsed in a child interpreter for the
+# reason tests/test_security.py gives.
+_MISPLACED_MARKS = """
+import ast, sys
+for path in sys.argv[1:]:
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("test_"):
+            for deco in node.decorator_list:
+                if "mark.budget" in ast.unparse(deco):
+                    print(path, node.lineno, node.name)
+"""
+
+
+def test_every_budget_mark_decorates_a_test():
+    """A budget mark left on a helper (a function written between a mark and its test) does
+    nothing, and the test it was meant for runs under the ceiling instead."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    files = sorted(str(p) for p in Path(__file__).parent.rglob("*.py"))
+    found = subprocess.run(
+        [sys.executable, "-c", _MISPLACED_MARKS, *files], capture_output=True, text=True, check=True
+    ).stdout
+    assert found == "", found
