@@ -135,6 +135,8 @@ def test_a_streamed_image_folder_trains_end_to_end_skipping_a_bad_image(
     assert "streams 601 rows" in out  # the plan lists the bad file; the reader skips it
     assert "the teacher pass is written through the cache at" in out
     assert (job.cache_dir / "manifest.json").is_file()
+    # one worker on the session's one node trains in this process, streaming its rows
+    assert "[student] one worker, train and val streamed, one node: training in this process" in out
     teacher = summary.score("teacher")
     # the digits teacher scores its digits as PNGs: the streamed rows carry their own labels
     assert teacher.accuracy > 0.8, teacher

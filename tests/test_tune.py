@@ -134,7 +134,7 @@ def test_interrupted_search_resumes_over_one_teacher_pass(
         epochs=1,
         scheduler="fifo",
         workers_per_trial=2,
-        max_concurrent_trials=1,
+        max_concurrent_trials=2,  # side by side: their worker groups start together
     ).run(trials=2, fresh=True)
     assert 1 <= found.temperature <= 8
     assert found.alpha == job.distill.alpha.start  # not searched: the job's own

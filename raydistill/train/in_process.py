@@ -5,13 +5,14 @@ costs 15-30 s on a small machine before the first step, longer than a digits sta
 stage that would get one worker on the driver's own node gains nothing from that group: no
 DDP, no other node. So such a stage runs the same epoch loop (:func:`~raydistill.train.loop
 .run_epochs`) here, on the same rows a Ray Train worker would hold (:mod:`.shards`, read from
-the same Arrow blocks, in the same row-id order), with the worker's thread count, and writes
+the same Arrow blocks, in the same row-id order; a split that streams is read through its own
+Ray Data iterator, as one worker's streaming shard is), with the worker's thread count, and writes
 every epoch's state into the stage directory as ``checkpoint_<epoch>/state.pt``: a rerun (or a
 Ray Train run of the same stage) resumes from it. The result is the one Ray Train gives.
 
 When a stage trains here (``scaling.in_process: null``, see :func:`why_not_here`): one worker,
 no ``max_failures`` (nothing restarts a process that failed), no custom resources (they place
-a worker on a chosen node), every split held in memory, callbacks that run in this process,
+a worker on a chosen node), callbacks that run in this process,
 and a Ray cluster that is this one node and offers the worker's CPUs (and a GPU if asked).
 """
 
@@ -41,7 +42,8 @@ CHECKPOINT_PREFIX = "checkpoint_"  # matches rundir.CHECKPOINT_GLOB, as Ray Trai
 
 
 class InProcessContext(LocalContext):
-    """The loop's context for a stage in this process: rows in memory, one worker.
+    """The loop's context for a stage in this process: one worker, its splits held in memory
+    or streamed through Ray Data iterators.
 
     With ``stage_dir`` every epoch's state is also written there as
     ``checkpoint_<epoch>/state.pt`` (the newest ``keep`` kept), as Ray Train would: a rerun
@@ -134,9 +136,6 @@ def why_not_here(
         return "scaling.max_failures restarts failed workers"
     if s.resources_per_worker:
         return "scaling.resources_per_worker places the worker"
-    streamed = sorted(set(datasets) - set(held))
-    if streamed:
-        return f"split(s) {', '.join(streamed)} stream through Ray Data"
     if not all(getattr(c, "in_process", False) for c in callbacks):
         return "a callback needs Ray Train"
     import ray
@@ -161,23 +160,29 @@ def node_lacks(job: Any, nodes: list[dict[str, Any]]) -> str | None:
 def train_here(
     spec: Any,
     held: dict[str, list[Any]],
+    streamed: dict[str, Any],
     stage_directory: Path,
     loop_config: dict[str, Any],
     callbacks: list[Any],
     started: float,
 ) -> dict[str, Any]:
     """Train ``spec``'s stage in this process on the ``held`` splits (name -> Arrow block
-    refs) and return its final state (see :func:`~raydistill.train.state.final_state`).
-    ``loop_config`` holds the task's extras and ``resume_from``; ``callbacks`` get each
-    epoch's metrics (``after_report``, as Ray Train calls them); ``started`` is the stage's
-    ``time.time()``."""
+    refs) and the ``streamed`` ones (name -> Ray Data ``Dataset``), and return its final state
+    (see :func:`~raydistill.train.state.final_state`). ``loop_config`` holds the task's extras
+    and ``resume_from``; ``callbacks`` get each epoch's metrics (``after_report``, as Ray Train
+    calls them); ``started`` is the stage's ``time.time()``."""
     from raydistill.tasks import get_task
     from raydistill.train.loop import NonFiniteLossError, run_epochs
 
     job = spec.job
     reading = time.perf_counter()
     # the rows and order a single Ray Train worker holds (rank 0 of 1)
-    shards = {k: InMemoryShard.for_rank(read_blocks(r), 0, 1) for k, r in held.items()}
+    shards: dict[str, Any] = {
+        k: InMemoryShard.for_rank(read_blocks(r), 0, 1) for k, r in held.items()
+    }
+    # a one-worker streaming_split is the whole dataset in Ray Data's order: its own iterator
+    # gives the same batches without the split coordinator actor a worker group starts
+    shards.update({k: ds.iterator() for k, ds in streamed.items() if k not in held})
     resume_from = loop_config.get("resume_from")
     start = newest_state([latest_checkpoint(stage_directory), resume_from])
     cuda = job.scaling.use_gpu and torch.cuda.is_available()

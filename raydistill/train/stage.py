@@ -96,8 +96,12 @@ def run_stage(
     held = held_datasets(datasets, scaling.in_memory_max_mb)
     elsewhere = why_not_here(spec.job, datasets, held, callbacks or [])
     if elsewhere is None:
-        say_here(f"[{spec.name}] one worker, rows in memory, one node: training in this process")
-        state = train_here(spec, held, directory, loop_config or {}, callbacks or [], started)
+        streamed = {k: ds for k, ds in datasets.items() if k not in held}
+        rows = f"{' and '.join(sorted(streamed))} streamed" if streamed else "rows in memory"
+        say_here(f"[{spec.name}] one worker, {rows}, one node: training in this process")
+        state = train_here(
+            spec, held, streamed, directory, loop_config or {}, callbacks or [], started
+        )
         return collect_stage(spec, state, run_dir)
     if scaling.in_process:
         raise JobError(f"scaling.in_process is true, but {elsewhere}")
