@@ -138,7 +138,8 @@ def validate(job_file: str, overrides: tuple[str, ...], clusters: tuple[str, ...
 
         click.echo(f"# data: {describe_streamed(plan_splits(job.data))}", err=True)
     fit = f"; it fits {', '.join(clusters)}" if clusters else ""
-    click.echo(f"# ok: {job_file} is a valid job; runs go to {job.run_dir}{fit}", err=True)
+    where = remote.uri if remote is not None else job.run_dir
+    click.echo(f"# ok: {job_file} is a valid job; runs go to {where}{fit}", err=True)
 
 
 @main.command()

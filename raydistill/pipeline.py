@@ -398,7 +398,9 @@ def run_job(
         roles.append("baseline")
     _check_stages(job, splits, ["teacher", *roles], fresh, fresh_stages, allow_changed, log)
     run_dir = prepare_run_dir(job, fresh, log, fresh_stages)
-    log(f"{get_task(job).describe_data(job, splits)}; run directory {run_dir}")
+    remote = remote_run(job)
+    where = f"{remote.uri} (working copy {run_dir})" if remote is not None else run_dir
+    log(f"{get_task(job).describe_data(job, splits)}; run directory {where}")
     summary = RunSummary(run_dir, task=job.task, labelled_fraction=job.data.labelled_fraction)
     with ray_session(job):
         try:
@@ -421,7 +423,7 @@ def run_job(
 
         files = write_report(run_dir, summary)
         log(f"report: {files.markdown} and {files.html}")
-    if (remote := remote_run(job)) is not None:
+    if remote is not None:
         remote.sync()  # the summary, the report and ray.log
         log(f"run uploaded to {remote.uri}")
     return summary

@@ -25,8 +25,10 @@ import raydistill.remote as remote
 from raydistill.cli import main
 from raydistill.config import load_job
 from raydistill.config.storage import CACHE_ENV
+from raydistill.pipeline import prepare_run_dir
 
 BUCKET = "raydistill-runs"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +80,32 @@ def test_report_and_export_read_a_run_from_s3(s3, tmp_path, machine):
     assert any(f.startswith("export/student") for f in files), files
     assert any(f.startswith("report/") and f.endswith(".png") for f in files), files
 
+    machine("c")  # evaluate reads the weights of a job whose run is on the bucket
+    out = runner.invoke(main, ["evaluate", str(tmp_path / "tiny.yaml")])
+    assert out.exit_code == 0 and out.output.startswith("student (model.pt, test): accuracy")
+
     out = runner.invoke(main, ["report", f"s3://{BUCKET}/tiny-runs/nope"])
     assert out.exit_code == 2 and out.output.count("\n") == 1, out.output
     assert "not a run directory" in out.output
+
+
+def test_fresh_and_fresh_stage_delete_on_the_bucket_too(s3, tmp_path, machine):
+    """``--fresh-stage`` removes the stage there as here; ``--fresh`` the whole run."""
+    machine("a")
+    job = build_tiny_run(tmp_path, epochs=1, output__storage_path=f"s3://{BUCKET}/fresh")
+    remote.remote_run(job).sync()
+    prefix = "fresh/tiny/"
+    before = _run_files(list_keys(s3, BUCKET, prefix), prefix)
+    assert {"baseline/model.pt", "student/model.pt"} <= before, before
+
+    machine("b")
+    remote.open_run(job)  # what train does first: fetch the run
+    prepare_run_dir(job, False, print, ["baseline"])
+    after = _run_files(list_keys(s3, BUCKET, prefix), prefix)
+    assert after == {f for f in before if not f.startswith("baseline/")}, after
+    prepare_run_dir(job, True, print)
+    assert _run_files(list_keys(s3, BUCKET, prefix), prefix) == {"job.yaml"}
+    assert sorted(p.name for p in job.run_dir.iterdir()) == ["job.yaml"]
 
 
 @pytest.mark.parametrize("problem", ["missing bucket", "bad credentials"])
@@ -105,6 +130,14 @@ def test_a_bucket_that_cannot_be_written_is_named_in_one_line(tmp_path, machine,
             else:
                 assert "access denied (INVALID_ACCESS_KEY_ID)" in line, line
     assert not load_job(job_file).run_dir.exists()
+
+
+def test_tune_refuses_a_storage_uri_in_one_line():
+    """A search directory is Ray Tune's, local: refused before anything is written."""
+    job = ["--set", "output.storage_path=s3://bucket/runs", "--set", "name=tune-uri"]
+    out = CliRunner().invoke(main, ["tune", str(ROOT / "jobs" / "digits-tune.yaml"), *job])
+    assert out.exit_code == 2 and out.output.count("\n") == 1, out.output
+    assert out.output.startswith("error: output.storage_path: raydistill tune writes"), out.output
 
 
 def test_a_relative_storage_path_in_a_ray_job_warns_where_results_stay(write_job, monkeypatch):
@@ -178,3 +211,37 @@ def test_a_killed_driver_resumes_from_s3_on_another_machine(ray_address, s3, tmp
     assert 1 <= len(kept) <= 2, kept  # output.keep_checkpoints: older ones deleted there too
     history = json.loads((load_job(job_file).run_dir / "baseline" / "history.json").read_text())
     assert [h["epoch"] for h in history] == list(range(epochs))
+
+
+@pytest.mark.slow
+@pytest.mark.budget(seconds=240, reason="starts a local Ray of its own and a 2-worker group (52 s)")
+def test_a_multi_worker_stage_keeps_its_checkpoints_on_s3(s3, tmp_path, machine):
+    """Two workers train on Ray Train, whose ``storage_path`` is the run's URI: its own
+    checkpoints go to the bucket (where every node reaches them), and the driver collects the
+    stage's weights from there. A local Ray of its own (not the session's), which inherits the
+    driver's AWS variables, as a cluster's nodes have their own credentials."""
+    job_file = write_digits_job(
+        tmp_path,
+        {
+            "output.storage_path": f"s3://{BUCKET}/multi",
+            "distill.enabled": False,
+            "train.epochs": 2,
+            "student.args": {"width": 4},
+            "scaling.workers": 2,
+            "output.report": False,
+        },
+        name="ddp",
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env[CACHE_ENV] = str(machine("a"))
+    cli = [str(Path(sys.executable).with_name("raydistill")), "train", str(job_file)]
+    done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout + done.stderr
+    prefix = "multi/ddp/"
+    files = _run_files(list_keys(s3, BUCKET, prefix), prefix)
+    assert {"job.yaml", "summary.md", "ray.log", "baseline/model.pt"} <= files, sorted(files)
+    assert "baseline/checkpoint_manager_snapshot.json" in files, sorted(files)  # Ray Train's
+    ray_checkpoints = [f for f in files if f.startswith("baseline/checkpoint_2")]  # dated names
+    assert ray_checkpoints and all(f.endswith("/state.pt") for f in ray_checkpoints), files
+    history = json.loads((load_job(job_file).run_dir / "baseline" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1]

@@ -69,7 +69,7 @@ class OutputConfig(Section):
         "runs",
         description="runs go to storage_path/name/: a local directory, or a filesystem URI"
         " (s3://bucket/prefix, gs://bucket/prefix, any pyarrow.fs URI) that the run's files are"
-        " uploaded to as they are made (docs/running.md, runs on object storage)",
+        " uploaded to as they are made (docs/running.md#runs-on-object-storage)",
     )
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints Ray Train keeps per stage")
     report: bool = Field(
