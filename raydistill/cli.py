@@ -137,6 +137,10 @@ def validate(job_file: str, overrides: tuple[str, ...], clusters: tuple[str, ...
         from raydistill.data.stream import describe_streamed
 
         click.echo(f"# data: {describe_streamed(plan_splits(job.data))}", err=True)
+    from raydistill.remote import temporary_output_warning
+
+    if (warning := temporary_output_warning(job)) is not None:
+        click.echo(warning, err=True)
     fit = f"; it fits {', '.join(clusters)}" if clusters else ""
     where = remote.uri if remote is not None else job.run_dir
     click.echo(f"# ok: {job_file} is a valid job; runs go to {where}{fit}", err=True)
