@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raydistill.config import JobError
-from raydistill.config.storage import is_uri, run_uri, working_copy
+from raydistill.config.storage import hide_secrets, is_uri, run_uri, working_copy
 from raydistill.files import atomic_output
 
 if TYPE_CHECKING:
@@ -63,7 +63,8 @@ class RemoteRun:
     """
 
     def __init__(self, uri: str, local: Path | None = None, key: str = KEY) -> None:
-        self.uri = uri.rstrip("/")
+        self.full_uri = uri.rstrip("/")  # opened, never printed (it may hold a secret)
+        self.uri = hide_secrets(self.full_uri)
         self.local = Path(local) if local is not None else working_copy(uri)
         self.key = key
         self._known: dict[str, tuple[int, int]] = {}
@@ -80,7 +81,7 @@ class RemoteRun:
             import pyarrow.fs as pafs
 
             try:
-                self._fs, base = pafs.FileSystem.from_uri(self.uri)
+                self._fs, base = pafs.FileSystem.from_uri(self.full_uri)
             except Exception as exc:  # unknown scheme, bad bucket name, missing credentials
                 raise JobError(f"{self.key}: cannot open {self.uri}: {_first_line(exc)}") from None
             self._base = base.rstrip("/")

@@ -24,7 +24,7 @@ from tiny_run import build_tiny_run
 import raydistill.remote as remote
 from raydistill.cli import main
 from raydistill.config import load_job
-from raydistill.config.storage import CACHE_ENV
+from raydistill.config.storage import CACHE_ENV, run_uri, working_copy
 from raydistill.pipeline import prepare_run_dir
 
 BUCKET = "raydistill-runs"
@@ -130,6 +130,20 @@ def test_a_bucket_that_cannot_be_written_is_named_in_one_line(tmp_path, machine,
             else:
                 assert "access denied (INVALID_ACCESS_KEY_ID)" in line, line
     assert not load_job(job_file).run_dir.exists()
+
+
+def test_a_run_uri_maps_to_a_working_copy_and_prints_without_secrets(monkeypatch, tmp_path):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    storage = "s3://KEY:SECRET@bucket/team/runs/?endpoint_override=host:9000&secret_key=SECRET"
+    uri = run_uri(storage, "digits")
+    assert uri == storage.replace("runs/?", "runs/digits?")
+    assert working_copy(uri) == tmp_path / "s3" / "bucket" / "team" / "runs" / "digits"
+    shown = remote.RemoteRun(uri).uri
+    assert "SECRET" not in shown and "KEY" not in shown and "host:9000" in shown, shown
+    job = load_job(ROOT / "jobs" / "digits.yaml", ["output.storage_path=gs://b/runs"])
+    assert job.run_dir == tmp_path / "gs" / "b" / "runs" / "digits"
+    assert remote.remote_run(job).uri == "gs://b/runs/digits"
+    remote._OPEN.clear()
 
 
 def test_tune_refuses_a_storage_uri_in_one_line():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -32,11 +33,19 @@ def run_uri(storage_path: str, name: str) -> str:
     return f"{base}/{name}{query}"
 
 
+def hide_secrets(uri: str) -> str:
+    """``uri`` as it may be printed: a ``user:secret@`` in it (pyarrow's S3 access key and
+    secret) becomes ``***@``, and so do ``secret_key``/``session_token`` query values."""
+    uri = re.sub(r"://[^/@]+@", "://***@", uri)
+    return re.sub(r"((?:secret_key|session_token|access_key)=)[^&]*", r"\1***", uri)
+
+
 def working_copy(uri: str) -> Path:
     """The local directory that holds a run at ``uri`` while a command works on it: the URI's
     scheme and path under the cache root (the query dropped)."""
-    base, _ = _split_query(uri)
+    base, _ = _split_query(hide_secrets(uri))
     scheme, _, path = base.partition("://")
+    path = path.split("@", 1)[1] if "@" in path.split("/", 1)[0] else path  # no user:key@
     root = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
     parts = [p for p in PurePosixPath(path).parts if p not in ("", "/", ".", "..")]
     return (root / scheme / Path(*parts)).resolve()

@@ -128,7 +128,7 @@ def run_stage(
             name=spec.role,
             # a run on a storage URI: Ray Train writes (and restores) its checkpoints there,
             # where every node reaches them
-            storage_path=remote.uri if remote is not None else str(run_dir),
+            storage_path=remote.full_uri if remote is not None else str(run_dir),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.job.output.keep_checkpoints),
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             callbacks=callbacks or None,
