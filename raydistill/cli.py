@@ -119,6 +119,10 @@ def validate(job_file: str, overrides: tuple[str, ...], clusters: tuple[str, ...
     """Check a job and print it fully resolved (every default filled in)."""
     job = _load(job_file, overrides)
     problems = _named_models_missing(job)
+    from raydistill.remote import remote_run
+
+    if (remote := remote_run(job)) is not None:
+        remote.check_writable()  # a missing bucket or bad credentials: one line
     if clusters:
         from raydistill.cluster import load_node_types, unplaceable
 
@@ -133,8 +137,13 @@ def validate(job_file: str, overrides: tuple[str, ...], clusters: tuple[str, ...
         from raydistill.data.stream import describe_streamed
 
         click.echo(f"# data: {describe_streamed(plan_splits(job.data))}", err=True)
+    from raydistill.remote import temporary_output_warning
+
+    if (warning := temporary_output_warning(job)) is not None:
+        click.echo(warning, err=True)
     fit = f"; it fits {', '.join(clusters)}" if clusters else ""
-    click.echo(f"# ok: {job_file} is a valid job; runs go to {job.run_dir}{fit}", err=True)
+    where = remote.uri if remote is not None else job.run_dir
+    click.echo(f"# ok: {job_file} is a valid job; runs go to {where}{fit}", err=True)
 
 
 @main.command()
@@ -321,6 +330,10 @@ def evaluate(
     from raydistill.tasks import get_task
 
     job = _load(job_file, overrides)
+    from raydistill.remote import remote_run
+
+    if (remote := remote_run(job)) is not None and checkpoint is None:
+        remote.pull_for_reading()  # the run's weights, from its storage URI
     result = evaluate_checkpoint(job, Path(checkpoint) if checkpoint else None, split, model)
     task = get_task(job)
     click.echo(
@@ -335,12 +348,19 @@ def evaluate(
 @_clean_errors
 def report(run_dir: str) -> None:
     """Write report.md and report.html (comparison table, curves, schedules, per-class
-    accuracy, calibration, tune results, the resolved job) for a run directory."""
+    accuracy, calibration, tune results, the resolved job) for a run directory (or a run at
+    a storage URI: s3://bucket/prefix/name)."""
+    from raydistill.remote import fetch_run
     from raydistill.report import write_report
+    from raydistill.rundir import PLOTS_DIR, REPORT_HTML, REPORT_MD
 
-    files = write_report(run_dir)
+    local, remote = fetch_run(run_dir)
+    files = write_report(local)
     click.echo(f"report: {files.markdown}")
     click.echo(f"report: {files.html} ({len(files.plots)} plots embedded)")
+    if remote is not None:
+        remote.push(REPORT_MD, REPORT_HTML, *([PLOTS_DIR] if files.plots else []))
+        click.echo(f"report: uploaded to {remote.uri}")
 
 
 @main.command()
@@ -366,16 +386,24 @@ def report(run_dir: str) -> None:
 @_clean_errors
 def export(run_dir: str, fmt: str, stage: str, output: str | None) -> None:
     """Write a run's trained student (or --stage) in a deployable format, checked by loading
-    it back."""
-    from raydistill.export import export_run
+    it back. RUN_DIR may be a run at a storage URI (s3://bucket/prefix/name): it is read from
+    there, and without --output the export is uploaded to its export/."""
+    from pathlib import Path
 
-    result = export_run(run_dir, fmt, stage, output)  # type: ignore[arg-type]
+    from raydistill.export import export_run
+    from raydistill.remote import fetch_run
+
+    local, remote = fetch_run(run_dir)
+    result = export_run(local, fmt, stage, output)  # type: ignore[arg-type]
     check = (
         f"max |logit difference| vs PyTorch {result.max_abs_diff:.2e}"
         if result.max_abs_diff == result.max_abs_diff
         else "not reloaded"
     )
     click.echo(f"{result.stage} -> {result.path} ({result.size_bytes:,} bytes, {fmt}; {check})")
+    if remote is not None and output is None:
+        remote.push(Path(result.path).resolve().relative_to(local).as_posix())
+        click.echo(f"{result.stage}: uploaded to {remote.uri}")
 
 
 @main.command("check-teacher")

@@ -21,6 +21,7 @@ from raydistill.fingerprint import (
     stage_inputs,
     stages_to_retrain,
 )
+from raydistill.remote import open_run, remote_run, sync, temporary_output_warning
 from raydistill.results import (
     RunSummary,
     evaluate_checkpoint,
@@ -85,6 +86,10 @@ def prepare_run_dir(
     ``fresh_stages`` retrain, and record the resolved job (an earlier, different version is
     kept as ``job.<n>.yaml``)."""
     run_dir = job.run_dir
+    remote = remote_run(job)
+    if fresh and remote is not None and remote.holds_run():
+        log(f"--fresh: removing {remote.uri}")
+        remote.remove_all()
     if fresh and run_dir.exists():
         log(f"--fresh: removing {run_dir}")
         # only a run directory raydistill made (its job.yaml) is deleted, never a user's folder
@@ -104,6 +109,7 @@ def prepare_run_dir(
         job_file.rename(kept)
         log(f"note: the run's earlier job is kept as {kept}")
     atomic_write_text(job_file, resolved)
+    sync(job)  # the job, and the stages --fresh-stage removed
     return run_dir
 
 
@@ -153,7 +159,9 @@ def _train(
     loop_config = get_task(spec.job).loop_extras(spec.job, splits)
     if resume_from is not None:
         loop_config["resume_from"] = str(resume_from)
-    return run_stage(spec, datasets, spec.job.run_dir, callbacks, loop_config=loop_config)
+    result = run_stage(spec, datasets, spec.job.run_dir, callbacks, loop_config=loop_config)
+    sync(spec.job, spec.role)  # the stage's weights and history
+    return result
 
 
 def _workers(job: JobConfig) -> str:
@@ -207,6 +215,7 @@ def _record(job: JobConfig, role: Role, splits: Splits, teacher_weights: Path | 
     if old is not None and old != inputs:
         inputs = {**old, "continued_with": inputs}
     record_fingerprint(job.run_dir, role, inputs)
+    sync(job, role)
 
 
 def check_pair(job: JobConfig, teacher_weights: Path | None, train: Any) -> Shapes:
@@ -301,14 +310,21 @@ def preflight(job: JobConfig, splits: Splits) -> None:
         task.check_student(job, splits)
 
 
-def _start(job: JobConfig, command: str, log: Log) -> tuple[JobConfig, Splits]:
+def _start(
+    job: JobConfig, command: str, log: Log, fresh: bool = False
+) -> tuple[JobConfig, Splits]:
     """The job as its task runs it and its splits, after the task's checks; nothing is
-    written before these pass."""
+    written before these pass. A run on a storage URI is checked writable here, and (unless
+    ``fresh``) what the URI holds is fetched into its working copy (a resumed run)."""
     task = get_task(job)
     task.require(command)
     task.check_job(job)
     job = task.prepare(job)
-    return job, task.read_splits(job, log)
+    splits = task.read_splits(job, log)
+    open_run(job, fresh)
+    if (warning := temporary_output_warning(job)) is not None:
+        log(warning)
+    return job, splits
 
 
 def run_teacher(
@@ -319,11 +335,14 @@ def run_teacher(
     allow_changed: bool = False,
 ) -> Path:
     """``raydistill teacher``: train (or find) the teacher; returns its weights file."""
-    job, splits = _start(job, "teacher", log)  # unreadable data fails before the run dir exists
+    # unreadable data fails before the run dir exists
+    job, splits = _start(job, "teacher", log, fresh)
     _check_stages(job, splits, ["teacher"], fresh, fresh_stages, allow_changed, log)
     prepare_run_dir(job, fresh, log, fresh_stages)
     with ray_session(job):
-        return fit_teacher(job, splits, log)
+        weights = fit_teacher(job, splits, log)
+    sync(job)
+    return weights
 
 
 def run_cache(job: JobConfig, fresh: bool = False, log: Log = print) -> dict:
@@ -335,7 +354,9 @@ def run_cache(job: JobConfig, fresh: bool = False, log: Log = print) -> dict:
     prepare_run_dir(job, False, log)
     with ray_session(job):
         weights = fit_teacher(job, splits, log)
-        return ensure_cache(job, weights, splits, log, fresh=fresh)
+        manifest = ensure_cache(job, weights, splits, log, fresh=fresh)
+    sync(job)
+    return manifest
 
 
 def _start_teacher_early(job: JobConfig, splits: Splits) -> None:
@@ -370,14 +391,16 @@ def run_job(
     A stage an earlier run trained (or started) with other settings is refused before Ray
     starts, naming the changed keys, unless ``fresh_stages`` retrains it or ``allow_changed``
     keeps it (see :mod:`raydistill.fingerprint`)."""
-    job, splits = _start(job, "train", log)
+    job, splits = _start(job, "train", log, fresh)
     preflight(job, splits)
     roles: list[Role] = ["student"] if job.distill.enabled else ["baseline"]
     if job.distill.enabled and job.train.baseline:
         roles.append("baseline")
     _check_stages(job, splits, ["teacher", *roles], fresh, fresh_stages, allow_changed, log)
     run_dir = prepare_run_dir(job, fresh, log, fresh_stages)
-    log(f"{get_task(job).describe_data(job, splits)}; run directory {run_dir}")
+    remote = remote_run(job)
+    where = f"{remote.uri} (working copy {run_dir})" if remote is not None else run_dir
+    log(f"{get_task(job).describe_data(job, splits)}; run directory {where}")
     summary = RunSummary(run_dir, task=job.task, labelled_fraction=job.data.labelled_fraction)
     with ray_session(job):
         try:
@@ -400,4 +423,7 @@ def run_job(
 
         files = write_report(run_dir, summary)
         log(f"report: {files.markdown} and {files.html}")
+    if remote is not None:
+        remote.sync()  # the summary, the report and ray.log
+        log(f"run uploaded to {remote.uri}")
     return summary

@@ -78,6 +78,7 @@ def test_ray_job_submit_runs_the_quickstart(ray_dashboard, tmp_path):
     for line in ("[teacher] using checkpoint", "[student] epoch 1/2", "[student] epoch 2/2"):
         assert line in output, line
     assert "| student (distilled) |" in output
+    assert "warning: output.storage_path" not in output  # an absolute storage path: kept
 
     run_dir = storage / "submitted"
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -92,3 +93,26 @@ def test_ray_job_submit_runs_the_quickstart(ray_dashboard, tmp_path):
     # The job's logs stay readable after it ended (`ray job logs`).
     assert "[student] epoch 2/2" in client.get_job_logs(submission_id)
     assert not (ROOT / "runs" / "submitted").exists()
+
+
+def test_a_submitted_job_with_a_relative_storage_path_warns_in_one_line(ray_dashboard, tmp_path):
+    """In a job submitted with ``--working-dir``, a relative ``output.storage_path`` lies in
+    Ray's temporary copy of that directory: one line says the results stay there, and where."""
+    from job_files import write_digits_job
+
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    write_digits_job(upload, {"output": {"storage_path": "runs"}}, name="relative")
+    entrypoint = [RAYDISTILL_CLI, "validate", "relative.yaml"]
+    submit = [RAY_CLI, "job", "submit", "--address", ray_dashboard, "--working-dir", str(upload)]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    done = subprocess.run(
+        [*submit, "--", *entrypoint], env=env, capture_output=True, text=True, timeout=300
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    warnings = [line for line in output.splitlines() if "warning: output.storage_path" in line]
+    assert len(warnings) == 1, output[-4000:]
+    assert "the results stay in the Ray session's temporary directory" in warnings[0]
+    where = warnings[0].split(", at ", 1)[1].split(" (give", 1)[0]
+    assert where.endswith("/relative") and not where.startswith(str(upload)), warnings[0]

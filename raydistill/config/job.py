@@ -16,7 +16,7 @@ from raydistill.config.errors import KeyedError, validation_lines
 from raydistill.config.lm import LMConfig
 from raydistill.config.models import StudentConfig, TeacherConfig
 from raydistill.config.scaling import ScalingConfig
-from raydistill.config.storage import CacheConfig, OutputConfig
+from raydistill.config.storage import CacheConfig, OutputConfig, is_uri, run_uri, working_copy
 from raydistill.config.train import TrainConfig
 from raydistill.config.tune import TuneConfig
 from raydistill.distill.cross_modal import ALIGNMENT_TERMS
@@ -212,8 +212,12 @@ class JobConfig(Section):
 
     @property
     def run_dir(self) -> Path:
-        """Absolute directory holding everything this job writes."""
-        return (Path(self.output.storage_path).expanduser() / self.name).resolve()
+        """Absolute directory holding everything this job writes: for a storage URI, the
+        run's local working copy (:mod:`raydistill.remote`)."""
+        storage = str(self.output.storage_path)
+        if is_uri(storage):
+            return working_copy(run_uri(storage, self.name))
+        return (Path(storage.removeprefix("file://")).expanduser() / self.name).resolve()
 
     @property
     def pool_feature_layers(self) -> list[str]:

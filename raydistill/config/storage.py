@@ -2,12 +2,53 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import re
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from pydantic import Field
 
 from raydistill.config.base import Section
+
+# where a run on a storage URI keeps its local working copy (raydistill.remote)
+CACHE_ENV = "RAYDISTILL_REMOTE_CACHE"
+DEFAULT_CACHE = Path("~/.cache/raydistill/remote-runs")
+
+
+def is_uri(path: str | Path) -> bool:
+    """Whether ``path`` names a filesystem URI (``scheme://...``) rather than a local path."""
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def _split_query(uri: str) -> tuple[str, str]:
+    base, _, query = uri.partition("?")
+    return base.rstrip("/"), f"?{query}" if query else ""
+
+
+def run_uri(storage_path: str, name: str) -> str:
+    """The URI of run ``name`` under ``storage_path`` (a query such as
+    ``?endpoint_override=...`` stays at the end, where pyarrow reads it)."""
+    base, query = _split_query(storage_path)
+    return f"{base}/{name}{query}"
+
+
+def hide_secrets(uri: str) -> str:
+    """``uri`` as it may be printed: a ``user:secret@`` in it (pyarrow's S3 access key and
+    secret) becomes ``***@``, and so do ``secret_key``/``session_token`` query values."""
+    uri = re.sub(r"://[^/@]+@", "://***@", uri)
+    return re.sub(r"((?:secret_key|session_token|access_key)=)[^&]*", r"\1***", uri)
+
+
+def working_copy(uri: str) -> Path:
+    """The local directory that holds a run at ``uri`` while a command works on it: the URI's
+    scheme and path under the cache root (the query dropped)."""
+    base, _ = _split_query(hide_secrets(uri))
+    scheme, _, path = base.partition("://")
+    path = path.split("@", 1)[1] if "@" in path.split("/", 1)[0] else path  # no user:key@
+    root = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+    parts = [p for p in PurePosixPath(path).parts if p not in ("", "/", ".", "..")]
+    return (root / scheme / Path(*parts)).resolve()
 
 
 class CacheConfig(Section):
@@ -33,7 +74,12 @@ class CacheConfig(Section):
 class OutputConfig(Section):
     """Where a run is written, and what it writes besides the model and its history."""
 
-    storage_path: Path = Field(Path("runs"), description="runs go to storage_path/name/")
+    storage_path: str = Field(
+        "runs",
+        description="runs go to storage_path/name/: a local directory, or a filesystem URI"
+        " (s3://bucket/prefix, gs://bucket/prefix, any pyarrow.fs URI) that the run's files are"
+        " uploaded to as they are made (docs/running.md#runs-on-object-storage)",
+    )
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints Ray Train keeps per stage")
     report: bool = Field(
         True, description="write report.md and report.html (table, plots) at the end of train"

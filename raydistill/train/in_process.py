@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from raydistill.config import JobError
+from raydistill.remote import sync
 from raydistill.train.context import LocalContext
 from raydistill.train.shards import InMemoryShard, read_blocks
 from raydistill.train.state import (
@@ -48,7 +49,8 @@ class InProcessContext(LocalContext):
     With ``stage_dir`` every epoch's state is also written there as
     ``checkpoint_<epoch>/state.pt`` (the newest ``keep`` kept), as Ray Train would: a rerun
     continues from it. ``resume`` is a state to start from; ``on_epoch`` sees each epoch's
-    metrics (a TensorBoard writer). ``quiet`` drops the loop's progress lines.
+    metrics (a TensorBoard writer); ``on_checkpoint`` runs after each checkpoint is written
+    (uploading it, for a run on a storage URI). ``quiet`` drops the loop's progress lines.
     ``stage_started`` (``time.time()``) dates the stage's start for its first-step line;
     ``log`` takes the progress lines (default: this process's original stdout, as a worker's).
     """
@@ -62,6 +64,7 @@ class InProcessContext(LocalContext):
         resume: dict[str, Any] | None = None,
         extras: dict[str, Any] | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        on_checkpoint: Callable[[], None] | None = None,
         device: torch.device | None = None,
         quiet: bool = False,
         stage_started: float | None = None,
@@ -72,6 +75,7 @@ class InProcessContext(LocalContext):
         self.stage_dir = Path(stage_dir) if stage_dir is not None else None
         self.keep = keep
         self.on_epoch = on_epoch
+        self.on_checkpoint = on_checkpoint
         self.quiet = quiet
         self.last_checkpoint: Path | None = None
         if device is not None:
@@ -104,6 +108,8 @@ class InProcessContext(LocalContext):
             ours = [p for p in stage_checkpoints(self.stage_dir) if _own_checkpoint(p)]
             for old in ours[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint()
         return directory
 
     def say(self, line: str) -> None:
@@ -193,6 +199,7 @@ def train_here(
         resume=start[1] if start is not None else None,
         extras=loop_config,
         on_epoch=lambda metrics: [c.after_report(None, [metrics], None) for c in callbacks],
+        on_checkpoint=lambda: sync(job, spec.role),
         device=torch.device("cuda") if cuda else None,
         stage_started=started,
         data_s=time.perf_counter() - reading,

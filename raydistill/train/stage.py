@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from raydistill.config import JobError
 from raydistill.files import atomic_write_json, read_json
 from raydistill.models.specs import build_model, save_weights
+from raydistill.remote import remote_run
 from raydistill.rundir import HISTORY_FILE, WEIGHTS_FILE, stage_dir
 from raydistill.runtime import check_worker_resources
 from raydistill.train.context import HELD, STAGE_STARTED
@@ -105,6 +107,7 @@ def run_stage(
         return collect_stage(spec, state, run_dir)
     if scaling.in_process:
         raise JobError(f"scaling.in_process is true, but {elsewhere}")
+    remote = remote_run(spec.job)
     resources: dict[str, Any] = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -127,7 +130,9 @@ def run_stage(
         ),
         run_config=RunConfig(
             name=spec.role,
-            storage_path=str(run_dir),
+            # a run on a storage URI: Ray Train writes (and restores) its checkpoints there,
+            # where every node reaches them
+            storage_path=remote.full_uri if remote is not None else str(run_dir),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.job.output.keep_checkpoints),
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             callbacks=callbacks or None,
@@ -146,8 +151,11 @@ def run_stage(
     resumed_from = (loop_config or {}).get("resume_from")
     # The newest state by its recorded epoch: Ray's registered checkpoint can be older than
     # one a killed driver left in the stage directory (see final_state).
-    registered = result.checkpoint.path if result.checkpoint is not None else None
-    state = final_state(registered, directory, resumed_from)
+    with tempfile.TemporaryDirectory() as fetched:
+        registered = result.checkpoint.path if result.checkpoint is not None else None
+        if remote is not None and result.checkpoint is not None:  # on the URI: fetch it
+            registered = result.checkpoint.to_directory(fetched)
+        state = final_state(registered, directory, resumed_from)
     if state is None:
         raise RuntimeError(f"[{spec.role}] training finished without a checkpoint")
     return collect_stage(spec, state, run_dir)

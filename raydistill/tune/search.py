@@ -234,6 +234,7 @@ def run_tune(
     ``resume`` continues an interrupted search (finished trials are kept); ``fresh`` deletes
     an earlier search of this job first (the teacher and its cache are kept).
     """
+    from raydistill.config.storage import is_uri
     from raydistill.data.sources import load_splits
     from raydistill.pipeline import check_pair, fit_teacher, prepare_run_dir
     from raydistill.runtime import check_worker_resources, ray_session
@@ -244,6 +245,11 @@ def run_tune(
     if job.tune is None:
         raise JobError("the job has no tune section: add tune.space (see jobs/digits-tune.yaml)")
     settings = job.tune
+    if is_uri(job.output.storage_path):
+        raise JobError(
+            f"output.storage_path: raydistill tune writes its search to a local directory; "
+            f"{job.output.storage_path} is a URI (train the best job on it instead)"
+        )
     run_dir = prepare_run_dir(job, False, log)
     tune_dir = run_dir / TUNE_DIR
     if fresh and tune_dir.exists():
