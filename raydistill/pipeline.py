@@ -50,6 +50,14 @@ from raydistill.teacher.passes import (
     stop_teacher_actors,
 )
 from raydistill.teacher.passes import planned_teacher_passes as _planned
+from raydistill.tracking.reach import check_trackers
+from raydistill.tracking.session import (
+    job_tracking,
+    log_reused_stage,
+    run_results,
+    run_scores,
+    tracked_stage,
+)
 from raydistill.train.spec import Role, StageSpec
 from raydistill.train.stage import StageResult, finished_stage, run_stage
 
@@ -129,6 +137,7 @@ def _already_trained(job: JobConfig, role: Role, log: Log) -> StageResult | None
     done = finished_stage(job.run_dir, role)
     if done is not None:
         log(f"[{role}] already trained ({done.weights}); use --fresh to retrain")
+        log_reused_stage(job, role, done.history)
     return done
 
 
@@ -153,7 +162,11 @@ def _train(
     loop_config = get_task(spec.job).loop_extras(spec.job, splits)
     if resume_from is not None:
         loop_config["resume_from"] = str(resume_from)
-    return run_stage(spec, datasets, spec.job.run_dir, callbacks, loop_config=loop_config)
+    with tracked_stage(spec.job, spec.role) as tracked:
+        callbacks = [*(callbacks or []), *tracked.callbacks]
+        result = run_stage(spec, datasets, spec.job.run_dir, callbacks, loop_config=loop_config)
+        tracked.finished(result.history)
+    return result
 
 
 def _workers(job: JobConfig) -> str:
@@ -321,8 +334,9 @@ def run_teacher(
     """``raydistill teacher``: train (or find) the teacher; returns its weights file."""
     job, splits = _start(job, "teacher", log)  # unreadable data fails before the run dir exists
     _check_stages(job, splits, ["teacher"], fresh, fresh_stages, allow_changed, log)
+    job = check_trackers(job, log)
     prepare_run_dir(job, fresh, log, fresh_stages)
-    with ray_session(job):
+    with job_tracking(job, "teacher", log), ray_session(job):
         return fit_teacher(job, splits, log)
 
 
@@ -332,8 +346,9 @@ def run_cache(job: JobConfig, fresh: bool = False, log: Log = print) -> dict:
     cache."""
     job, splits = _start(job, "cache", log)
     preflight(job, splits)
+    job = check_trackers(job, log)
     prepare_run_dir(job, False, log)
-    with ray_session(job):
+    with job_tracking(job, "cache", log), ray_session(job):
         weights = fit_teacher(job, splits, log)
         return ensure_cache(job, weights, splits, log, fresh=fresh)
 
@@ -376,8 +391,19 @@ def run_job(
     if job.distill.enabled and job.train.baseline:
         roles.append("baseline")
     _check_stages(job, splits, ["teacher", *roles], fresh, fresh_stages, allow_changed, log)
+    job = check_trackers(job, log)  # an unreachable tracker fails here, before Ray starts
     run_dir = prepare_run_dir(job, fresh, log, fresh_stages)
     log(f"{get_task(job).describe_data(job, splits)}; run directory {run_dir}")
+    with job_tracking(job, "train", log) as tracking:
+        summary = _train_stages(job, splits, roles, log)
+        if tracking is not None:
+            tracking.log_files(run_results(run_dir), run_scores(run_dir))
+    return summary
+
+
+def _train_stages(job: JobConfig, splits: Splits, roles: list[Role], log: Log) -> RunSummary:
+    """:func:`run_job`'s stages, the test table and the report."""
+    run_dir = job.run_dir
     summary = RunSummary(run_dir, task=job.task, labelled_fraction=job.data.labelled_fraction)
     with ray_session(job):
         try:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from raydistill.config.base import Section
+from raydistill.config.tracking import TrackingConfig
 
 
 class CacheConfig(Section):
@@ -40,4 +41,8 @@ class OutputConfig(Section):
     )
     tensorboard: bool = Field(
         False, description="write each epoch's metrics as TensorBoard events (run dir/tensorboard)"
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="experiment trackers (MLflow, Weights & Biases) every stage and trial logs to",
     )
