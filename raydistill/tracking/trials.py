@@ -20,7 +20,7 @@ from raydistill.rundir import HISTORY_FILE, WEIGHTS_FILE, stage_dir
 from raydistill.tracking.mlflow_runs import PARENT_TAG, MlflowJob
 from raydistill.tracking.params import job_params
 from raydistill.tracking.session import JobTracking
-from raydistill.tracking.wandb_runs import init_options
+from raydistill.tracking.wandb_runs import init_options, quiet_settings
 
 
 class _TrialJobs:
@@ -106,6 +106,6 @@ def trial_callbacks(tracking: JobTracking | None, context: Any) -> list[Any]:
         callbacks.append(MlflowTrials(tracking.mlflow, trial_jobs))
     if tracking.wandb is not None:
         wandb_settings = tracking.job.output.tracking.wandb
-        options = init_options(wandb_settings, tracking.job)
+        options = {**init_options(wandb_settings, tracking.job), "settings": quiet_settings()}
         callbacks.append(WandbTrials(options, tracking.wandb.group, trial_jobs))
     return callbacks

@@ -36,6 +36,14 @@ def init_options(settings: Any, job: Any) -> dict[str, Any]:
     return options
 
 
+def quiet_settings() -> Any:
+    """W&B's settings for raydistill's runs: no console capture, banners or system stats (the
+    progress lines are raydistill's; stats would sample the machine every few seconds)."""
+    import wandb
+
+    return wandb.Settings(quiet=True, console="off", x_disable_stats=True)
+
+
 class WandbEpochs(UserCallback):
     """Logs each epoch's scalars to the driver's W&B run, step = epoch (1-based). A copy
     shipped to the Train controller has no run and logs nothing (see the module's doc)."""
@@ -79,7 +87,7 @@ class WandbJob:
             name=f"{self.job_name}/{job_type}",
             config=config,
             reinit="finish_previous",
-            settings=wandb.Settings(quiet=True, console="off", x_disable_stats=True),
+            settings=quiet_settings(),
         )
 
     def start_stage(self, role: str, params: dict[str, str]) -> tuple[Any, WandbEpochs]:
