@@ -51,6 +51,14 @@ from raydistill.teacher.passes import (
     stop_teacher_actors,
 )
 from raydistill.teacher.passes import planned_teacher_passes as _planned
+from raydistill.tracking.reach import check_trackers
+from raydistill.tracking.session import (
+    job_tracking,
+    log_reused_stage,
+    run_results,
+    run_scores,
+    tracked_stage,
+)
 from raydistill.train.spec import Role, StageSpec
 from raydistill.train.stage import StageResult, finished_stage, run_stage
 
@@ -135,6 +143,7 @@ def _already_trained(job: JobConfig, role: Role, log: Log) -> StageResult | None
     done = finished_stage(job.run_dir, role)
     if done is not None:
         log(f"[{role}] already trained ({done.weights}); use --fresh to retrain")
+        log_reused_stage(job, role, done.history)
     return done
 
 
@@ -159,7 +168,10 @@ def _train(
     loop_config = get_task(spec.job).loop_extras(spec.job, splits)
     if resume_from is not None:
         loop_config["resume_from"] = str(resume_from)
-    result = run_stage(spec, datasets, spec.job.run_dir, callbacks, loop_config=loop_config)
+    with tracked_stage(spec.job, spec.role) as tracked:
+        callbacks = [*(callbacks or []), *tracked.callbacks]
+        result = run_stage(spec, datasets, spec.job.run_dir, callbacks, loop_config=loop_config)
+        tracked.finished(result.history)
     sync(spec.job, spec.role)  # the stage's weights and history
     return result
 
@@ -338,8 +350,9 @@ def run_teacher(
     # unreadable data fails before the run dir exists
     job, splits = _start(job, "teacher", log, fresh)
     _check_stages(job, splits, ["teacher"], fresh, fresh_stages, allow_changed, log)
+    job = check_trackers(job, log)
     prepare_run_dir(job, fresh, log, fresh_stages)
-    with ray_session(job):
+    with job_tracking(job, "teacher", log), ray_session(job):
         weights = fit_teacher(job, splits, log)
     sync(job)
     return weights
@@ -351,8 +364,9 @@ def run_cache(job: JobConfig, fresh: bool = False, log: Log = print) -> dict:
     cache."""
     job, splits = _start(job, "cache", log)
     preflight(job, splits)
+    job = check_trackers(job, log)
     prepare_run_dir(job, False, log)
-    with ray_session(job):
+    with job_tracking(job, "cache", log), ray_session(job):
         weights = fit_teacher(job, splits, log)
         manifest = ensure_cache(job, weights, splits, log, fresh=fresh)
     sync(job)
@@ -397,10 +411,24 @@ def run_job(
     if job.distill.enabled and job.train.baseline:
         roles.append("baseline")
     _check_stages(job, splits, ["teacher", *roles], fresh, fresh_stages, allow_changed, log)
+    job = check_trackers(job, log)  # an unreachable tracker fails here, before Ray starts
     run_dir = prepare_run_dir(job, fresh, log, fresh_stages)
     remote = remote_run(job)
     where = f"{remote.uri} (working copy {run_dir})" if remote is not None else run_dir
     log(f"{get_task(job).describe_data(job, splits)}; run directory {where}")
+    with job_tracking(job, "train", log) as tracking:
+        summary = _train_stages(job, splits, roles, log)
+        if tracking is not None:
+            tracking.log_files(run_results(run_dir), run_scores(run_dir))
+    if remote is not None:
+        remote.sync()  # the summary, the report and ray.log
+        log(f"run uploaded to {remote.uri}")
+    return summary
+
+
+def _train_stages(job: JobConfig, splits: Splits, roles: list[Role], log: Log) -> RunSummary:
+    """:func:`run_job`'s stages, the test table and the report."""
+    run_dir = job.run_dir
     summary = RunSummary(run_dir, task=job.task, labelled_fraction=job.data.labelled_fraction)
     with ray_session(job):
         try:
@@ -423,7 +451,4 @@ def run_job(
 
         files = write_report(run_dir, summary)
         log(f"report: {files.markdown} and {files.html}")
-    if remote is not None:
-        remote.sync()  # the summary, the report and ray.log
-        log(f"run uploaded to {remote.uri}")
     return summary

@@ -13,6 +13,7 @@
         checkpoint_*/state.pt  Ray Train's checkpoints (resume)
       teacher_cache/           the Parquet teacher cache (manifest.json) unless cache.path
       tensorboard/<stage>/     event files (output.tensorboard)
+      wandb/                   W&B offline runs (output.tracking.wandb, unless WANDB_DIR)
       tune/                    results.md, results.csv, best.yaml, summary.json, search.png,
                                curves.png, trials/<trial>/ (raydistill tune)
       report.md, report.html, report/*.png   raydistill report

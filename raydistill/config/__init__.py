@@ -8,7 +8,8 @@ One module per part of the job: :mod:`~raydistill.config.data` (its COCO splits 
 :mod:`~raydistill.config.coco`),
 :mod:`~raydistill.config.models` (teacher, student), :mod:`~raydistill.config.distill`,
 :mod:`~raydistill.config.train`, :mod:`~raydistill.config.scaling`,
-:mod:`~raydistill.config.storage` (cache, output), :mod:`~raydistill.config.tune`,
+:mod:`~raydistill.config.storage` (cache, output; its trackers in
+:mod:`~raydistill.config.tracking`), :mod:`~raydistill.config.tune`,
 :mod:`~raydistill.config.job` (the whole job and its cross-section checks) and
 :mod:`~raydistill.config.loading` (files, overrides, error lines).
 """
@@ -41,6 +42,7 @@ from raydistill.config.loading import (
 from raydistill.config.models import ModelSpec, StudentConfig, TeacherConfig
 from raydistill.config.scaling import ScalingConfig, TeacherPoolConfig
 from raydistill.config.storage import CacheConfig, OutputConfig
+from raydistill.config.tracking import MlflowConfig, TrackingConfig, WandbConfig
 from raydistill.config.train import EarlyStopping, TrainConfig, TrainOverrides
 from raydistill.config.tune import TuneConfig
 
@@ -59,6 +61,7 @@ __all__ = [
     "JobConfig",
     "JobError",
     "KeyedError",
+    "MlflowConfig",
     "ModelSpec",
     "OutputConfig",
     "ScalingConfig",
@@ -67,9 +70,11 @@ __all__ = [
     "TeacherConfig",
     "TeacherPoolConfig",
     "TextConfig",
+    "TrackingConfig",
     "TrainConfig",
     "TrainOverrides",
     "TuneConfig",
+    "WandbConfig",
     "apply_overrides",
     "check_schedule_ranges",
     "format_validation_error",

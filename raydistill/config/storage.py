@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from raydistill.config.base import Section
+from raydistill.config.tracking import TrackingConfig
 
 # where a run on a storage URI keeps its local working copy (raydistill.remote)
 CACHE_ENV = "RAYDISTILL_REMOTE_CACHE"
@@ -86,4 +87,8 @@ class OutputConfig(Section):
     )
     tensorboard: bool = Field(
         False, description="write each epoch's metrics as TensorBoard events (run dir/tensorboard)"
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="experiment trackers (MLflow, Weights & Biases) every stage and trial logs to",
     )

@@ -152,7 +152,15 @@ def _param_space(settings: TuneConfig) -> dict[str, Any]:
     return space
 
 
-def _tuner(job: JobConfig, context: TrialContext, tune_dir: Path, resume: bool) -> Any:
+def _tuner(
+    job: JobConfig,
+    context: TrialContext,
+    tune_dir: Path,
+    resume: bool,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """The search's Tuner; ``callbacks`` are Tune's (the trackers', :mod:`raydistill.tracking
+    .trials`). A restored search keeps the callbacks it was started with."""
     from ray import tune
 
     settings = context.settings
@@ -183,6 +191,7 @@ def _tuner(job: JobConfig, context: TrialContext, tune_dir: Path, resume: bool) 
             storage_path=str(tune_dir.parent),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=max(job.scaling.max_failures, 0)),
+            callbacks=callbacks or None,
             # No num_to_keep: PBT hands a poor trial the very checkpoint a top trial reported,
             # and with a limit one trial's rotation deletes what the other still holds (a
             # trial then fails on a missing checkpoint_00000N). Each is one state.pt.
@@ -236,10 +245,10 @@ def run_tune(
     """
     from raydistill.config.storage import is_uri
     from raydistill.data.sources import load_splits
-    from raydistill.pipeline import check_pair, fit_teacher, prepare_run_dir
-    from raydistill.runtime import check_worker_resources, ray_session
+    from raydistill.pipeline import prepare_run_dir
     from raydistill.tasks import get_task
-    from raydistill.teacher.cache import ensure_cache, read_cache, read_manifest
+    from raydistill.tracking.reach import check_trackers
+    from raydistill.tracking.session import job_tracking, search_results
 
     get_task(job).require("tune")
     if job.tune is None:
@@ -250,6 +259,7 @@ def run_tune(
             f"output.storage_path: raydistill tune writes its search to a local directory; "
             f"{job.output.storage_path} is a URI (train the best job on it instead)"
         )
+    job = check_trackers(job, log)  # an unreachable tracker fails before anything is written
     run_dir = prepare_run_dir(job, False, log)
     tune_dir = run_dir / TUNE_DIR
     if fresh and tune_dir.exists():
@@ -264,6 +274,33 @@ def run_tune(
         check_search_job(tune_dir, base, log)
     else:
         record_search_job(tune_dir, base)
+    with job_tracking(job, "tune", log) as tracking:
+        summary = _search(job, splits, tune_dir, base, resume, started, tracking, log)
+        if tracking is not None:
+            best = {f"best.{settings.metric}": summary.best.best_value}
+            tracking.log_files(search_results(tune_dir), best)
+    return summary
+
+
+def _search(
+    job: JobConfig,
+    splits: dict[str, Any],
+    tune_dir: Path,
+    base: dict[str, Any],
+    resume: bool,
+    started: float,
+    tracking: Any,
+    log: Log,
+) -> TuneSummary:
+    """:func:`run_tune` once its checks passed: the teacher, its cache, the trials (tracked
+    by ``tracking``'s Tune callbacks) and the results."""
+    from raydistill.pipeline import check_pair, fit_teacher
+    from raydistill.runtime import check_worker_resources, ray_session
+    from raydistill.teacher.cache import ensure_cache, read_cache, read_manifest
+    from raydistill.tracking.trials import trial_callbacks
+
+    assert job.tune is not None
+    settings = job.tune
     with ray_session(job, cpus=planned_tune_cpus(job)):
         weights = fit_teacher(job, splits, log)
         # one probe of the pair here, not one per trial: a mismatch fails before any trial
@@ -305,7 +342,8 @@ def run_tune(
             f"{settings.metric} ({settings.mode}): {dims}"
         )
         with ray_prints():  # Tune's banner, whatever its verbosity
-            grid = _tuner(job, context, tune_dir, resume).fit()
+            callbacks = trial_callbacks(tracking, context)
+            grid = _tuner(job, context, tune_dir, resume, callbacks).fit()
     rows = reported_rows(grid, settings.metric, settings.mode, _trial_epochs(job))
     passes += sum(int(r.last.get(TEACHER_PASSES, 0)) for r in rows)
     best = ranked(rows, settings.mode)[0]
