@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
 bash scripts/setup.sh
+bash scripts/setup-browser.sh  # Chromium for tests/test_report_browser.py
 .venv/bin/ruff check raydistill tests benchmarks
 status=0
 .venv/bin/python -m pytest -q "$@" || status=$?

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from raydistill import progress
 from raydistill.config import JobError, load_job
 from raydistill.data.sources import load_splits
 from raydistill.pipeline import run_cache, run_job
@@ -26,7 +27,10 @@ SHORT = {
 }
 
 
-def test_cache_written_once_reused_and_trained_from(ray_address, write_job, digits_teacher):
+def test_cache_written_once_reused_and_trained_from(
+    ray_address, write_job, digits_teacher, monkeypatch
+):
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.0)  # a progress line per file written
     changes = {
         **SHORT,
         "teacher.checkpoint": digits_teacher,
@@ -36,11 +40,16 @@ def test_cache_written_once_reused_and_trained_from(ray_address, write_job, digi
     }
     job = load_job(write_job(changes, name="cached"))
     splits = load_splits(job.data)
-    manifest = run_cache(job, log=print)
+    lines: list[str] = []
+    manifest = run_cache(job, log=lambda line: (lines.append(line), print(line)))
 
     # one teacher pass over every augmented view of train, and over val
     rows = 2 * len(splits["train"]) + len(splits["val"])
     assert manifest["teacher_forward_passes"] == rows
+    # rows counted as the write stage's files land, with a rate and an ETA
+    written = [line for line in lines if line.startswith("[cache] labelled and written ")]
+    assert len(written) > 1 and " rows/s, eta " in written[0], lines
+    assert written[-1].startswith(f"[cache] labelled and written {rows}/{rows} rows, ")
     assert manifest["rows"] == {"train": 2 * len(splits["train"]), "val": len(splits["val"])}
     assert manifest["logit_bytes_per_sample"] == 4 * (2 + 2) + 4
     table = pq.read_table(job.cache_dir / "train")

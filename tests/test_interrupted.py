@@ -136,7 +136,7 @@ def test_a_rebuild_killed_midway_leaves_the_old_cache_whole(cached_job, monkeypa
     class Killed(Exception):
         pass
 
-    def killed_mid_pass(job, teacher_weights, splits, directory):
+    def killed_mid_pass(job, teacher_weights, splits, directory, log=print):
         assert directory.parent == job.cache_dir.parent and directory != job.cache_dir
         (directory / "train").mkdir()
         (directory / "train" / "part-0.parquet").write_bytes(b"half a file")

@@ -97,6 +97,23 @@ def test_calibration_table_matches_torchmetrics_on_the_models_logits(tiny_run, r
         assert cells[3] == _row(md, name)[1]  # the accuracy the comparison table shows
 
 
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_cli_evaluate_prints_ece_beside_accuracy(tiny_run, role):
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    _, logits, labels = _predictions(tiny_run, tiny_run.run_dir, role, logits=True)
+    targets = torch.from_numpy(labels)
+    ece = multiclass_calibration_error(logits.softmax(-1), targets, 10, n_bins=15, norm="l1")
+    accuracy = (logits.argmax(-1) == targets).double().mean()
+    job_file = str(tiny_run.run_dir / "job.yaml")
+    out = CliRunner().invoke(main, ["evaluate", job_file, "--model", role])
+    assert out.exit_code == 0, out.output
+    assert out.output.startswith(
+        f"{role} (model.pt, test): accuracy {100 * float(accuracy):.2f}%, "
+        f"ECE {100 * float(ece):.2f}% (15 bins), "
+    ), out.output
+
+
 def test_schedules_as_they_ran(report):
     md = report.markdown.read_text()
     # linear temperature 6 -> 2 over 3 epochs; alpha 0.9 stepping -0.2 every 2 epochs

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from raydistill import progress
 from raydistill.config import load_job
 from raydistill.data.sources import load_splits, training_datasets
 from raydistill.models import build_model
@@ -47,8 +48,9 @@ def _teacher_actors() -> list:
     ids=["logits", "tapped-features"],
 )
 def test_once_gives_each_in_memory_row_the_teachers_own_outputs(
-    ray_address, write_job, tmp_path, changes
+    ray_address, write_job, tmp_path, changes, monkeypatch
 ):
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.0)  # a progress line per block
     job = load_job(write_job({"scaling.teacher_pool": POOL, **changes}, name="once"))
     splits = load_splits(job.data)
     teacher, weights = _teacher(tmp_path, job)
@@ -59,6 +61,10 @@ def test_once_gives_each_in_memory_row_the_teachers_own_outputs(
     )
     rows = len(splits["train"]) + len(splits["val"])
     assert any(f"one pass over {rows} rows" in line for line in lines), lines
+    # rows counted as the actors' blocks come back, with a rate and an ETA
+    counted = [line for line in lines if line.startswith("[teacher] labelled ")]
+    assert len(counted) > 1 and counted[-1].startswith(f"[teacher] labelled {rows}/{rows} rows, ")
+    assert counted[0].endswith("s") and " rows/s, eta " in counted[0], counted
     assert _teacher_actors() == []  # killed once the pass is done
 
     for name in ("train", "val"):
@@ -98,3 +104,37 @@ def test_once_over_augmented_views_labels_every_view(ray_address, write_job, tmp
     with torch.no_grad():
         want = teacher(inputs).numpy()
     assert np.allclose(np.stack([r[TEACHER_LOGITS] for r in rows]), want, atol=1e-5)
+
+
+def test_a_pool_pass_counts_its_blocks_as_they_come(ray_address):
+    """The streamed ``once`` pass: rows counted from each block's metadata as the Ray Data
+    pipeline hands it out, the blocks kept as the materialized dataset."""
+    import ray.data
+
+    from raydistill.teacher.passes import materialize_counting
+
+    ds = ray.data.range(120, override_num_blocks=4).map_batches(
+        lambda b: {"id": b["id"], "twice": 2 * b["id"]}, batch_format="numpy"
+    )
+    counted: list[int] = []
+    held = materialize_counting(ds, counted.append)
+    assert sum(counted) == 120 and len(counted) >= 2
+    assert sorted((r["id"], r["twice"]) for r in held.take_all()) == [
+        (i, 2 * i) for i in range(120)
+    ]
+
+
+def test_the_cache_write_stage_counts_rows_as_files_land(ray_address, tmp_path):
+    import pyarrow.parquet as pq
+    import ray.data
+
+    from raydistill.teacher.parquet_files import write_parquet_files
+
+    ds = ray.data.from_items([{"row_id": i, "label": i % 10} for i in range(90)])
+    counted: list[int] = []
+    write_parquet_files(ds.repartition(3), tmp_path / "train", counted.append)
+    assert sum(counted) == 90
+    files = sorted((tmp_path / "train").iterdir())
+    assert len(files) == 3 and all(f.suffix == ".parquet" for f in files)
+    table = pq.read_table([str(f) for f in files])
+    assert sorted(table.column("row_id").to_pylist()) == list(range(90))

@@ -1,10 +1,10 @@
 """The teacher cache deletes only what it made, builds beside and renames into place, and two
 builders of one ``cache.path`` never mix (issue 25, scenarios 1 and 3).
 
-Ray-free: Ray's part of the teacher pass is replaced at its boundary (``training_datasets`` and
-``attach_teacher``) by the real teacher model run in this process over the real splits, written
-as real Parquet files; everything else (lock, build directory, manifest, checks) is the
-cache's own code.
+Ray-free: Ray's part of the teacher pass is replaced at its boundary (``training_datasets``,
+``attach_teacher`` and ``write_parquet_files``) by the real teacher model run in this process
+over the real splits, written as real Parquet files; everything else (lock, build directory,
+manifest, checks, progress) is the cache's own code.
 """
 
 from __future__ import annotations
@@ -84,8 +84,13 @@ def teacher_pass(monkeypatch):
 
         return _Labelled(ds, job, weights, num_classes, codec, hook)
 
+    def write(ds, directory: Path, on_rows) -> None:
+        ds.write_parquet(str(directory))
+        on_rows(len(ds.arrays))
+
     monkeypatch.setattr(cache, "training_datasets", datasets)
     monkeypatch.setattr(cache, "attach_teacher", attach)
+    monkeypatch.setattr(cache, "write_parquet_files", write)
     return state
 
 

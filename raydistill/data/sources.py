@@ -216,6 +216,13 @@ def view_datasets(ds: ray.data.Dataset, augment: AugmentConfig, seed: int) -> li
     ]
 
 
+def training_rows(job: JobConfig, splits: dict[str, Any]) -> dict[str, int]:
+    """Rows of each dataset :func:`training_datasets` gives a teacher pass (``distill``):
+    train once per augmented view, val once (before bad rows a streamed split drops)."""
+    views = job.data.augment.views if job.data.augment else 1
+    return {"train": views * len(splits["train"]), "val": len(splits["val"])}
+
+
 def with_views(ds: ray.data.Dataset, augment: AugmentConfig, seed: int) -> ray.data.Dataset:
     """Every augmented view of ``ds`` in one dataset (one teacher pass labels them all)."""
     views = view_datasets(ds, augment, seed)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,11 +90,15 @@ class TeacherActors:
     started: float = field(default_factory=time.perf_counter)
 
     def label(
-        self, setup: dict[str, Any], tables: list[Any], log: Any = None
+        self,
+        setup: dict[str, Any],
+        tables: list[Any],
+        on_rows: Callable[[int], None] | None = None,
     ) -> tuple[list[Any], list[int], float]:
         """Label every Arrow block in ``tables`` (object refs or tables), in order; returns
         the labelled blocks' refs, their row counts and the seconds spent waiting for the
-        first actors to start (0 when they were already up)."""
+        first actors to start (0 when they were already up). ``on_rows`` is called with each
+        block's rows as its labels come back (progress)."""
         import ray
 
         waiting = {a.ready.remote(): a for a in self.actors if a not in self.ready}
@@ -120,8 +125,10 @@ class TeacherActors:
                     self._mark_ready([ref], waiting)
                     idle.append(self.ready[-1])
                 else:
-                    ray.get(ref)  # a teacher error surfaces here, with its traceback
+                    rows = ray.get(ref)  # a teacher error surfaces here, with its traceback
                     idle.append(busy.pop(ref)[0])
+                    if on_rows is not None:
+                        on_rows(rows)
         return [r[0] for r in results], ray.get([r[1] for r in results]), waited
 
     def _mark_ready(self, refs: list[Any], waiting: dict[Any, Any]) -> None:

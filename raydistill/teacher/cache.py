@@ -33,7 +33,7 @@ from typing import Any
 
 from raydistill.config import JobConfig, JobError
 from raydistill.data.arrays import LabelledArrays
-from raydistill.data.sources import training_datasets
+from raydistill.data.sources import training_datasets, training_rows
 from raydistill.files import (
     atomic_write_json,
     check_owned_dir,
@@ -41,10 +41,12 @@ from raydistill.files import (
     read_json,
     remove_owned_dir,
 )
+from raydistill.progress import RowProgress
 from raydistill.rundir import CACHE_BUILD_MARKER as BUILD_MARKER
 from raydistill.rundir import CACHE_MANIFEST as MANIFEST
 from raydistill.teacher.codec import LogitCodec
 from raydistill.teacher.join import CachedOutputs, drop_inputs
+from raydistill.teacher.parquet_files import write_parquet_files
 from raydistill.teacher.pool import attach_teacher
 
 FORMAT = "raydistill.teacher_cache/1"
@@ -259,22 +261,31 @@ def verify_cache(directory: Path, key: dict) -> dict[str, Any]:
 
 
 def _teacher_pass(
-    job: JobConfig, teacher_weights: Path, splits: dict[str, LabelledArrays], directory: Path
+    job: JobConfig,
+    teacher_weights: Path,
+    splits: dict[str, LabelledArrays],
+    directory: Path,
+    log: Log = print,
 ) -> None:
-    """Label train and val with the teacher pool and write them as ``directory/<split>/``."""
+    """Label train and val with the teacher pool and write them as ``directory/<split>/``,
+    logging rows written of the total with their rate and ETA when the pass runs long."""
     from concurrent.futures import ThreadPoolExecutor
 
     codec = job_codec(job)
     num_classes = splits["train"].num_classes
+    datasets = training_datasets(job, splits)
+    rows = training_rows(job, splits)
+    progress = RowProgress("cache", "labelled and written", sum(rows[k] for k in datasets), log)
     writes = []
-    for split, ds in training_datasets(job, splits).items():
+    for split, ds in datasets.items():
         ds = attach_teacher(ds, job, teacher_weights, num_classes, codec)
         if job.cache.inputs == "join":  # the inputs stay in the source (see teacher.join)
             ds = ds.map_batches(drop_inputs, batch_format="numpy")
-        writes.append((ds, str(directory / split)))
+        writes.append((ds, directory / split))
     # train and val at once: their pools start side by side, not one after the other
     with ThreadPoolExecutor(max_workers=len(writes)) as pool:
-        for done in [pool.submit(ds.write_parquet, path) for ds, path in writes]:
+        futures = [pool.submit(write_parquet_files, ds, path, progress.add) for ds, path in writes]
+        for done in futures:
             done.result()
 
 
@@ -325,7 +336,7 @@ def write_cache(
         try:
             (build / BUILD_MARKER).write_text(f"{FORMAT}: a teacher cache built by raydistill\n")
             started = time.perf_counter()
-            _teacher_pass(job, teacher_weights, splits, build)
+            _teacher_pass(job, teacher_weights, splits, build, log)
             elapsed = time.perf_counter() - started
             # the build directory is this pass's alone: every Parquet file in it is its own
             files = [file_entry(build, p) for p in sorted(build.rglob("*.parquet"))]

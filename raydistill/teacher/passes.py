@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from raydistill.config import JobConfig
+from raydistill.data.sources import training_rows
+from raydistill.progress import RowProgress
 from raydistill.teacher.actors import TeacherActors, block_refs, predictor_setup, start_actors
 from raydistill.teacher.cache import ensure_cache, job_codec, read_cache, read_manifest
 from raydistill.teacher.codec import LogitCodec
@@ -104,15 +106,17 @@ class PoolOnce(PoolPerEpoch):
             return CachePass().attach(job, datasets, teacher_weights, splits, num_classes, log)
         codec = pool_codec(job, num_classes)
         started = time.perf_counter()
+        total = sum(v for k, v in training_rows(job, splits).items() if k in datasets)
+        progress = RowProgress("teacher", "labelled", total, log)
         if all(in_memory(splits[k]) for k in datasets):
             materialized, rows, startup = label_in_memory(
-                job, datasets, teacher_weights, num_classes, codec
+                job, datasets, teacher_weights, num_classes, codec, progress.add
             )
             labelled = sum(rows.values())
         else:  # a streamed split: the Ray Data pool labels it as it is read
             lazy = super().attach(job, datasets, teacher_weights, splits, num_classes, log)
-            materialized, startup = materialize_together(lazy.datasets), None
-            labelled = sum(ds.count() for ds in materialized.values())
+            materialized, startup = materialize_together(lazy.datasets, progress.add), None
+            labelled = progress.done
         pool = job.scaling.teacher_pool
         note = f", {startup:.1f}s of it waiting for the actors to start" if startup else ""
         log(
@@ -163,10 +167,12 @@ def label_in_memory(
     weights: Path,
     num_classes: int,
     codec: LogitCodec,
+    on_rows: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, int], float]:
     """Every dataset's blocks labelled by one set of teacher actors (plain actor calls, no Ray
     Data pool); returns the materialized datasets, their rows and the seconds spent waiting for
-    the actors to start. The actors are killed afterwards."""
+    the actors to start (``on_rows``: called with each block's rows as they come back). The
+    actors are killed afterwards."""
     import ray.data
 
     global _EARLY
@@ -180,6 +186,7 @@ def label_in_memory(
         labelled, rows, waited = actors.label(
             predictor_setup(job, weights, num_classes, codec),
             [ref for refs in blocks.values() for ref in refs],
+            on_rows,
         )
     finally:
         actors.stop()
@@ -190,15 +197,34 @@ def label_in_memory(
     return out, counts, waited
 
 
-def materialize_together(datasets: dict[str, Any]) -> dict[str, Any]:
+def materialize_together(
+    datasets: dict[str, Any], on_rows: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Every dataset materialized at once, one thread each: train's and val's teacher pools
     start side by side (``planned_cpus`` budgets two), instead of val's pool starting only
-    after train's pass (actor start-up, not inference, is most of a small pass)."""
+    after train's pass (actor start-up, not inference, is most of a small pass). ``on_rows``
+    is called with the rows of each block as the pool hands it out (from those threads)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    def run(ds: Any) -> Any:
+        return ds.materialize() if on_rows is None else materialize_counting(ds, on_rows)
+
     with ThreadPoolExecutor(max_workers=max(1, len(datasets))) as pool:
-        futures = {k: pool.submit(ds.materialize) for k, ds in datasets.items()}
+        futures = {k: pool.submit(run, ds) for k, ds in datasets.items()}
         return {k: f.result() for k, f in futures.items()}
+
+
+def materialize_counting(ds: Any, on_rows: Callable[[int], None]) -> Any:
+    """``ds`` run to its blocks, held in the object store like ``materialize``, calling
+    ``on_rows`` with each block's rows (from its metadata: no block is fetched) as it comes."""
+    import ray.data
+
+    refs = []
+    for bundle in ds.iter_internal_ref_bundles():
+        refs.extend(bundle.block_refs)
+        on_rows(bundle.num_rows() or 0)
+    # an empty split has no block to rebuild a dataset from: Ray Data makes its empty one
+    return ray.data.from_arrow_refs(refs) if refs else ds.materialize()
 
 
 def once_bytes(job: JobConfig, splits: dict[str, Any], num_classes: int) -> int:

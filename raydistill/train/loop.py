@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from typing import Any
 
 import torch
 
+from raydistill.progress import Throttle, eta_text, rate_text
 from raydistill.tasks import get_task
 from raydistill.tasks.base import Task
 from raydistill.train.context import LoopContext, RayTrainContext, Startup
@@ -30,41 +30,42 @@ from raydistill.train.optim import (
 from raydistill.train.spec import StageSpec
 from raydistill.train.state import epoch_state, rng_snapshot
 
-PROGRESS_EVERY_S = 30.0  # inside an epoch, a progress line at most this often (seconds)
-
 
 class StepProgress:
     """Plain progress lines inside long epochs, for terminals and CI logs alike.
 
     Short epochs print nothing here (the per-epoch line says it all); an epoch running longer
-    than ``every_s`` seconds gets a line every ``every_s`` with the step, the samples this
-    worker has trained on, its samples/s and, from the second epoch on, the epoch's ETA (the
-    previous epoch's sample count at the current rate).
+    than ``every_s`` seconds (default :data:`~raydistill.progress.PROGRESS_EVERY_S`) gets a
+    line every ``every_s`` with the step, the samples this worker has trained on, its
+    samples/s and, from the second epoch on, the epoch's ETA (the previous epoch's sample count
+    at the current rate).
     """
 
-    def __init__(self, name: str, total_epochs: int, every_s: float = PROGRESS_EVERY_S) -> None:
-        self.name, self.total_epochs, self.every_s = name, total_epochs, every_s
+    def __init__(self, name: str, total_epochs: int, every_s: float | None = None) -> None:
+        self.name, self.total_epochs = name, total_epochs
+        self.throttle = Throttle(every_s)
         self.previous_samples: int | None = None
-        self.epoch, self.started, self.last, self.samples = 0, 0.0, 0.0, 0
+        self.epoch, self.started, self.samples = 0, 0.0, 0
 
     def start(self, epoch: int, now: float) -> None:
-        self.epoch, self.started, self.last, self.samples = epoch, now, now, 0
+        self.epoch, self.started, self.samples = epoch, now, 0
+        self.throttle.start(now)
 
     def update(self, step: int, samples: int, now: float, schedule: str = "") -> str | None:
         """Count a step's ``samples``; the line to print when one is due (``now`` in seconds,
         ``schedule`` e.g. ``" T=4.00 alpha=0.90"``)."""
         self.samples += samples
-        if now - self.last < self.every_s:
+        if not self.throttle.due(now):
             return None
-        self.last = now
-        rate = self.samples / max(now - self.started, 1e-9)
+        elapsed = now - self.started
         eta = ""
         if self.previous_samples:
             left = max(self.previous_samples - self.samples, 0)
-            eta = f", epoch eta {math.ceil(left / rate)}s"
+            eta = f", epoch {eta_text(left * elapsed / max(self.samples, 1))}"
         return (
             f"[{self.name}] epoch {self.epoch + 1}/{self.total_epochs} step {step + 1}: "
-            f"{self.samples} samples, {rate:.0f} samples/s (worker 0){schedule}{eta}"
+            f"{self.samples} samples, {rate_text(self.samples, elapsed, 'samples')} "
+            f"(worker 0){schedule}{eta}"
         )
 
     def finish(self) -> None:
@@ -236,9 +237,8 @@ def _train_dataset_name(spec: StageSpec, epoch: int) -> str:
 
 def _epoch_line(task: Task, spec: StageSpec, m: dict[str, Any], elapsed: float) -> str:
     epoch, total = int(m["epoch"]) + 1, spec.train.epochs
-    eta = elapsed * (total - epoch)
     return (
         f"[{spec.name}] epoch {epoch}/{total} loss {m['train_loss']:.4f} "
         f"{task.epoch_line(spec, m)} lr {m['lr']:.2e} "
-        f"{m['samples_per_s']:.1f} {task.unit}/s eta {math.ceil(eta)}s"
+        f"{m['samples_per_s']:.1f} {task.unit}/s {eta_text(elapsed * (total - epoch))}"
     )
