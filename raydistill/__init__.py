@@ -41,7 +41,8 @@ from raydistill.models import build_model, load_weights, save_weights
 from raydistill.models.hf import HFTextClassifier
 from raydistill.pipeline import RunSummary, run_job, run_teacher
 from raydistill.report import write_report
-from raydistill.tune.search import TemperatureSearch, TuneSummary, run_tune
+from raydistill.tune.search import TuneSummary, run_tune
+from raydistill.tune.temperature_search import TemperatureSearch
 
 __version__ = "0.1.0"
 

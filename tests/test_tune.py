@@ -18,7 +18,8 @@ from counting_teacher import samples_labelled
 from raydistill.config import load_job
 from raydistill.data.sources import load_splits
 from raydistill.pipeline import run_job, teacher_pass_rows
-from raydistill.tune.search import TemperatureSearch, run_tune
+from raydistill.tune.search import run_tune
+from raydistill.tune.temperature_search import TemperatureSearch
 
 pytestmark = pytest.mark.slow
 

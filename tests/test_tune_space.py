@@ -199,7 +199,7 @@ def test_teacher_passes_a_trial_makes_depend_on_how_it_gets_the_teacher(tmp_path
 
 
 def test_temperature_search_builds_the_tune_section(tmp_path):
-    from raydistill.tune.search import TemperatureSearch
+    from raydistill.tune.temperature_search import TemperatureSearch
 
     job = load_job(ROOT / "jobs" / "digits.yaml")
     search = TemperatureSearch(job, temperatures=(2, 6), alphas=[0.5, 0.9], epochs=3)
