@@ -9,7 +9,8 @@ ever asks which task it runs.
 Driver side (plain Python, before and after Ray Train): ``prepare``, ``read_splits``,
 ``check_job``, ``describe_data``, ``num_classes``, ``balancer``, ``check_student``,
 ``check_pair``, ``datasets``, ``loop_extras``, ``score``, ``speed``, ``example_inputs``,
-``output_difference``, ``table``, ``data_fingerprint``.
+``output_difference``, ``table``, ``data_fingerprint``; the teacher cache's ``cache_datasets``,
+``cache_codec`` and ``cache_key_parts``.
 Worker side (inside every Ray Train worker, or Ray-free in tests and in-memory searches):
 ``build_core``, ``train_batches``, ``step``, ``validate``, ``epoch_line``.
 """
@@ -193,6 +194,23 @@ class Task:
         """``datasets`` cut to the training rows ``data.labelled_fraction`` labels (a stage
         that learns from labels alone: the baseline); tasks with ``labelled_share``."""
         raise NotImplementedError
+
+    def cache_datasets(self, job: JobConfig, splits: Splits) -> dict[str, Any]:
+        """The train and val Ray datasets the teacher cache's pass labels (with ``row_id``)."""
+        from raydistill.data.sources import training_datasets
+
+        return training_datasets(job, splits)
+
+    def cache_codec(self, job: JobConfig, num_classes: int) -> Any:
+        """How the teacher cache encodes the teacher's outputs (what train then decodes)."""
+        from raydistill.teacher.cache import job_codec
+
+        return job_codec(job)
+
+    def cache_key_parts(self, job: JobConfig, splits: Splits) -> dict[str, Any]:
+        """Entries this task adds to (or replaces in) the teacher cache's key: whatever else
+        a cache must have been made with to serve the job."""
+        return {}
 
     def loop_extras(self, job: JobConfig, splits: Splits) -> dict[str, Any]:
         """Entries of every worker's loop config beyond the stage spec (picklable)."""

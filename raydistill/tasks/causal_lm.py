@@ -9,6 +9,8 @@ the figures are held-out perplexity and next-token agreement with the teacher.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -22,12 +24,13 @@ from torch import nn
 
 from raydistill.columns import INPUT, ROW_ID
 from raydistill.config import JobConfig, JobError, ModelSpec
-from raydistill.data.lm_splits import LMSplit, lm_config, read_lm_splits
+from raydistill.data.lm_splits import LMSplit, lm_config, read_lm_splits, shared_tokenizer
 from raydistill.distill.token_distiller import TokenDistiller
 from raydistill.distill.token_losses import next_token_ce, token_agreement
 from raydistill.models.specs import build_model, count_parameters, load_weights
 from raydistill.tasks.base import Log, Shapes, Splits, StepOutput, SummaryTable, Task, batch_rows
 from raydistill.tasks.summary import comparison_notes, epochs_cell
+from raydistill.teacher.topk_codec import TokenTopKCodec
 
 if TYPE_CHECKING:
     from raydistill.train.context import LoopContext
@@ -68,17 +71,17 @@ class CausalLMTask(Task):
     """``hf:`` causal LMs on text: perplexity and next-token agreement are the figures."""
 
     name: ClassVar[str] = "causal_lm"
-    commands: ClassVar[frozenset[str]] = frozenset({"validate", "teacher", "train", "export"})
+    commands: ClassVar[frozenset[str]] = frozenset(
+        {"validate", "teacher", "cache", "train", "tune", "export"}
+    )
     refusals: ClassVar[dict[str, str]] = {
-        "cache": "the per-token top-k cache is not wired into the Parquet cache yet",
-        "tune": "a search shares the teacher cache, which causal_lm does not write yet",
         "evaluate": "not wired for causal LMs yet (train prints the test table)",
         "report": "not wired for causal LMs yet (train prints the test table)",
         "check-teacher": "its headroom check measures classifiers",
     }
     monitor: ClassVar[str] = "val_ce"
     monitors: ClassVar[frozenset[str]] = frozenset({"val_ce", "val_loss"})
-    teacher_passes: ClassVar[frozenset[str]] = frozenset({"once", "per_epoch"})
+    teacher_passes: ClassVar[frozenset[str]] = frozenset({"once", "per_epoch", "cache"})
     unit: ClassVar[str] = "tokens"
     export_formats: ClassVar[tuple[str, ...]] = ("hf",)
     headline_name: ClassVar[str] = "next-token accuracy"
@@ -103,6 +106,8 @@ class CausalLMTask(Task):
         for key, set_ in refused.items():
             if set_:
                 raise JobError(f"{key}: task causal_lm distils tokens (lm.loss); unset it")
+        if self.teacher_pass(job) == "cache":
+            self.cache_codec(job, 1)  # the cache stores top-k only: lm.topk must be set
 
     def prepare(self, job: JobConfig) -> JobConfig:
         """Both hf: models are built as causal LMs (``args.causal_lm``)."""
@@ -112,6 +117,31 @@ class CausalLMTask(Task):
             if spec.model.startswith("hf:") and not spec.args.get("causal_lm"):
                 update[side] = spec.model_copy(update={"args": {**spec.args, "causal_lm": True}})
         return job.model_copy(update=update) if update else job
+
+    def cache_datasets(self, job: JobConfig, splits: Splits) -> dict[str, Any]:
+        return self.datasets(job, splits, job.student, True)
+
+    def cache_codec(self, job: JobConfig, num_classes: int) -> TokenTopKCodec:
+        """Per-token top-``lm.topk`` (ids, log-probs, tail): dense [L, V] rows are not cached."""
+        if job.lm is None or job.lm.topk is None:
+            raise JobError(
+                "lm.topk: the causal_lm teacher cache stores each token's top k; set lm.topk "
+                "(e.g. 16)"
+            )
+        return TokenTopKCodec(job.lm.topk, num_classes)
+
+    def cache_key_parts(self, job: JobConfig, splits: Splits) -> dict[str, Any]:
+        """The per-token codec (k) replaces the classifier's ``cache.codec``; the shared
+        tokenizer's vocabulary (a hash) and the row length join the key. The teacher's
+        weights, the rows themselves and the vocabulary size are in the common key."""
+        assert job.data.text is not None
+        tokenizer, _ = shared_tokenizer(job)
+        vocab = json.dumps(sorted(tokenizer.get_vocab().items()), separators=(",", ":"))
+        return {
+            "codec": {"kind": "token_topk", "k": job.lm.topk if job.lm else None},
+            "tokenizer_sha256": hashlib.sha256(vocab.encode()).hexdigest(),
+            "seq_length": job.data.text.max_length,
+        }
 
     def read_splits(self, job: JobConfig, log: Log = print) -> Splits:
         return read_lm_splits(job, log)

@@ -33,7 +33,7 @@ from typing import Any
 
 from raydistill.config import JobConfig, JobError
 from raydistill.data.arrays import LabelledArrays
-from raydistill.data.sources import training_datasets, training_rows
+from raydistill.data.sources import training_rows
 from raydistill.files import (
     atomic_write_json,
     check_owned_dir,
@@ -56,12 +56,29 @@ _WHAT = "teacher cache (cache.path)"
 
 
 def job_codec(job: JobConfig) -> LogitCodec:
+    """The classifier codec ``cache.codec`` and ``cache.k`` name."""
     return LogitCodec(job.cache.codec, job.cache.k)
 
 
+def cache_codec(job: JobConfig, num_classes: int) -> Any:
+    """How the job's task encodes the teacher outputs it caches (its ``cache_codec`` hook)."""
+    from raydistill.tasks import get_task
+
+    return get_task(job).cache_codec(job, num_classes)
+
+
+def _num_classes(job: JobConfig, splits: dict[str, Any]) -> int:
+    from raydistill.tasks import get_task
+
+    return get_task(job).num_classes(splits)
+
+
 def cache_key(job: JobConfig, teacher_weights: Path, splits: dict[str, LabelledArrays]) -> dict:
-    """What a cache must have been made from to serve this job."""
-    return {
+    """What a cache must have been made from to serve this job (the task adds its own
+    entries: :meth:`~raydistill.tasks.base.Task.cache_key_parts`)."""
+    from raydistill.tasks import get_task
+
+    key = {
         "teacher": {
             "model": job.teacher.model,
             "args": job.teacher.args,
@@ -74,7 +91,7 @@ def cache_key(job: JobConfig, teacher_weights: Path, splits: dict[str, LabelledA
         "inputs": job.cache.inputs,
         "feature_layers": job.pool_feature_layers,
         "feature_dtype": job.distill.feature_dtype if job.pool_feature_layers else None,
-        "num_classes": splits["train"].num_classes,
+        "num_classes": _num_classes(job, splits),
         # token rows in the cache are the student's and (when it differs) the teacher's
         "text": (
             {
@@ -86,6 +103,8 @@ def cache_key(job: JobConfig, teacher_weights: Path, splits: dict[str, LabelledA
             else None
         ),
     }
+    key.update(get_task(job).cache_key_parts(job, splits))
+    return key
 
 
 def _is_cache_marker(path: Path) -> bool:
@@ -271,9 +290,11 @@ def _teacher_pass(
     logging rows written of the total with their rate and ETA when the pass runs long."""
     from concurrent.futures import ThreadPoolExecutor
 
-    codec = job_codec(job)
-    num_classes = splits["train"].num_classes
-    datasets = training_datasets(job, splits)
+    from raydistill.tasks import get_task
+
+    num_classes = _num_classes(job, splits)
+    codec = cache_codec(job, num_classes)
+    datasets = get_task(job).cache_datasets(job, splits)
     rows = training_rows(job, splits)
     progress = RowProgress("cache", "labelled and written", sum(rows[k] for k in datasets), log)
     writes = []
@@ -327,8 +348,8 @@ def write_cache(
     directory = Path(directory)
     check_cache_dir(directory)  # before the teacher pass: a user's folder fails at once
     key = cache_key(job, teacher_weights, splits)
-    codec = job_codec(job)
-    num_classes = splits["train"].num_classes
+    num_classes = _num_classes(job, splits)
+    codec = cache_codec(job, num_classes)
     with cache_lock(directory, log):
         check_cache_dir(directory)
         _remove_leftovers(directory)
@@ -363,7 +384,7 @@ def write_cache(
             raise
     log(
         f"[cache] {passes} teacher forward passes in {elapsed:.1f}s -> {directory} "
-        f"({job.cache.codec}: {manifest['logit_bytes_per_sample']} B/sample of logits, "
+        f"({key['codec']['kind']}: {manifest['logit_bytes_per_sample']} B/sample of logits, "
         f"{manifest['parquet_bytes'] / 1e6:.2f} MB of Parquet)"
     )
     return manifest

@@ -46,7 +46,7 @@ class CachedOutputs:
 
     keys: np.ndarray
     columns: dict[str, np.ndarray]
-    labels: np.ndarray
+    labels: np.ndarray | None  # None: the rows have no label (a causal LM's token rows)
 
     @classmethod
     def from_table(cls, table: pa.Table, what: str) -> CachedOutputs:
@@ -65,7 +65,8 @@ class CachedOutputs:
             for name in table.column_names
             if name not in skip
         }
-        return cls(keys, columns, table.column(LABEL).to_numpy()[order])
+        labels = table.column(LABEL).to_numpy()[order] if LABEL in table.column_names else None
+        return cls(keys, columns, labels)
 
     @property
     def nbytes(self) -> int:
@@ -113,7 +114,7 @@ def attach_outputs(batch: dict[str, np.ndarray], outputs: Any, what: str) -> dic
             f"{what}: row {row} of the source has no teacher outputs in the cache (the source "
             "changed after the cache was built?): rebuild it with `raydistill cache JOB --fresh`"
         )
-    if (table.labels[pos] != np.asarray(batch[LABEL])).any():
+    if table.labels is not None and (table.labels[pos] != np.asarray(batch[LABEL])).any():
         row = int(np.asarray(batch[ROW_ID])[np.flatnonzero(table.labels[pos] != batch[LABEL])[0]])
         raise JobError(f"{what}: row {row} has another label in the source than in the cache")
     out = dict(batch)

@@ -32,7 +32,7 @@ from raydistill.config import JobConfig
 from raydistill.data.sources import training_rows
 from raydistill.progress import RowProgress
 from raydistill.teacher.actors import TeacherActors, block_refs, predictor_setup, start_actors
-from raydistill.teacher.cache import ensure_cache, job_codec, read_cache, read_manifest
+from raydistill.teacher.cache import cache_codec, ensure_cache, read_cache, read_manifest
 from raydistill.teacher.codec import LogitCodec
 from raydistill.teacher.join import CachedOutputs, join_outputs
 from raydistill.teacher.pool import attach_teacher
@@ -261,7 +261,7 @@ class CachePass(TeacherPass):
         if all(isinstance(v, CachedOutputs) for v in cached.values()):
             what = f"teacher cache {job.cache_dir}"
             cached = {k: join_outputs(ds, cached[k], what) for k, ds in datasets.items()}
-        return Attached(cached, job_codec(job))
+        return Attached(cached, cache_codec(job, num_classes))
 
 
 class WorkerCopy(TeacherPass):

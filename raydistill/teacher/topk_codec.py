@@ -116,6 +116,10 @@ class TokenTopKCodec:
         out = fill.clamp(min=-1e4)[..., None].expand(*lead, self.vocab_size).clone()
         return out.scatter_(-1, t.ids, t.logprobs)
 
+    def bytes_per_sample(self, num_classes: int) -> int:
+        """A cache manifest's payload bytes per sample: here per token (one position)."""
+        return self.bytes_per_token()
+
     def bytes_per_token(self) -> int:
         """Payload bytes of one position (before Parquet's compression)."""
         return self.kept * (2 + _id_dtype(self.vocab_size).itemsize) + 4

@@ -242,15 +242,18 @@ def run_tune(
     an earlier search of this job first (the teacher and its cache are kept).
     """
     from raydistill.config.storage import is_uri
-    from raydistill.data.sources import load_splits
     from raydistill.pipeline import prepare_run_dir
     from raydistill.tasks import get_task
     from raydistill.tracking.reach import check_trackers
     from raydistill.tracking.session import job_tracking, search_results
 
-    get_task(job).require("tune")
+    task = get_task(job)
+    task.require("tune")
     if job.tune is None:
         raise JobError("the job has no tune section: add tune.space (see jobs/digits-tune.yaml)")
+    job = task.prepare(job)
+    if job.tune.shared_teacher:
+        task.cache_codec(job, 1)  # what the task cannot cache (causal_lm without lm.topk)
     settings = job.tune
     if is_uri(job.output.storage_path):
         raise JobError(
@@ -263,7 +266,7 @@ def run_tune(
     if fresh and tune_dir.exists():
         log(f"--fresh: removing {tune_dir}")
         remove_owned_dir(tune_dir, [SEARCH_JOB, TUNER_STATE], "search directory")
-    splits = load_splits(job.data)
+    splits = task.read_splits(job, lambda _: None)
     started = time.perf_counter()
     # before Ray starts: a wrong flag, or a job changed under a resumed search, fails at once
     _check_resume(tune_dir, resume)

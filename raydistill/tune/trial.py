@@ -178,8 +178,8 @@ def _run_pbt_trial(
     from ray import tune
     from ray.util.queue import Queue
 
-    from raydistill.data.sources import load_splits
     from raydistill.pipeline import planned_teacher_passes
+    from raydistill.tasks import get_task
     from raydistill.train.state import STATE_FILE
 
     given = tune.get_checkpoint()
@@ -193,7 +193,7 @@ def _run_pbt_trial(
         start.mkdir(parents=True, exist_ok=True)
         with given.as_directory() as directory:
             shutil.copy2(Path(directory) / STATE_FILE, start / STATE_FILE)
-    splits = load_splits(job.data)
+    splits = get_task(job).read_splits(job, lambda _: None)
     passes = planned_teacher_passes(job, splits)
     source = f", continuing from {given.path}" if given is not None else ""
     print(f"[{trial_id}] " + ", ".join(f"{k}={v}" for k, v in config.items()) + source)
@@ -251,9 +251,9 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     started = time.perf_counter()
     from ray import tune
 
-    from raydistill.data.sources import load_splits
     from raydistill.pipeline import planned_teacher_passes
     from raydistill.runtime import quiet_data
+    from raydistill.tasks import get_task
     from raydistill.train.stage import finished_stage, latest_checkpoint, stage_dir
     from raydistill.train.state import load_state
 
@@ -263,7 +263,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         _run_pbt_trial(config, context, trial_id, started)
         return
     job = context.job(dict(config), trial_id)
-    splits = load_splits(job.data)
+    splits = get_task(job).read_splits(job, lambda _: None)
     passes = planned_teacher_passes(job, splits)  # 0 when the shared cache is read
     # A search resumed after its driver died restarts the trials Tune had not seen end. Their
     # Ray Train runs resume from their own checkpoints; Tune is first told the epochs it
