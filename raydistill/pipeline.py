@@ -37,7 +37,7 @@ from raydistill.rundir import (
     stage_dir,
     teacher_weights_path,
 )
-from raydistill.runtime import ray_session, started_here
+from raydistill.runtime import check_pool_resources, ray_session, started_here
 from raydistill.tasks import get_task
 from raydistill.tasks.base import Shapes, Splits
 from raydistill.tasks.classification import make_balancer
@@ -286,6 +286,8 @@ def student_stage(
         assert teacher_weights is not None
         if shapes is None:
             shapes = task.check_pair(job, teacher_weights, splits, log)
+        if task.teacher_pass(job) in ("once", "per_epoch"):  # these start the actor pool
+            check_pool_resources(job, log)
         strategy = STRATEGIES[task.teacher_pass(job)]
         attached = strategy.attach(
             job, datasets, teacher_weights, splits, task.num_classes(splits), log, cached

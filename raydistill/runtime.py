@@ -145,6 +145,36 @@ def check_worker_resources(job: JobConfig, log: Callable[[str], None] = print) -
     log(f"warning: no node offers {what} per train worker yet; waiting for the autoscaler")
 
 
+def missing_everywhere(request: dict[str, float], nodes: list[dict[str, float]]) -> str | None:
+    """What no single node of ``nodes`` can offer of ``request`` ("GPU: 2", or the whole
+    request when each part exists somewhere but never together); None when one node fits."""
+    if any(all(n.get(k, 0.0) >= v for k, v in request.items()) for n in nodes):
+        return None
+    short = {k: v for k, v in request.items() if not any(n.get(k, 0.0) >= v for n in nodes)}
+    return ", ".join(f"{k}: {v:g}" for k, v in (short or request).items())
+
+
+def check_pool_resources(job: JobConfig, log: Callable[[str], None] = print) -> None:
+    """Refuse, before training, a teacher pool whose actor no node could ever host (each actor
+    must fit on one node). Like :func:`check_worker_resources`, a joined cluster's autoscaler
+    may still add such nodes, so there the gap is only reported."""
+    import ray
+
+    from raydistill.cluster import job_requests
+
+    request = job_requests(job)["teacher actor"]
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    what = missing_everywhere(request, nodes)
+    if what is None:
+        return
+    if _STARTED_HERE:
+        raise JobError(
+            f"scaling.teacher_pool: each teacher actor needs {what} on one node, which no "
+            "node of this Ray has; lower scaling.teacher_pool.num_gpus/num_cpus/resources"
+        )
+    log(f"warning: no node offers {what} per teacher actor yet; waiting for the autoscaler")
+
+
 def quiet_data() -> None:
     """Plain log lines instead of progress bars that flood CI logs."""
     from ray.data import DataContext

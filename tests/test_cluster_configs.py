@@ -89,6 +89,33 @@ def test_raycluster_autoscales_teacher_and_student_gpu_groups():
         assert types[name][resource] >= 1, name
 
 
+def _gpu_group_bounds(path: Path) -> tuple[dict[str, tuple[int, int]], float]:
+    """(min, max) nodes of the teacher and student groups, and the idle timeout in seconds."""
+    config = _load(path)
+    if path == RAYCLUSTER:
+        groups = {g["groupName"]: g for g in config["spec"]["workerGroupSpecs"]}
+        bounds = {n: (g["minReplicas"], g["maxReplicas"]) for n, g in groups.items()}
+        idle = config["spec"]["autoscalerOptions"]["idleTimeoutSeconds"]
+    else:
+        types = config["available_node_types"]
+        bounds = {n: (t.get("min_workers"), t.get("max_workers")) for n, t in types.items()}
+        idle = config["idle_timeout_minutes"] * 60
+    return {n: bounds[n] for n in ("teacher-gpu", "student-gpu")}, idle
+
+
+def test_teacher_and_student_groups_match_across_the_cluster_configs():
+    """One plan (benchmarks/cluster_plan.py) sizes every config alike: the same GPU group
+    bounds and idle timeout everywhere, GPU groups that scale to zero, and per-node offers
+    that match too."""
+    (first, idle), *rest = [_gpu_group_bounds(p) for p in WITH_NODE_TYPES]
+    assert all(other == (first, idle) for other in rest)
+    assert all(low == 0 < high for low, high in first.values())
+    assert 60 <= idle <= 1800  # long enough to ride out a pass, short enough to save GPU hours
+    offers = [load_node_types(p) for p in WITH_NODE_TYPES]
+    for name, resource in (("teacher-gpu", "teacher"), ("student-gpu", "student")):
+        assert len({(o[name]["GPU"], o[name][resource]) for o in offers}) == 1, name
+
+
 def test_rayjob_runs_the_coco_job_on_the_raycluster():
     job = _load(RAYJOB)
     assert job["kind"] == "RayJob"

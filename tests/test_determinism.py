@@ -28,7 +28,7 @@ from raydistill.rundir import history_file, teacher_weights_path
 
 pytestmark = pytest.mark.slow
 
-TIMING = {"samples_per_s", "epoch_s", "startup_s"}
+TIMING = {"samples_per_s", "epoch_s", "startup_s", "wait_s"}
 
 
 def _without_timing(history: list[dict]) -> list[dict]:

@@ -16,6 +16,7 @@ from job_files import DIGITS_SHORT as SHORT
 from raydistill.config import load_job
 from raydistill.data.sources import labelled_rows, load_splits
 from raydistill.pipeline import run_job
+from raydistill.train.bound import boundness
 
 pytestmark = pytest.mark.slow
 
@@ -127,6 +128,9 @@ def test_teacher_pool_streams_every_epoch(ray_address, write_job, digits_teacher
     assert [h["epoch"] for h in history] == [0, 1]
     assert all(h["train_soft"] > 0 for h in history)
     assert history[1]["train_loss"] < history[0]["train_loss"]
+    # the seconds the trainers waited for the pool's batches, and the verdict they give
+    assert all(0.0 <= h["wait_s"] <= h["epoch_s"] for h in history)
+    assert boundness(history) is not None
 
 
 @pytest.mark.parametrize(("features_from", "dtype"), [("pool", "float16"), ("worker", "float32")])

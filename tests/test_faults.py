@@ -32,7 +32,7 @@ from raydistill.train.state import STATE_FILE
 
 pytestmark = pytest.mark.slow
 
-TIMING = {"samples_per_s", "epoch_s", "startup_s", "started_at_epoch"}
+TIMING = {"samples_per_s", "epoch_s", "startup_s", "wait_s", "started_at_epoch"}
 
 
 def _without(epoch: dict) -> dict:

@@ -19,6 +19,7 @@ import torch
 from raydistill.progress import Throttle, eta_text, rate_text
 from raydistill.tasks import get_task
 from raydistill.tasks.base import Task
+from raydistill.train.bound import WaitTimer, boundness
 from raydistill.train.context import LoopContext, RayTrainContext, Startup
 from raydistill.train.optim import (
     BestTracker,
@@ -146,7 +147,9 @@ def run_epochs(task: Task, spec: StageSpec, ctx: LoopContext) -> list[dict[str, 
         schedule = f" T={core.temperature:.2f} alpha={core.alpha:.2f}" if spec.distill else ""
         shard = ctx.dataset(_train_dataset_name(spec, epoch))
         asked = time.perf_counter()
-        for step, batch in enumerate(task.train_batches(shard, spec, epoch, rank, seed)):
+        waits = WaitTimer()  # seconds this worker was blocked in the batch iterator
+        batches = waits.wrap(task.train_batches(shard, spec, epoch, rank, seed))
+        for step, batch in enumerate(batches):
             if step == 0 and epoch == start_epoch:  # this worker group's first step
                 startup = Startup.measure(ctx, first_batch_s=time.perf_counter() - asked)
                 if startup is not None:
@@ -173,7 +176,8 @@ def run_epochs(task: Task, spec: StageSpec, ctx: LoopContext) -> list[dict[str, 
             if line is not None:
                 ctx.say(line)
         progress.finish()
-        totals = ctx.all_sum(torch.tensor(sums, dtype=torch.float64)).tolist()
+        summed_up = ctx.all_sum(torch.tensor([*sums, waits.wait_s], dtype=torch.float64))
+        totals, waited = summed_up[:-1].tolist(), float(summed_up[-1]) / ctx.world_size
         n = max(totals[-1], 1.0)
         elapsed = time.perf_counter() - started
         metrics: dict[str, Any] = {"epoch": epoch}
@@ -185,6 +189,8 @@ def run_epochs(task: Task, spec: StageSpec, ctx: LoopContext) -> list[dict[str, 
                 "lr": optimizer.param_groups[0]["lr"],
                 "samples_per_s": n / elapsed,
                 "epoch_s": elapsed,
+                # mean over workers of the seconds blocked waiting for batches (Boundness)
+                "wait_s": waited,
                 "workers": ctx.world_size,  # changes when elastic training resizes
                 # > 0: this worker group resumed from a checkpoint (a restart after a
                 # failure, or a rerun after the driver was killed)
@@ -224,6 +230,9 @@ def run_epochs(task: Task, spec: StageSpec, ctx: LoopContext) -> list[dict[str, 
                 f"improved for {tracker.bad_epochs} epochs (best {tracker.best:.4f} at epoch "
                 f"{tracker.best_epoch + 1})"
             )
+    bound = boundness(history) if spec.distill else None
+    if bound is not None:
+        ctx.say(bound.line(spec.name, task.teacher_pass(spec.job)))
     return history
 
 
