@@ -88,7 +88,10 @@ def teacher_pass(monkeypatch):
         ds.write_parquet(str(directory))
         on_rows(len(ds.arrays))
 
-    monkeypatch.setattr(cache, "training_datasets", datasets)
+    # the task's cache_datasets reads data.sources.training_datasets when it is called
+    import raydistill.data.sources as sources
+
+    monkeypatch.setattr(sources, "training_datasets", datasets)
     monkeypatch.setattr(cache, "attach_teacher", attach)
     monkeypatch.setattr(cache, "write_parquet_files", write)
     return state
