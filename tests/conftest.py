@@ -390,3 +390,26 @@ def single_worker_run(ray_address, tmp_path_factory) -> dict:
     }
     summary = run_job(load_job(write_digits_job(directory, changes, "reference")), log=print)
     return {"changes": changes, "summary": summary}
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on loopback for the module's tests (stopped by its pid)."""
+    from tracking_servers import mlflow_server
+
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
+        yield url
+
+
+@pytest.fixture
+def wandb_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """W&B offline, its files in the test's directory; its service process stopped after."""
+    directory = tmp_path / "wandb-files"
+    directory.mkdir()
+    monkeypatch.setenv("WANDB_DIR", str(directory))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    yield directory
+    import wandb
+
+    wandb.teardown()

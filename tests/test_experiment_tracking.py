@@ -6,11 +6,10 @@ tests/test_experiment_tracking_runs.py trains real ones."""
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tracking_servers import free_port, mlflow_server, wandb_runs
+from tracking_servers import free_port, wandb_runs
 
 from raydistill.cli import main
 from raydistill.config import JobError, load_job
@@ -19,26 +18,6 @@ from raydistill.rundir import HISTORY_FILE, WEIGHTS_FILE, stage_dir
 from raydistill.tracking.params import flat_params, job_params
 from raydistill.tracking.reach import check_trackers, short_reason
 from raydistill.tracking.session import job_tracking, tracked_stage
-
-
-@pytest.fixture(scope="module")
-def mlflow_url(tmp_path_factory) -> str:
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
-        yield url
-
-
-@pytest.fixture
-def wandb_dir(tmp_path, monkeypatch) -> Path:
-    """W&B offline, its files in the test's directory; its service process stopped after."""
-    directory = tmp_path / "wandb-files"
-    directory.mkdir()
-    monkeypatch.setenv("WANDB_DIR", str(directory))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    yield directory
-    import wandb
-
-    wandb.teardown()
 
 
 def _tracked(write_job, tracking: dict, name: str = "job"):

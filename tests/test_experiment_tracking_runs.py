@@ -5,10 +5,8 @@ process (one worker on the one-node session cluster)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from tracking_servers import mlflow_server, wandb_runs
+from tracking_servers import wandb_runs
 
 from raydistill.config import load_job
 from raydistill.pipeline import run_job
@@ -24,25 +22,6 @@ SMALL = {
     "scaling.workers": 1,
     "scaling.teacher_pool": {"min_actors": 1, "max_actors": 1, "num_cpus": 0.5},
 }
-
-
-@pytest.fixture(scope="module")
-def mlflow_url(tmp_path_factory) -> str:
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
-        yield url
-
-
-@pytest.fixture
-def wandb_dir(tmp_path, monkeypatch) -> Path:
-    directory = tmp_path / "wandb-files"
-    directory.mkdir()
-    monkeypatch.setenv("WANDB_DIR", str(directory))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    yield directory
-    import wandb
-
-    wandb.teardown()
 
 
 def _tracking(url: str, experiment: str) -> dict:
