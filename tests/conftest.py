@@ -157,7 +157,12 @@ def ray_address() -> Iterator[str]:
     import ray
 
     temp_dir = Path(tempfile.mkdtemp(prefix="rd-ray-", dir="/tmp"))
-    port, dashboard_port = _free_port(), _free_port()
+    # The dashboard agent's HTTP port (what `ray job submit` reaches through the head) is
+    # 52365 for every Ray on a machine unless set. When another Ray held it as this head
+    # started (an in-process Ray of a test, a second session), the head's agent ran without
+    # HTTP and never registered, and every `ray job submit` of the session failed with "No
+    # available agent to submit job": a port of its own removes the race.
+    port, dashboard_port, agent_port = _free_port(), _free_port(), _free_port()
     from raydistill.runtime import TRAIN_POLL_ENV, TRAIN_POLL_S
 
     # A loopback-only test cluster: no token auth, on both sides (Ray 2.60 enables it by default).
@@ -197,6 +202,7 @@ def ray_address() -> Iterator[str]:
                 '--resources={"teacher": 4, "student": 4}',
                 "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={dashboard_port}",
+                f"--dashboard-agent-listen-port={agent_port}",
                 f"--temp-dir={temp_dir}",
                 "--disable-usage-stats",
             ],
@@ -227,7 +233,30 @@ def ray_address() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def ray_dashboard(ray_address: str) -> str:
-    """The session head's dashboard URL (loopback), where ``ray job submit --address`` points."""
+    """The session head's dashboard URL (loopback), where ``ray job submit --address`` points.
+
+    Checks first that the head's job agent registered its HTTP address (Ray routes every
+    submission to it), so that a head without one fails here, naming why, instead of each
+    submitting test failing with Ray's "No available agent to submit job"."""
+    import time
+
+    import ray
+    from ray.dashboard.consts import DASHBOARD_AGENT_ADDR_NODE_ID_PREFIX
+    from ray.experimental import internal_kv
+
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    head = next(n["NodeID"] for n in alive if "node:__internal_head__" in n["Resources"])
+    key = f"{DASHBOARD_AGENT_ADDR_NODE_ID_PREFIX}{head}"
+    deadline = time.monotonic() + 120  # the agent registers a few seconds after `ray start`
+    while not internal_kv._internal_kv_get(key, namespace="dashboard"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the session head's dashboard agent never registered its HTTP address "
+                f"({key} missing from the GCS): it could not bind its port, so `ray job "
+                f"submit` cannot reach it; see dashboard_agent.log under the session's "
+                f"RAY_TMPDIR"
+            )
+        time.sleep(0.5)
     return _HEAD["dashboard"]
 
 
