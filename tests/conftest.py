@@ -359,6 +359,9 @@ def node_cluster_runs(tmp_path_factory) -> dict:
         {
             "distill.enabled": False,
             "train.epochs": NODE_LOSS_EPOCHS,
+            # 80 steps an epoch, not 20: the epochs after the first checkpoint outlast the
+            # node's removal
+            "train.batch_size": 8,
             "scaling.workers": [1, 2],
             "scaling.cpus_per_worker": 1,
             "scaling.resources_per_worker": {"student": 1},

@@ -18,14 +18,15 @@ pytestmark = pytest.mark.slow
 
 def test_a_removed_node_does_not_end_the_run(node_cluster_runs):
     result = node_cluster_runs["node_loss"]
-    assert result["removed"], "the student node was never removed"
+    removed = result["removed"]
+    assert "after_s" in removed, "the student node was never removed"
     assert result["alive_nodes"] == ["head", "student", "teacher"]
     history = result["history"]
     assert [h["epoch"] for h in history] == list(range(EPOCHS))
     workers = [h["workers"] for h in history]
     starts = [h["started_at_epoch"] for h in history]
     # trained on both student nodes, then on the one left, resuming from a checkpoint
-    assert workers[0] == 2 and workers[-1] == 1, workers
+    assert workers[0] == 2 and workers[-1] == 1, (workers, removed)
     resumed_at = starts[-1]
     assert resumed_at >= 1 and workers[resumed_at:] == [1] * (EPOCHS - resumed_at), (
         workers,
