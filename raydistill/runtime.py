@@ -8,7 +8,7 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from raydistill.config import JobConfig, JobError
+from raydistill.config import JobConfig, JobError, TeacherPoolConfig
 
 
 def planned_cpus(job: JobConfig) -> int:
@@ -20,7 +20,7 @@ def planned_cpus(job: JobConfig) -> int:
     "Cluster resources are not enough to run any task from ActorPoolMapOperator").
     """
     s = job.scaling
-    pool = s.teacher_pool.max_actors * s.teacher_pool.num_cpus * 2
+    pool = s.teacher_pool.planned_max_actors * s.teacher_pool.num_cpus * 2
     return math.ceil(s.max_workers * s.cpus_per_worker + pool + 2)
 
 
@@ -156,23 +156,61 @@ def missing_everywhere(request: dict[str, float], nodes: list[dict[str, float]])
 
 def check_pool_resources(job: JobConfig, log: Callable[[str], None] = print) -> None:
     """Refuse, before training, a teacher pool whose actor no node could ever host (each actor
-    must fit on one node). Like :func:`check_worker_resources`, a joined cluster's autoscaler
-    may still add such nodes, so there the gap is only reported."""
-    import ray
+    must fit on one node). On a joined cluster the autoscaler's node types count too, when its
+    config is found (:mod:`raydistill.capacity`); without them an autoscaler may still add
+    such nodes, so the gap is only reported."""
+    from raydistill.capacity import ClusterOffer
 
-    from raydistill.cluster import job_requests
-
-    request = job_requests(job)["teacher actor"]
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    what = missing_everywhere(request, nodes)
-    if what is None:
+    request = job.scaling.teacher_pool.request
+    offer = ClusterOffer.current()
+    if offer.hosts(request):
         return
+    what = missing_everywhere(request, offer.live + [t.resources for t in offer.types or ()])
+    hint = "lower scaling.teacher_pool.num_gpus/num_cpus/resources"
     if _STARTED_HERE:
         raise JobError(
             f"scaling.teacher_pool: each teacher actor needs {what} on one node, which no "
-            "node of this Ray has; lower scaling.teacher_pool.num_gpus/num_cpus/resources"
+            f"node of this Ray has; {hint}"
+        )
+    if offer.types is not None:
+        types = "; ".join(f"{t.name} {t.resources}" for t in offer.types)
+        raise JobError(
+            f"scaling.teacher_pool: each teacher actor needs {what} on one node, which no "
+            f"live node and no node type the autoscaler can launch offers ({types}); {hint}"
         )
     log(f"warning: no node offers {what} per teacher actor yet; waiting for the autoscaler")
+
+
+# Pools sized by max_actors: auto, per cluster and pool: the size (and its line) once a process.
+_AUTO_SIZES: dict[tuple[str, str], int] = {}
+
+
+def pool_max_actors(pool: TeacherPoolConfig, log: Callable[[str], None] | None = None) -> int:
+    """The pool's ``max_actors``, with ``auto`` sized on the connected cluster: as many actors
+    as it holds at its largest (its autoscaler's node types at their ``max_workers`` when
+    known, else its live nodes), at least ``min_actors``. Ray Data's actor pool then grows and
+    shrinks between ``min_actors`` and that bound as the trainers consume rows (it adds an
+    actor while inputs queue and removes idle ones); the run prints the bound and why."""
+    if pool.max_actors != "auto":
+        return pool.max_actors
+    import ray
+
+    from raydistill.capacity import ClusterOffer
+
+    cluster = ray.get_runtime_context().gcs_address if ray.is_initialized() else ""
+    key = (cluster, pool.model_dump_json())
+    if key not in _AUTO_SIZES:
+        most, why = ClusterOffer.current().capacity(pool.request)
+        _AUTO_SIZES[key] = max(pool.min_actors, most)
+        (log or _flushed)(
+            f"[teacher] pool max_actors auto: {_AUTO_SIZES[key]} actor(s) at most ({why}; "
+            f"{pool.request} each), from {pool.min_actors}"
+        )
+    return _AUTO_SIZES[key]
+
+
+def _flushed(line: str) -> None:
+    print(line, flush=True)
 
 
 def quiet_data() -> None:

@@ -3,7 +3,6 @@ suite's time budget (``time_budget``: each test under a ceiling unless marked wi
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
@@ -26,7 +25,7 @@ RAY = str(Path(sys.executable).with_name("ray"))
 # Test-only models (module:factory specs) that the driver and the cluster's workers import.
 HELPERS = ROOT / "tests" / "helpers"
 sys.path.insert(0, str(HELPERS))
-
+from ray_processes import stop_cluster as _stop_cluster  # noqa: E402
 
 # Tests over the per-test ceiling today (tests/time_budget.py), by node id: the targets for
 # speed-up, with the times measured on a shared 2-core machine. Kept here so that the files that
@@ -112,38 +111,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _stop_cluster(temp_dir: Path, gcs_port: int) -> None:
-    """Stop only this session's Ray processes (``ray stop`` would stop every Ray on the machine,
-    including a user's running jobs)."""
-    import psutil
-
-    # The Ray client server names only the GCS address; the dashboard and runtime-env agents
-    # name nothing of ours and are found as children of the raylet, before it stops.
-    gcs = ("--address=", "--gcs-address=")
-    found: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            args = proc.info["cmdline"] or ()
-            if any(
-                str(temp_dir) in a or (a.startswith(gcs) and a.endswith(f":{gcs_port}"))
-                for a in args
-            ):
-                found[proc.pid] = proc
-                found.update((child.pid, child) for child in proc.children(recursive=True))
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    ours = list(found.values())
-    for proc in ours:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
-    # some of Ray's processes outlive SIGTERM (a measured teardown waited the whole 15 s it
-    # was given): they are killed after 5 s instead
-    _, alive = psutil.wait_procs(ours, timeout=5)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
 
 
 @pytest.fixture(scope="session")

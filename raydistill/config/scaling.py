@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -13,7 +13,12 @@ class TeacherPoolConfig(Section):
     """The pool of teacher actors that adds teacher outputs to each row."""
 
     min_actors: int = Field(1, ge=1, description="actors the pool starts with")
-    max_actors: int = Field(1, ge=1, description="actors the pool may scale up to")
+    max_actors: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1,
+        description="actors the pool may scale up to; auto: as many as the cluster holds at its"
+        " largest (its live nodes, or the node types its autoscaler may launch), Ray Data"
+        " growing and shrinking the pool in between with the trainers' demand",
+    )
     num_cpus: float = Field(0.5, gt=0, description="per actor; fractional keeps small nodes free")
     num_gpus: float = Field(0.0, ge=0, description="per actor")
     batch_size: int = Field(256, ge=1, description="rows per teacher forward")
@@ -23,9 +28,22 @@ class TeacherPoolConfig(Section):
 
     @model_validator(mode="after")
     def _range(self) -> TeacherPoolConfig:
-        if self.max_actors < self.min_actors:
+        if self.max_actors != "auto" and self.max_actors < self.min_actors:
             raise ValueError(f"max_actors {self.max_actors} < min_actors {self.min_actors}")
         return self
+
+    @property
+    def planned_max_actors(self) -> int:
+        """``max_actors`` for plans made before Ray is up (CPUs to reserve, pass-time
+        estimates): ``auto`` counts as ``min_actors`` there, and is sized on the cluster
+        itself when the pool starts (:func:`raydistill.runtime.pool_max_actors`)."""
+        return self.min_actors if self.max_actors == "auto" else self.max_actors
+
+    @property
+    def request(self) -> dict[str, float]:
+        """What one actor asks Ray for (logical CPUs, GPUs, custom resources; zeros left out)."""
+        ask = {"CPU": self.num_cpus, "GPU": self.num_gpus, **self.resources}
+        return {k: float(v) for k, v in ask.items() if v}
 
 
 class ScalingConfig(Section):

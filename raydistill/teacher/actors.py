@@ -153,12 +153,15 @@ def start_actors(pool: TeacherPoolConfig) -> TeacherActors:
     (the actors come up in the background)."""
     import ray
 
+    from raydistill.runtime import pool_max_actors
+
     remote = ray.remote(
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus,
         resources=pool.resources or None,
     )(TeacherPredictorActor)
-    return TeacherActors(pool, [remote.remote() for _ in range(max(1, pool.max_actors))])
+    count = pool_max_actors(pool)
+    return TeacherActors(pool, [remote.remote() for _ in range(max(1, count))])
 
 
 def block_refs(ds: Any) -> list[Any]:

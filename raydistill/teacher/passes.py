@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from raydistill.config import JobConfig
 from raydistill.data.sources import training_rows
 from raydistill.progress import RowProgress
+from raydistill.runtime import pool_max_actors
 from raydistill.teacher.actors import TeacherActors, block_refs, predictor_setup, start_actors
 from raydistill.teacher.cache import cache_codec, ensure_cache, read_cache, read_manifest
 from raydistill.teacher.codec import LogitCodec
@@ -121,7 +122,7 @@ class PoolOnce(PoolPerEpoch):
         note = f", {startup:.1f}s of it waiting for the actors to start" if startup else ""
         log(
             f"[teacher] one pass over {labelled} rows in {time.perf_counter() - started:.1f}s "
-            f"({pool.max_actors} actor(s) max{note})"
+            f"({pool_max_actors(pool)} actor(s) max{note})"
         )
         return Attached(materialized, codec)
 

@@ -75,6 +75,8 @@ def attach_teacher(
     """Run the teacher pool over ``ds`` as the job's scaling section sizes it."""
     import ray.data
 
+    from raydistill.runtime import pool_max_actors
+
     pool: TeacherPoolConfig = job.scaling.teacher_pool
     extra = {"resources": pool.resources} if pool.resources else {}
     return ds.map_batches(
@@ -88,7 +90,9 @@ def attach_teacher(
             "use_gpu": pool.num_gpus > 0,
             "codec": codec,
         },
-        compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+        compute=ray.data.ActorPoolStrategy(
+            min_size=pool.min_actors, max_size=pool_max_actors(pool)
+        ),
         batch_size=pool.batch_size,
         batch_format="numpy",
         num_cpus=pool.num_cpus,

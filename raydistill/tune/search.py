@@ -107,7 +107,7 @@ def planned_tune_cpus(job: JobConfig) -> int:
         TRIAL_CPUS if t.workers_per_trial > 1 else 0
     )
     if not t.shared_teacher:
-        per_trial += 2 * s.teacher_pool.max_actors * s.teacher_pool.num_cpus
+        per_trial += 2 * s.teacher_pool.planned_max_actors * s.teacher_pool.num_cpus
     return max(planned_cpus(job), math.ceil(t.max_concurrent_trials * per_trial + 2))
 
 
