@@ -116,7 +116,9 @@ class DataConfig(Section):
     ``label_column`` from a file or directory at ``path`` (local or any pyarrow filesystem URI);
     ``jsonl`` does the same for JSON lines (inputs as nested lists).
     ``image_folder`` reads ``path/<class name>/*.{png,jpg,...}``; classes are the sorted folder
-    names. Text: ``csv``, ``jsonl`` or ``parquet`` rows with ``text.column`` and
+    names. ``webdataset`` reads tar shards (a ``.tar`` file or a directory of them) whose
+    samples pair an image member with a ``.cls`` member (its integer class), WebDataset's way.
+    Text: ``csv``, ``jsonl`` or ``parquet`` rows with ``text.column`` and
     ``label_column`` (integer labels, or class names: sorted into ids), or ``text_folder``:
     ``path/<class name>/*.txt``; ``text`` is set by default for csv and text_folder. A
     ``task: cross_modal`` job reads both ``input_column`` (the teacher's images) and the text.
@@ -135,6 +137,7 @@ class DataConfig(Section):
         "jsonl",
         "csv",
         "image_folder",
+        "webdataset",
         "text_folder",
         "fashion_mnist",
         "coco",
@@ -142,7 +145,7 @@ class DataConfig(Section):
     ] = Field("digits", description="digits: scikit-learn's bundled 8x8 handwritten digits")
     path: str | None = Field(
         None,
-        description="file or directory for npz/parquet/jsonl/image_folder/hf_dataset;"
+        description="file or directory for npz/parquet/jsonl/image_folder/webdataset/hf_dataset;"
         " fashion_mnist: the idx directory (null: /usr/share/datasets/fashion-mnist/)",
     )
     subset: float | None = Field(
@@ -171,9 +174,11 @@ class DataConfig(Section):
         description="the column of labels (integers, a ClassLabel; text rows: or class names)",
     )
     image_size: tuple[int, int] | None = Field(
-        None, description="image_folder: resize to [H, W]; null: the first image's size"
+        None, description="image_folder, webdataset: resize to [H, W]; null: the first image's size"
     )
-    channels: Literal[1, 3] = Field(3, description="image_folder: 1 (grayscale) or 3 (RGB)")
+    channels: Literal[1, 3] = Field(
+        3, description="image_folder, webdataset: 1 (grayscale) or 3 (RGB)"
+    )
     split: SplitConfig = Field(
         default_factory=SplitConfig, description="how train/val/test are cut (stratified)"
     )
@@ -213,10 +218,11 @@ class DataConfig(Section):
         # fashion_mnist has a default directory; its files are checked when read, so that a job
         # validates on a machine without the dataset installed.
         elif self.split.train is not None and self.source != "hf_dataset":  # names there
-            if self.source not in ("parquet", "jsonl", "image_folder") or self.text is not None:
+            located = ("parquet", "jsonl", "image_folder", "webdataset")
+            if self.source not in located or self.text is not None:
                 raise KeyedError(
                     "data.split.train",
-                    "split locations are for parquet, jsonl and image_folder"
+                    "split locations are for parquet, jsonl, image_folder and webdataset"
                     f" sources of tensors and images, not {self.source}"
                     + (" text" if self.text is not None else ""),
                 )

@@ -35,9 +35,16 @@ from raydistill.data.listing import (
     open_file,
     parquet_row_groups,
 )
-from raydistill.data.stream import ROWS_PER_CHUNK, StreamedSplit, StreamSource, read_rows
+from raydistill.data.shards import SHARD_SUFFIXES, read_samples
+from raydistill.data.stream import (
+    IMAGE_KINDS,
+    ROWS_PER_CHUNK,
+    StreamedSplit,
+    StreamSource,
+    read_rows,
+)
 
-STREAMED_SOURCES = ("parquet", "jsonl", "image_folder", "hf_dataset")
+STREAMED_SOURCES = ("parquet", "jsonl", "image_folder", "webdataset", "hf_dataset")
 
 
 def streams(data: DataConfig) -> bool:
@@ -122,6 +129,50 @@ def _plan_images(data: DataConfig, roots: dict[str, str], hashed: bool) -> dict[
             len(files),
             sum(f.size for f in files),
         )
+    return _finish(out, num_classes)
+
+
+# ---------------------------------------------------------------------------- tar shards
+
+
+def _plan_shards(data: DataConfig, roots: dict[str, str], hashed: bool) -> dict[str, StreamedSplit]:
+    """WebDataset shards' splits: every sample listed from its shard's headers (its image's
+    byte range and its class), cut by the hash of its key like an image folder's files."""
+    out: dict[str, StreamedSplit] = {}
+    listings: dict[str, tuple[list[Listed], list, np.ndarray]] = {}
+    for split, root in roots.items():
+        if root not in listings:
+            shards = list_files(root, SHARD_SUFFIXES)
+            if not shards:
+                raise JobError(f"data.path: no .tar shards under {root}")
+            samples = [(shard, s) for shard in shards for s in read_samples(root, shard)]
+            listings[root] = (shards, samples, text_hashes(s.key for _, s in samples))
+        shards, samples, hashes = listings[root]
+        source = _base_source(data, split, root, hashed)
+        keep = [samples[i] for i in np.flatnonzero(source.keep(hashes))]
+        labels = np.asarray([s.label for _, s in keep], dtype=np.int64)
+        items = pa.table(
+            {
+                "path": pa.array([shard.path for shard, _ in keep], type=pa.string()),
+                "key": pa.array([s.key for _, s in keep], type=pa.string()),
+                "offset": pa.array([s.offset for _, s in keep], type=pa.int64()),
+                "size": pa.array([s.size for _, s in keep], type=pa.int64()),
+                "label": pa.array(labels, type=pa.int64()),
+                "row_id": pa.array(row_ids(hashes[source.keep(hashes)]), type=pa.int64()),
+            }
+        )
+        out[split] = StreamedSplit(
+            source, items, labels, (), _digest(shards), len(shards), sum(f.size for f in shards)
+        )
+    found = [split.counts for split in out.values() if len(split.counts)]
+    top = max((int(x.max()) for x in found), default=-1)
+    num_classes = data.num_classes or top + 1
+    if min((int(x.min()) for x in found), default=0) < 0 or top >= num_classes:
+        raise JobError(
+            f"data: a .cls class in {roots['train']} is outside num_classes={num_classes}"
+        )
+    for split in out.values():  # the plan held labels; the split keeps their counts
+        split.counts = np.bincount(split.counts, minlength=num_classes)
     return _finish(out, num_classes)
 
 
@@ -285,7 +336,7 @@ def _finish(splits: dict[str, StreamedSplit], num_classes: int) -> dict[str, Str
     train.source = replace(train.source, num_classes=num_classes)
     first = train.head(1).inputs[0]
     # decoded images (a folder's, or a datasets.Image column's) all resize to the first's size
-    images = train.source.kind == "image_folder" or (
+    images = train.source.kind in IMAGE_KINDS or (
         train.source.kind == "hf_dataset" and first.ndim == 3
     )
     size = tuple(first.shape[-2:]) if images else None
@@ -313,8 +364,7 @@ def plan_splits(data: DataConfig) -> dict[str, StreamedSplit]:
     """Train, val and test of a file source, planned (see the module docstring)."""
     if data.source == "hf_dataset":
         return _plan_hf(data)
-    plan = _plan_images if data.source == "image_folder" else _plan_tables
-    return plan(data, split_roots(data), data.split.locations() is None)
+    return _planner(data)(data, split_roots(data), data.split.locations() is None)
 
 
 def whole_source(data: DataConfig) -> StreamedSplit:
@@ -322,8 +372,11 @@ def whole_source(data: DataConfig) -> StreamedSplit:
     what :func:`raydistill.data.sources.load_arrays` reads, through the same reader."""
     if data.source == "hf_dataset":
         return _plan_hf(data, whole=True)["train"]
-    plan = _plan_images if data.source == "image_folder" else _plan_tables
-    return plan(data, {"train": str(data.path)}, False)["train"]
+    return _planner(data)(data, {"train": str(data.path)}, False)["train"]
+
+
+def _planner(data: DataConfig):
+    return {"image_folder": _plan_images, "webdataset": _plan_shards}.get(data.source, _plan_tables)
 
 
 __all__ = ["STREAMED_SOURCES", "plan_splits", "read_rows", "streams", "whole_source"]

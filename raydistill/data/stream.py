@@ -29,7 +29,9 @@ from raydistill.data.arrays import LabelledArrays, register_tensor_types
 from raydistill.data.hf import ARROW_SUFFIX, arrow_chunks
 from raydistill.data.keys import row_hashes, row_ids, split_mask, subset_mask, value_hashes
 from raydistill.data.listing import open_file
+from raydistill.data.shards import member_bytes
 
+IMAGE_KINDS = ("image_folder", "webdataset")  # sources whose work items are single images
 ROWS_PER_CHUNK = 4096  # rows a Parquet/JSON read yields at a time (bounds a read task's memory)
 IMAGES_PER_BATCH = 64  # images one decode call reads
 
@@ -39,7 +41,7 @@ class StreamSource:
     """Everything a reader needs to turn work items into one split's rows; pickled into every
     Ray Data read task, so it holds settings, never rows."""
 
-    kind: str  # parquet | jsonl | image_folder | hf_dataset
+    kind: str  # parquet | jsonl | image_folder | webdataset | hf_dataset
     root: str
     split: str
     input_column: str = "input"
@@ -95,8 +97,15 @@ def _decode_image(source: StreamSource, path: str, data: bytes | None = None) ->
 
 def _image_rows(source: StreamSource, items: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     images, keep = [], []
+    ranged = "offset" in items  # a shard member: one ranged read of its tar
     for i, path in enumerate(items["path"]):
-        image = _decode_image(source, str(path))
+        if ranged:
+            data = member_bytes(
+                source.root, str(path), int(items["offset"][i]), int(items["size"][i])
+            )
+            image = _decode_image(source, f"{items['key'][i]} in {path}", data)
+        else:
+            image = _decode_image(source, str(path))
         if image is not None:
             images.append(image)
             keep.append(i)
@@ -216,7 +225,7 @@ def _read_chunks(source: StreamSource, item: dict[str, Any]) -> Iterator[tuple[p
 def read_rows(items: dict[str, np.ndarray], source: StreamSource) -> Iterator[dict[str, Any]]:
     """The rows of a batch of work items (image paths, Parquet row groups or JSON files) that
     belong to ``source.split``: the one reader of training, teacher passes and evaluation."""
-    if source.kind == "image_folder":
+    if source.kind in IMAGE_KINDS:
         yield _image_rows(source, items)
         return
     for i in range(len(items["path"])):
@@ -271,7 +280,7 @@ class StreamedSplit:
 
     def iter_arrays(self, batch_rows: int = 512) -> Iterator[LabelledArrays]:
         """The split's rows in this process, ``batch_rows`` at a time, in plan order."""
-        step = IMAGES_PER_BATCH if self.source.kind == "image_folder" else 1
+        step = IMAGES_PER_BATCH if self.source.kind in IMAGE_KINDS else 1
         pending: list[dict[str, np.ndarray]] = []
         held = 0
         for start in range(0, self.items.num_rows, step):
@@ -300,14 +309,14 @@ class StreamedSplit:
         there."""
         import ray.data
 
-        per_block = items_per_block or (256 if self.source.kind == "image_folder" else 1)
+        per_block = items_per_block or (256 if self.source.kind in IMAGE_KINDS else 1)
         n = self.items.num_rows
         blocks = [self.items.slice(i, per_block) for i in range(0, n, per_block)] or [self.items]
         return ray.data.from_arrow(blocks).map_batches(
             read_rows,
             fn_kwargs={"source": self.source},
             batch_format="numpy",
-            batch_size=IMAGES_PER_BATCH if self.source.kind == "image_folder" else 1,
+            batch_size=IMAGES_PER_BATCH if self.source.kind in IMAGE_KINDS else 1,
         )
 
 
