@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +258,23 @@ def test_validate_prints_what_the_job_will_stream(tmp_path):
     assert line.startswith(f"# data: {sizes} rows, 10 classes; streams 300 rows"), line
     assert f"({300 * (64 * 4 + 16) / 1e6:,.1f} MB decoded) from 3 files" in line
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_plan_reads_files_side_by_side_in_order_and_names_the_first_bad_one():
+    import threading
+
+    from raydistill.data.plan import in_parallel
+
+    seen: set[int] = set()
+
+    def read(i: int) -> int:
+        seen.add(threading.get_ident())
+        time.sleep(0.02)  # storage latency: the reads overlap
+        if i in (7, 9):
+            raise JobError(f"data: cannot read file {i}")
+        return i * i
+
+    assert in_parallel(read, list(range(7))) == [i * i for i in range(7)]
+    assert len(seen) > 1
+    with pytest.raises(JobError, match="file 7"):
+        in_parallel(read, list(range(12)))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -44,6 +45,7 @@ from raydistill.data.stream import (
     read_rows,
 )
 
+Out = TypeVar("Out")
 STREAMED_SOURCES = ("parquet", "jsonl", "image_folder", "webdataset", "hf_dataset")
 
 
@@ -145,7 +147,8 @@ def _plan_shards(data: DataConfig, roots: dict[str, str], hashed: bool) -> dict[
             shards = list_files(root, SHARD_SUFFIXES)
             if not shards:
                 raise JobError(f"data.path: no .tar shards under {root}")
-            samples = [(shard, s) for shard in shards for s in read_samples(root, shard)]
+            listed = in_parallel(lambda shard, root=root: read_samples(root, shard), shards)
+            samples = [(sh, s) for sh, found in zip(shards, listed, strict=True) for s in found]
             listings[root] = (shards, samples, text_hashes(s.key for _, s in samples))
         shards, samples, hashes = listings[root]
         source = _base_source(data, split, root, hashed)
@@ -234,10 +237,12 @@ def _table_items(data: DataConfig, root: str) -> tuple[list[dict], str, list[Lis
 
 
 def _label_pass(data: DataConfig, root: str, items: list[dict], sources: list[StreamSource]):
-    """Labels per split of one location, streamed: ``{split: labels int64}`` (labels only)."""
+    """Labels per split of one location, streamed: ``{split: labels int64}`` (labels only).
+    Work items are read side by side (:func:`in_parallel`), their labels kept in item order."""
     columns = [data.label_column] + ([data.key_column] if data.key_column else [])
-    labels: dict[str, list[np.ndarray]] = {s.split: [] for s in sources}
-    for item in items:
+
+    def item_labels(item: dict) -> dict[str, list[np.ndarray]]:
+        labels: dict[str, list[np.ndarray]] = {s.split: [] for s in sources}
         first = item["first_row"]
         for chunk in _label_chunks(root, data.source, item, columns):
             if data.key_column:
@@ -249,7 +254,29 @@ def _label_pass(data: DataConfig, root: str, items: list[dict], sources: list[St
             for source in sources:
                 labels[source.split].append(values[source.keep(hashes)].astype(np.int64))
             first += chunk.num_rows
-    return {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in labels.items()}
+        return labels
+
+    per_item = in_parallel(item_labels, items)
+    return {
+        s.split: np.concatenate([a for labels in per_item for a in labels[s.split]] or [_NONE])
+        for s in sources
+    }
+
+
+_NONE = np.zeros(0, np.int64)
+PLAN_THREADS = 16  # files the plan reads at once: object-store latency, not CPU, bounds it
+
+
+def in_parallel(read: Callable[[Any], Out], items: list[Any]) -> list[Out]:
+    """``[read(item) for item in items]``, up to :data:`PLAN_THREADS` at a time: the plan's
+    reads (label columns, shard headers) are small and wait on storage, so over ``s3://`` a
+    thousand files take seconds instead of minutes. The first error is raised as it is."""
+    if len(items) <= 1:
+        return [read(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(PLAN_THREADS, len(items))) as pool:
+        return list(pool.map(read, items))
 
 
 def _rows_of(data: DataConfig, roots: dict[str, str], label: int, most: int = 5) -> str:
