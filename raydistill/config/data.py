@@ -114,7 +114,8 @@ class DataConfig(Section):
     ``digits`` ships with scikit-learn. ``npz`` reads arrays ``inputs`` [N, ...] and ``labels``
     [N] from ``path``; ``parquet`` reads ``input_column`` (a tensor or list column) and
     ``label_column`` from a file or directory at ``path`` (local or any pyarrow filesystem URI);
-    ``jsonl`` does the same for JSON lines (inputs as nested lists).
+    ``jsonl`` does the same for JSON lines (inputs as nested lists); ``csv`` with
+    ``input_column: [a, b, ...]`` reads those numeric columns as one feature vector per row.
     ``image_folder`` reads ``path/<class name>/*.{png,jpg,...}``; classes are the sorted folder
     names. ``webdataset`` reads tar shards (a ``.tar`` file or a directory of them) whose
     samples pair an image member with a ``.cls`` member (its integer class), WebDataset's way.
@@ -164,10 +165,12 @@ class DataConfig(Section):
         " student the teacher's soft targets on every row and the labels on this share, the"
         " baseline this share alone (as many steps); null: all",
     )
-    input_column: str = Field(
+    input_column: str | list[str] = Field(
         "input",
         description="parquet/jsonl/hf_dataset: the column of inputs, a tensor or nested lists, or"
-        " encoded images (datasets.Image) (cross_modal: the teacher's images)",
+        " encoded images (datasets.Image) (cross_modal: the teacher's images); a list: numeric"
+        " feature columns, one float32 vector [F] per row (tabular rows; csv takes only this"
+        " form, and a csv source with input_column set holds features, not text)",
     )
     label_column: str = Field(
         "label",
@@ -203,8 +206,17 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _path_for_files(self) -> DataConfig:
-        if self.source in ("csv", "text_folder") and self.text is None:
+        tabular_csv = self.source == "csv" and "input_column" in self.model_fields_set
+        if self.source in ("csv", "text_folder") and self.text is None and not tabular_csv:
             self.text = TextConfig()
+        features = isinstance(self.input_column, list)
+        tables = ("parquet", "jsonl", "csv")
+        if features and (not self.input_column or self.text or self.source not in tables):
+            why = "a list of feature columns (one or more) is for parquet, jsonl and csv numbers"
+            raise KeyedError("data.input_column", why)
+        if tabular_csv and not (features and self.input_column):
+            why = "csv rows of numbers: list their feature columns (input_column: [a, b, ...])"
+            raise KeyedError("data.input_column", why)
         text_sources = ("csv", "jsonl", "parquet", "text_folder", "hf_dataset")
         if self.text is not None and self.source not in text_sources:
             raise KeyedError(
@@ -218,11 +230,11 @@ class DataConfig(Section):
         # fashion_mnist has a default directory; its files are checked when read, so that a job
         # validates on a machine without the dataset installed.
         elif self.split.train is not None and self.source != "hf_dataset":  # names there
-            located = ("parquet", "jsonl", "image_folder", "webdataset")
+            located = ("parquet", "jsonl", "csv", "image_folder", "webdataset")
             if self.source not in located or self.text is not None:
                 raise KeyedError(
                     "data.split.train",
-                    "split locations are for parquet, jsonl, image_folder and webdataset"
+                    "split locations are for parquet, jsonl, csv, image_folder and webdataset"
                     f" sources of tensors and images, not {self.source}"
                     + (" text" if self.text is not None else ""),
                 )

@@ -11,7 +11,11 @@ from pathlib import Path, PurePosixPath
 from raydistill.config import JobError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-TABLE_SUFFIXES = {"parquet": (".parquet", ".pq"), "jsonl": (".jsonl", ".json", ".ndjson")}
+TABLE_SUFFIXES = {
+    "parquet": (".parquet", ".pq"),
+    "jsonl": (".jsonl", ".json", ".ndjson"),
+    "csv": (".csv",),
+}
 
 
 @dataclass(frozen=True)
@@ -86,9 +90,12 @@ class RowGroup:
     rows: int
 
 
-def parquet_row_groups(root: str, files: list[Listed], columns: list[str]) -> list[RowGroup]:
+def parquet_row_groups(
+    root: str, files: list[Listed], columns: list[str], label: str | None = None
+) -> list[RowGroup]:
     """Every row group of ``files``, from their footers; a file that lacks one of ``columns``
-    or holds non-integer labels (``columns[1]``) is refused here, before any row is read."""
+    or holds non-integer labels (``label``, default ``columns[1]``) is refused here, before
+    any row is read."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -104,11 +111,11 @@ def parquet_row_groups(root: str, files: list[Listed], columns: list[str]) -> li
                 raise JobError(
                     f"data: column '{column}' not in {file.path} (columns: {schema.names})"
                 )
-        label_type = schema.field(columns[1]).type
+        label = label or columns[1]
+        label_type = schema.field(label).type
         if not pa.types.is_integer(label_type):
             raise JobError(
-                f"data: labels in {file.path} (column '{columns[1]}') must be integers, got "
-                f"{label_type}"
+                f"data: labels in {file.path} (column '{label}') must be integers, got {label_type}"
             )
         first = 0
         for g in range(meta.metadata.num_row_groups):

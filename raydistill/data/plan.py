@@ -42,11 +42,12 @@ from raydistill.data.stream import (
     ROWS_PER_CHUNK,
     StreamedSplit,
     StreamSource,
+    csv_chunks,
     read_rows,
 )
 
 Out = TypeVar("Out")
-STREAMED_SOURCES = ("parquet", "jsonl", "image_folder", "webdataset", "hf_dataset")
+STREAMED_SOURCES = ("parquet", "jsonl", "csv", "image_folder", "webdataset", "hf_dataset")
 
 
 def streams(data: DataConfig) -> bool:
@@ -72,7 +73,9 @@ def _base_source(data: DataConfig, split: str, root: str, hashed: bool) -> Strea
         kind=data.source,
         root=root,
         split=split,
-        input_column=data.input_column,
+        input_column=(
+            tuple(data.input_column) if isinstance(data.input_column, list) else data.input_column
+        ),
         label_column=data.label_column,
         key_column=data.key_column,
         image_size=tuple(data.image_size) if data.image_size else None,
@@ -194,6 +197,11 @@ def _label_chunks(root: str, kind: str, item: dict, columns: list[str]) -> Itera
         for batch in reader.iter_batches(row_groups=[item["group"]], columns=columns):
             yield pa.Table.from_batches([batch])
         return
+    if kind == "csv":
+        for chunk in csv_chunks(root, item["path"], columns):
+            _check_labels(chunk, columns[0], item["path"])
+            yield chunk
+        return
     import pyarrow.json as pajson
 
     try:
@@ -205,13 +213,16 @@ def _label_chunks(root: str, kind: str, item: dict, columns: list[str]) -> Itera
             raise JobError(
                 f"data: column '{column}' not in {item['path']} (columns: {table.column_names})"
             )
-    label_type = table.schema.field(columns[0]).type
+    _check_labels(table, columns[0], item["path"])
+    yield table.select(columns)
+
+
+def _check_labels(table: pa.Table, column: str, path: str) -> None:
+    label_type = table.schema.field(column).type
     if not pa.types.is_integer(label_type):
         raise JobError(
-            f"data: labels in {item['path']} (column '{columns[0]}') must be "
-            f"integers, got {label_type}"
+            f"data: labels in {path} (column '{column}') must be integers, got {label_type}"
         )
-    yield table.select(columns)
 
 
 def _table_items(data: DataConfig, root: str) -> tuple[list[dict], str, list[Listed]]:
@@ -223,10 +234,11 @@ def _table_items(data: DataConfig, root: str) -> tuple[list[dict], str, list[Lis
     if not files:
         raise JobError(f"data.path: no {data.source} files under {root}")
     if data.source == "parquet":
-        columns = [data.input_column, data.label_column]
+        inputs = data.input_column
+        columns = [*(inputs if isinstance(inputs, list) else [inputs]), data.label_column]
         if data.key_column:
             columns.append(data.key_column)
-        groups = parquet_row_groups(root, files, columns)
+        groups = parquet_row_groups(root, files, columns, label=data.label_column)
         items = [
             {"path": g.path, "key": g.key, "group": g.group, "first_row": g.first_row}
             for g in groups

@@ -44,7 +44,7 @@ class StreamSource:
     kind: str  # parquet | jsonl | image_folder | webdataset | hf_dataset
     root: str
     split: str
-    input_column: str = "input"
+    input_column: str | tuple[str, ...] = "input"  # a tuple: numeric feature columns
     label_column: str = "label"
     key_column: str | None = None
     image_size: tuple[int, int] | None = None
@@ -167,7 +167,13 @@ def _table_rows(source: StreamSource, table: pa.Table, key: str, first: int) -> 
     table = table.filter(pa.array(keep))
     index = np.flatnonzero(keep) + first
     labels = table.column(source.label_column).to_numpy(zero_copy_only=False)
-    inputs, decoded = _input_array(source, table.column(source.input_column), key, index)
+    if isinstance(source.input_column, tuple):  # feature columns: one float32 vector a row
+        features = [table.column(c).to_numpy(zero_copy_only=False) for c in source.input_column]
+        inputs = np.stack(features, axis=1).astype(np.float32)
+        decoded = np.ones(len(inputs), dtype=bool)
+    else:
+        column = table.column(source.input_column)
+        inputs, decoded = _input_array(source, column, key, index)
     good = (labels >= 0) & (labels < source.num_classes)
     good &= np.isfinite(inputs.reshape(len(inputs), -1)).all(axis=1)
     for i in np.flatnonzero(~good & decoded)[: 1 if not source.skip_bad else None]:
@@ -187,7 +193,8 @@ def _table_rows(source: StreamSource, table: pa.Table, key: str, first: int) -> 
 
 def _read_chunks(source: StreamSource, item: dict[str, Any]) -> Iterator[tuple[pa.Table, int]]:
     """``(chunk, index of its first row in the file)`` for one work item."""
-    columns = [source.input_column, source.label_column]
+    inputs = source.input_column
+    columns = [*(inputs if isinstance(inputs, tuple) else (inputs,)), source.label_column]
     if source.key_column is not None:
         columns.append(source.key_column)
     path = str(item["path"])
@@ -209,6 +216,12 @@ def _read_chunks(source: StreamSource, item: dict[str, Any]) -> Iterator[tuple[p
             yield pa.Table.from_batches([batch]), first
             first += batch.num_rows
         return
+    if source.kind == "csv":
+        first = 0
+        for chunk in csv_chunks(source.root, path, columns):
+            yield chunk, first
+            first += chunk.num_rows
+        return
     import pyarrow.json as pajson
 
     try:
@@ -220,6 +233,27 @@ def _read_chunks(source: StreamSource, item: dict[str, Any]) -> Iterator[tuple[p
         raise JobError(f"data: column '{missing[0]}' not in {path} ({table.column_names})")
     for start in range(0, table.num_rows, ROWS_PER_CHUNK):
         yield table.slice(start, ROWS_PER_CHUNK), start
+
+
+def csv_chunks(root: str, path: str, columns: list[str]) -> Iterator[pa.Table]:
+    """``columns`` of one CSV file, :data:`ROWS_PER_CHUNK`-sized blocks at a time (a
+    streaming read: the file is never whole in memory); a missing column is named."""
+    import pyarrow.csv as pacsv
+
+    try:
+        reader = pacsv.open_csv(
+            open_file(root, path),
+            read_options=pacsv.ReadOptions(block_size=1 << 20),
+            convert_options=pacsv.ConvertOptions(include_columns=columns),
+        )
+    except (pa.ArrowInvalid, KeyError) as exc:
+        missing = [c for c in columns if f"'{c}'" in str(exc)]
+        what = f"column '{missing[0]}' not in {path}" if missing else f"cannot read {path}"
+        raise JobError(f"data: {what} as CSV: {str(exc).splitlines()[0]}") from None
+    for batch in reader:
+        table = pa.Table.from_batches([batch])
+        for start in range(0, table.num_rows, ROWS_PER_CHUNK):
+            yield table.slice(start, ROWS_PER_CHUNK)
 
 
 def read_rows(items: dict[str, np.ndarray], source: StreamSource) -> Iterator[dict[str, Any]]:
