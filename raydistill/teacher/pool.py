@@ -61,7 +61,11 @@ class TeacherPredictor:
         inputs = model_tensor(batch.get(TEACHER_INPUT, batch[INPUT])).to(self.device)
         with autocast(self.precision, self.device):
             logits = self.model(inputs)
-        batch.update(self.codec.encode(logits.float().cpu().numpy()))
+        if getattr(self.codec, "encodes_tensors", False):
+            encoded = self.codec.encode(logits)  # on the device: only its columns come back
+        else:
+            encoded = self.codec.encode(logits.float().cpu().numpy())
+        batch.update(encoded)
         if self.tap is not None:
             for layer, value in self.tap.features.items():
                 batch[feature_column(layer)] = value.cpu().numpy().astype(self.feature_dtype)
