@@ -323,11 +323,10 @@ def evaluate(
     job_file: str, overrides: tuple[str, ...], checkpoint: str | None, split: str, model: str
 ) -> None:
     """Score a checkpoint (default: the run's student) on a split: the task's figure (accuracy,
-    mAP), a classifier's expected calibration error, size, latency."""
-    import math
+    mAP; a causal LM's perplexity and next-token agreement with the teacher), a classifier's
+    expected calibration error, size, latency."""
     from pathlib import Path
 
-    from raydistill.evaluate import ECE_BINS
     from raydistill.pipeline import evaluate_checkpoint
     from raydistill.tasks import get_task
 
@@ -337,15 +336,7 @@ def evaluate(
     if (remote := remote_run(job)) is not None and checkpoint is None:
         remote.pull_for_reading()  # the run's weights, from its storage URI
     result = evaluate_checkpoint(job, Path(checkpoint) if checkpoint else None, split, model)
-    task = get_task(job)
-    # a classifier's score carries its calibration; a detector's has none to show
-    ece = getattr(result, "ece", float("nan"))
-    calibration = f", ECE {100 * ece:.2f}% ({ECE_BINS} bins)" if math.isfinite(ece) else ""
-    click.echo(
-        f"{result.name}: {task.headline_name} {100 * result.headline:.2f}%{calibration}, "
-        f"{result.parameters:,} parameters, {result.latency_ms:.3f} ms per "
-        f"{task.unit.removesuffix('s')} (CPU, batch 1)"
-    )
+    click.echo(get_task(job).score_line(result))
 
 
 @main.command()

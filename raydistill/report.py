@@ -3,8 +3,8 @@
 The report puts the decision in one place: the comparison table (accuracy lost, size saved,
 speed gained), the training curves and the temperature/alpha schedules as they ran, per-class
 accuracy and calibration (ECE, a reliability diagram) of teacher and students, a tune search's
-results when the run has one, and the job as resolved. PNG plots go to ``<run dir>/report/``;
-the Markdown links them, the HTML embeds them.
+results when the run has one, a causal LM's greedy generations side by side, and the job as
+resolved. PNG plots go to ``<run dir>/report/``; the Markdown links them, the HTML embeds them.
 """
 
 from __future__ import annotations
@@ -371,6 +371,22 @@ def _tune_section(run_dir: Path) -> list[_Block]:
     return blocks
 
 
+def _samples_section(run_dir: Path, task_name: str) -> list[_Block]:
+    """The task's outputs side by side (a causal LM's greedy generations) of the run's
+    trained models."""
+    from raydistill.results import run_models
+
+    job, splits, models = run_models(run_dir)
+    table = task_named(task_name).samples(job, splits, models)
+    if table is None:
+        return []
+    blocks: list[_Block] = [_Heading(2, "Generations side by side (test prompts)")]
+    blocks.append(_Table(table.header, table.rows))
+    if table.caption:
+        blocks.append(_Para(table.caption))
+    return blocks
+
+
 def _resolve_run_dir(run_dir: Path) -> Path:
     """The run directory, also when given its ``tune/`` folder."""
     run_dir = Path(run_dir).resolve()
@@ -431,6 +447,8 @@ def write_report(run_dir: Path | str, summary: RunSummary | None = None) -> Repo
         blocks.append(_calibration_table(calibrated))
         plots.append(plot_reliability(calibrated, plots_dir / "reliability.png"))
         blocks.append(_Image(plots[-1], "reliability diagram"))
+    if task_named(summary.task).report_samples and summary.scores:
+        blocks += _samples_section(run_dir, summary.task)
     blocks += _tune_section(run_dir)
     blocks += [_Heading(2, "The job as resolved"), _Code(job_text)]
 

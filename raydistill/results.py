@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raydistill.config import JobConfig, JobError, load_job
+from torch import nn
+
+from raydistill.config import JobConfig, JobError, ModelSpec, load_job
 from raydistill.files import atomic_write_json, atomic_write_text
 from raydistill.models.specs import build_model, load_weights
 from raydistill.rundir import (
@@ -74,21 +76,40 @@ def score_run(
     job: JobConfig, splits: Splits, teacher_weights: Path | None, stages: dict[str, StageResult]
 ) -> list[Any]:
     """Test-split scores in table order: the teacher (when it has weights), then the distilled
-    student and the baseline among ``stages``."""
+    student and the baseline among ``stages`` (measured against the teacher too, for tasks
+    that score against it)."""
     task = get_task(job)
-    num_classes = task.num_classes(splits)
     test = splits["test"]
+    models = stage_models(job, task.num_classes(splits), teacher_weights, stages)
+    teacher = models.get(STAGE_NAMES["teacher"], (None, None))[0]
     scores = []
+    for name, (model, spec) in models.items():
+        if model is teacher:
+            scores.append(task.score(job, name, model, spec, test))
+        else:
+            scores.append(task.score_against(job, name, model, spec, test, teacher))
+    return scores
+
+
+def stage_models(
+    job: JobConfig,
+    num_classes: int,
+    teacher_weights: Path | None,
+    stages: dict[str, StageResult],
+) -> dict[str, tuple[nn.Module, ModelSpec]]:
+    """Table name -> (model in eval mode, its spec) of the teacher (when it has weights), then
+    the distilled student and the baseline among ``stages``."""
+    out: dict[str, tuple[nn.Module, ModelSpec]] = {}
     if teacher_weights is not None:
         teacher = build_model(job.teacher, num_classes, load=False)
         load_weights(teacher, teacher_weights, what="the teacher")
-        scores.append(task.score(job, STAGE_NAMES["teacher"], teacher, job.teacher, test))
+        out[STAGE_NAMES["teacher"]] = (teacher.eval(), job.teacher)
     for role in ("student", "baseline"):
         if role in stages:
             student = build_model(job.student, num_classes, load=False)
             load_weights(student, stages[role].weights, what=f"the {role}")
-            scores.append(task.score(job, STAGE_NAMES[role], student, job.student, test))
-    return scores
+            out[STAGE_NAMES[role]] = (student.eval(), job.student)
+    return out
 
 
 def read_run_job(run_dir: Path, command: str) -> JobConfig:
@@ -105,6 +126,20 @@ def read_run_job(run_dir: Path, command: str) -> JobConfig:
 def summarize_run(run_dir: Path) -> tuple[JobConfig, RunSummary]:
     """The job and the test-split table of a run directory as an earlier run left it (its
     finished stages are scored again, on this machine)."""
+    job, splits, summary, teacher = _finished(run_dir)
+    summary.scores = score_run(job, splits, teacher, summary.stages)
+    return job, summary
+
+
+def run_models(run_dir: Path) -> tuple[JobConfig, Splits, dict[str, nn.Module]]:
+    """The job, its splits and the trained models (table name -> model in eval mode) of a run
+    directory's finished stages."""
+    job, splits, summary, teacher = _finished(run_dir)
+    models = stage_models(job, get_task(job).num_classes(splits), teacher, summary.stages)
+    return job, splits, {name: model for name, (model, _) in models.items()}
+
+
+def _finished(run_dir: Path) -> tuple[JobConfig, Splits, RunSummary, Path | None]:
     run_dir = Path(run_dir).resolve()
     job = read_run_job(run_dir, "report")
     summary = RunSummary(run_dir, task=job.task, labelled_fraction=job.data.labelled_fraction)
@@ -113,8 +148,7 @@ def summarize_run(run_dir: Path) -> tuple[JobConfig, RunSummary]:
             summary.stages[role] = done
     teacher = teacher_weights_path(job, run_dir)
     splits = get_task(job).read_splits(job, _quiet)
-    summary.scores = score_run(job, splits, teacher if teacher.is_file() else None, summary.stages)
-    return job, summary
+    return job, splits, summary, teacher if teacher.is_file() else None
 
 
 def evaluate_checkpoint(
@@ -137,7 +171,12 @@ def evaluate_checkpoint(
     num_classes = task.num_classes(splits)
     weights = load_weights(build_model(spec, num_classes, load=False), Path(checkpoint), model)
     name = f"{model} ({Path(checkpoint).name}, {split})"
-    return task.score(job, name, weights, spec, splits[split])
+    teacher_file = teacher_weights_path(job)
+    if model == "teacher" or not task.scores_with_teacher or not teacher_file.is_file():
+        return task.score(job, name, weights, spec, splits[split])
+    teacher = build_model(job.teacher, num_classes, load=False)
+    load_weights(teacher, teacher_file, what="the teacher")
+    return task.score_against(job, name, weights, spec, splits[split], teacher.eval())
 
 
 def write_summary(summary: RunSummary) -> None:

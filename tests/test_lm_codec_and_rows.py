@@ -161,3 +161,33 @@ def test_the_pool_encodes_with_top_k_when_lm_topk_is_set_and_steps_decode_it():
     assert targets[:, :-1].ids.shape == (2, 2, 4) and targets.to("cpu").k == 4
     with pytest.raises(ValueError, match="top-k rows of 50 tokens read as 60"):
         codec.decode(cols, 60)
+
+
+@pytest.mark.parametrize("k", [8, 300])
+def test_a_tensor_is_encoded_on_its_device_as_an_array_is_in_float64(k):
+    """The pool's path (a float32 tensor, encoded where it lies, chunk by chunk) against the
+    float64 numpy path: the same ids, log-probabilities to float16, the tail to 1e-4 even when
+    it is 1e-12 of the mass (one position peaked), -inf with k == V."""
+    vocab = 300
+    codec = TokenTopKCodec(k=k, vocab_size=vocab)
+    logits = (_logits((3, 700), vocab, seed=5) - 500.0).astype(np.float32)  # 2100 positions
+    logits[1, 5, 7] += 40.0  # a tail of about 300 * e^-40 (some 1e-15 of the mass)
+    want = codec.encode(logits.astype(np.float64))
+    got = codec.encode(torch.from_numpy(logits))  # crosses the 1024-position chunks
+    assert all(got[c].dtype == want[c].dtype and got[c].shape == want[c].shape for c in want)
+
+    # equal logits (float32 inputs tie) may come in either order: compare id -> log-prob
+    def dense(cols):
+        out = np.full((3, 700, vocab), np.nan, dtype=np.float32)
+        ids = cols[TOPK_IDS].astype(np.int64)
+        np.put_along_axis(out, ids, cols[TOPK_LOGPROBS].astype(np.float32), axis=-1)
+        return out
+
+    np.testing.assert_allclose(dense(got), dense(want), rtol=2e-3, atol=1e-3)  # NaN: not kept
+    same_order = (got[TOPK_IDS] == want[TOPK_IDS]).mean()
+    assert same_order > 0.999, same_order
+    if k == vocab:
+        assert np.isneginf(got[LOG_TAIL]).all() and np.isneginf(want[LOG_TAIL]).all()
+    else:
+        assert want[LOG_TAIL][1, 5] < -30  # the peaked position's tiny tail, kept
+        np.testing.assert_allclose(got[LOG_TAIL], want[LOG_TAIL], rtol=1e-4)

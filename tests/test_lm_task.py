@@ -228,7 +228,8 @@ def test_settings_causal_lm_does_not_run_are_refused(lm_files):
     job = load_job(write_lm_job(root, corpus, model_dir, distill__method="dkd"))
     _one_line(r"^distill.method: task causal_lm distils tokens", lambda: task.check_job(job))
     _one_line(
-        r"^`raydistill evaluate` does not run task: causal_lm: ", lambda: task.require("evaluate")
+        r"^`raydistill check-teacher` does not run task: causal_lm: ",
+        lambda: task.require("check-teacher"),
     )
     with pytest.raises(Exception, match=r"lm: only task: causal_lm reads the lm section"):
         load_job(write_lm_job(root, corpus, model_dir, task="classification"))

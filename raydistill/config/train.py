@@ -48,6 +48,12 @@ class TrainConfig(Section):
     lr_step_size: int = Field(10, ge=1, description="step schedule: epochs between decays")
     lr_gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor")
     grad_clip: float | None = Field(5.0, gt=0, description="max gradient norm; null: off")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="fp32: float32 throughout; bf16: every train step's forward and loss, and"
+        " the teacher pool's forwards, under torch.autocast in bfloat16 (weights, gradients and"
+        " optimizer state stay float32: bfloat16 weights would round small updates away)",
+    )
     early_stopping: EarlyStopping | None = Field(None, description="null: train every epoch")
     monitor: Monitor = Field(
         "auto",

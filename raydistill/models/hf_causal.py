@@ -14,6 +14,7 @@ of one family whose tables are padded to different sizes (151936 vs 152064) line
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -68,18 +69,25 @@ class HFCausalLM(nn.Module):
 
     @torch.no_grad()
     def greedy(self, ids: Tensor, new_tokens: int, eos_id: int | None = None) -> Tensor:
-        """Greedy continuation of one prompt int64 [P] by up to ``new_tokens`` tokens
-        (stops after ``eos_id``); returns only the new tokens [<= new_tokens]."""
+        """Greedy continuation of one prompt int64 [P] by up to ``new_tokens`` tokens (the
+        argmax over the shared vocabulary; stops after ``eos_id``); returns only the new
+        tokens int64 [<= new_tokens], on the CPU."""
         self.eval()
-        seq = ids.long()[None]
-        out = []
+        device = self.model.get_input_embeddings().weight.device
+        # the key/value cache: each step feeds only the newest token (transformers 5.x renames
+        # past_key_values to cache)
+        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else None
+        name = name or "past_key_values"
+        step, past, out = ids.long()[None].to(device), None, []
         for _ in range(new_tokens):
-            logits = self.model(input_ids=seq).logits[0, -1, : self.vocab]
-            nxt = int(logits.argmax())
+            given = {name: past} if past is not None else {}
+            result = self.model(input_ids=step, use_cache=True, **given)
+            past = getattr(result, name, None)
+            nxt = int(result.logits[0, -1, : self.vocab].argmax())
             out.append(nxt)
             if eos_id is not None and nxt == eos_id:
                 break
-            seq = torch.cat([seq, torch.tensor([[nxt]])], dim=1)
+            step = torch.tensor([[nxt]], device=device)
         return torch.tensor(out, dtype=torch.long)
 
     def save_pretrained(self, directory: Path, tokenizer_source: str | None = None) -> Path:

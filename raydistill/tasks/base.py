@@ -10,7 +10,8 @@ Driver side (plain Python, before and after Ray Train): ``prepare``, ``read_spli
 ``check_job``, ``describe_data``, ``num_classes``, ``balancer``, ``check_student``,
 ``check_pair``, ``datasets``, ``loop_extras``, ``score``, ``speed``, ``example_inputs``,
 ``output_difference``, ``table``, ``data_fingerprint``; the teacher cache's ``cache_datasets``,
-``cache_codec`` and ``cache_key_parts``.
+``cache_codec`` and ``cache_key_parts``; scoring against the teacher (``score_against``,
+``score_line``) and the report's ``samples``.
 Worker side (inside every Ray Train worker, or Ray-free in tests and in-memory searches):
 ``build_core``, ``train_batches``, ``step``, ``validate``, ``epoch_line``.
 """
@@ -108,6 +109,11 @@ class Task:
     counts: ClassVar[bool] = False
     # whether the student can learn from labels on a share of the rows (data.labelled_fraction)
     labelled_share: ClassVar[bool] = False
+    # whether a student's score measures it against the teacher too (``score_against`` is given
+    # the teacher's model: `raydistill evaluate` loads the teacher's weights for it)
+    scores_with_teacher: ClassVar[bool] = False
+    # whether the report shows model outputs side by side (``samples``)
+    report_samples: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ capabilities
 
@@ -222,6 +228,39 @@ class Task:
         """A model's test-split row: an object with ``name``, ``headline`` (the task's main
         figure as a fraction), ``parameters``, ``latency_ms`` and ``as_dict()``."""
         raise NotImplementedError
+
+    def score_against(
+        self,
+        job: JobConfig,
+        name: str,
+        model: nn.Module,
+        spec: ModelSpec,
+        split: Any,
+        teacher: nn.Module | None,
+    ) -> Any:
+        """``score``, plus what compares the model with ``teacher`` (None: no teacher, or the
+        row is the teacher's own) for tasks with ``scores_with_teacher``."""
+        return self.score(job, name, model, spec, split)
+
+    def score_line(self, score: Any) -> str:
+        """`raydistill evaluate`'s one line about a score row."""
+        import math
+
+        from raydistill.evaluate import ECE_BINS
+
+        # a classifier's score carries its calibration; a detector's has none to show
+        ece = getattr(score, "ece", float("nan"))
+        calibration = f", ECE {100 * ece:.2f}% ({ECE_BINS} bins)" if math.isfinite(ece) else ""
+        return (
+            f"{score.name}: {self.headline_name} {100 * score.headline:.2f}%{calibration}, "
+            f"{score.parameters:,} parameters, {score.latency_ms:.3f} ms per "
+            f"{self.unit.removesuffix('s')} (CPU, batch 1)"
+        )
+
+    def samples(self, job: JobConfig, splits: Splits, models: dict[str, nn.Module]) -> Any:
+        """The report's outputs side by side (a :class:`SummaryTable`) of ``models`` (table
+        name -> model in eval mode) on a few test rows, for tasks with ``report_samples``."""
+        return None
 
     def speed(
         self, job: JobConfig, model: nn.Module, spec: ModelSpec, split: Any

@@ -29,6 +29,7 @@ from raydistill.distill.token_distiller import TokenDistiller
 from raydistill.distill.token_losses import next_token_ce, token_agreement
 from raydistill.models.specs import build_model, count_parameters, load_weights
 from raydistill.tasks.base import Log, Shapes, Splits, StepOutput, SummaryTable, Task, batch_rows
+from raydistill.tasks.lm_samples import greedy_samples
 from raydistill.tasks.summary import comparison_notes, epochs_cell
 from raydistill.teacher.topk_codec import TokenTopKCodec
 
@@ -51,6 +52,9 @@ class LMScore:
     parameters: int
     latency_ms: float
     tokens: int
+    # share of target tokens where the model's argmax is the teacher's (None: no teacher, or
+    # the teacher's own row), a fraction
+    agreement: float | None = None
 
     @property
     def headline(self) -> float:
@@ -64,6 +68,7 @@ class LMScore:
             "parameters": self.parameters,
             "latency_ms": self.latency_ms,
             "tokens": self.tokens,
+            "agreement": self.agreement,
         }
 
 
@@ -72,13 +77,13 @@ class CausalLMTask(Task):
 
     name: ClassVar[str] = "causal_lm"
     commands: ClassVar[frozenset[str]] = frozenset(
-        {"validate", "teacher", "cache", "train", "tune", "export"}
+        {"validate", "teacher", "cache", "train", "tune", "evaluate", "report", "export"}
     )
     refusals: ClassVar[dict[str, str]] = {
-        "evaluate": "not wired for causal LMs yet (train prints the test table)",
-        "report": "not wired for causal LMs yet (train prints the test table)",
         "check-teacher": "its headroom check measures classifiers",
     }
+    scores_with_teacher: ClassVar[bool] = True
+    report_samples: ClassVar[bool] = True
     monitor: ClassVar[str] = "val_ce"
     monitors: ClassVar[frozenset[str]] = frozenset({"val_ce", "val_loss"})
     teacher_passes: ClassVar[frozenset[str]] = frozenset({"once", "per_epoch", "cache"})
@@ -192,7 +197,20 @@ class CausalLMTask(Task):
     def score(
         self, job: JobConfig, name: str, model: nn.Module, spec: ModelSpec, split: LMSplit
     ) -> LMScore:
-        ce, correct, tokens = _evaluate(model, split.rows)
+        return self.score_against(job, name, model, spec, split, None)
+
+    def score_against(
+        self,
+        job: JobConfig,
+        name: str,
+        model: nn.Module,
+        spec: ModelSpec,
+        split: LMSplit,
+        teacher: nn.Module | None,
+    ) -> LMScore:
+        """Perplexity and next-token accuracy over ``split``'s target tokens and, with a
+        ``teacher``, the share of them where the model's argmax is the teacher's."""
+        ce, correct, agree, tokens = _evaluate(model, split.rows, teacher)
         return LMScore(
             name=name,
             perplexity=math.exp(ce),
@@ -200,7 +218,26 @@ class CausalLMTask(Task):
             parameters=count_parameters(model),
             latency_ms=_latency_ms(model, split.rows[:1]),
             tokens=tokens,
+            agreement=None if teacher is None else agree / max(tokens, 1),
         )
+
+    def score_line(self, score: LMScore) -> str:
+        agreement = (
+            f", next-token agreement with the teacher {100 * score.agreement:.2f}%"
+            if score.agreement is not None
+            else ""
+        )
+        return (
+            f"{score.name}: perplexity {score.perplexity:.3f}, next-token accuracy "
+            f"{100 * score.accuracy:.2f}%{agreement} over {score.tokens:,} target tokens, "
+            f"{score.parameters:,} parameters, {score.latency_ms:.3f} ms per row (CPU, batch 1)"
+        )
+
+    def samples(
+        self, job: JobConfig, splits: Splits, models: dict[str, nn.Module]
+    ) -> SummaryTable | None:
+        """Greedy continuations of a few test rows' openings by every model, side by side."""
+        return greedy_samples(job, splits["test"], models)
 
     def speed(
         self, job: JobConfig, model: nn.Module, spec: ModelSpec, split: LMSplit
@@ -225,15 +262,19 @@ class CausalLMTask(Task):
                 s.name,
                 f"{s.perplexity:.2f}",
                 f"{100 * s.accuracy:.2f}%",
+                "-" if s.agreement is None else f"{100 * s.agreement:.2f}%",
                 f"{s.parameters:,}",
                 f"{s.latency_ms:.3f} ms",
                 epochs_cell(epochs, s.name),
             ]
             for s in scores
         ]
-        header = ["model", "test perplexity", "next-token accuracy", "parameters"]
-        header += ["latency / row (CPU, batch 1)", "epochs"]
-        caption = "Perplexity and next-token accuracy over the test split's target tokens."
+        header = ["model", "test perplexity", "next-token accuracy", "agreement with teacher"]
+        header += ["parameters", "latency / row (CPU, batch 1)", "epochs"]
+        caption = (
+            "Perplexity and next-token accuracy over the test split's target tokens; agreement:"
+            " the share of them where the model's most likely next token is the teacher's."
+        )
         notes = comparison_notes(scores, "points of next-token accuracy", digits=2, per="row")
         return SummaryTable(header, rows, caption if detailed else "", notes)
 
@@ -340,10 +381,15 @@ def _to_dataset(split: LMSplit, blocks: int = 4) -> Any:
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, rows: np.ndarray) -> tuple[float, int, int]:
-    """Mean next-token CE (nats), correct argmax predictions and target tokens over ``rows``."""
+def _evaluate(
+    model: nn.Module, rows: np.ndarray, teacher: nn.Module | None = None
+) -> tuple[float, int, int, int]:
+    """Mean next-token CE (nats), correct argmax predictions, predictions equal to the
+    ``teacher``'s argmax (0 without one) and target tokens over ``rows``."""
     model.eval()
-    ce_sum, correct, tokens = 0.0, 0, 0
+    if teacher is not None:
+        teacher.eval()
+    ce_sum, correct, agree, tokens = 0.0, 0, 0, 0
     for start in range(0, len(rows), SCORE_BATCH):
         x = torch.from_numpy(np.array(rows[start : start + SCORE_BATCH]))
         logits = model(x)[:, :-1]
@@ -351,8 +397,10 @@ def _evaluate(model: nn.Module, rows: np.ndarray) -> tuple[float, int, int]:
         n = int(counted.sum())
         ce_sum += next_token_ce(logits, nxt, counted).item() * n
         correct += int(((logits.argmax(-1) == nxt) & counted).sum())
+        if teacher is not None:
+            agree += int(token_agreement(logits, teacher(x)[:, :-1], counted))
         tokens += n
-    return ce_sum / max(tokens, 1), correct, tokens
+    return ce_sum / max(tokens, 1), correct, agree, tokens
 
 
 @torch.no_grad()

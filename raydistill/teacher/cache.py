@@ -103,6 +103,8 @@ def cache_key(job: JobConfig, teacher_weights: Path, splits: dict[str, LabelledA
             else None
         ),
     }
+    if job.train.precision != "fp32":  # the pool's forwards ran at it (absent: fp32, as before)
+        key["teacher"]["precision"] = job.train.precision
     key.update(get_task(job).cache_key_parts(job, splits))
     return key
 

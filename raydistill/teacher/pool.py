@@ -19,6 +19,7 @@ from raydistill.config import JobConfig, ModelSpec, TeacherPoolConfig
 from raydistill.data.arrays import model_tensor
 from raydistill.distill.taps import FeatureTap
 from raydistill.models.specs import build_model, load_weights
+from raydistill.precision import autocast
 from raydistill.teacher.codec import LogitCodec
 
 if TYPE_CHECKING:
@@ -42,8 +43,10 @@ class TeacherPredictor:
         use_gpu: bool = False,
         codec: LogitCodec | None = None,
         feature_dtype: str = "float32",
+        precision: str = "fp32",
     ) -> None:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.precision = precision
         model = build_model(spec, num_classes, load=False)
         load_weights(model, Path(weights), what=f"teacher {spec.model}")
         self.model = model.eval().to(self.device)
@@ -56,8 +59,13 @@ class TeacherPredictor:
         # A teacher that reads something other than the student (its own tokens, or the image
         # of a cross-modal row) finds it in teacher_input.
         inputs = model_tensor(batch.get(TEACHER_INPUT, batch[INPUT])).to(self.device)
-        logits = self.model(inputs)
-        batch.update(self.codec.encode(logits.float().cpu().numpy()))
+        with autocast(self.precision, self.device):
+            logits = self.model(inputs)
+        if getattr(self.codec, "encodes_tensors", False):
+            encoded = self.codec.encode(logits)  # on the device: only its columns come back
+        else:
+            encoded = self.codec.encode(logits.float().cpu().numpy())
+        batch.update(encoded)
         if self.tap is not None:
             for layer, value in self.tap.features.items():
                 batch[feature_column(layer)] = value.cpu().numpy().astype(self.feature_dtype)
@@ -89,6 +97,7 @@ def attach_teacher(
             "feature_dtype": job.distill.feature_dtype,
             "use_gpu": pool.num_gpus > 0,
             "codec": codec,
+            "precision": job.train.precision,
         },
         compute=ray.data.ActorPoolStrategy(
             min_size=pool.min_actors, max_size=pool_max_actors(pool)

@@ -7,8 +7,9 @@ the mass left outside them in float32 (the tail). Ids take 2 bytes when the voca
 vocabulary: 68 bytes). Log-probabilities are computed in float64 before rounding, so a teacher
 logit's offset costs no precision (see :mod:`raydistill.teacher.codec`).
 
-Ray-free: numpy in, numpy out; :meth:`TokenTopKCodec.targets` gives the
-:class:`~raydistill.distill.token_losses.TopKTargets` the token losses read. With ``lm.topk``
+Ray-free: numpy (or a tensor, encoded on its device) in, numpy out;
+:meth:`TokenTopKCodec.targets` gives the :class:`~raydistill.distill.token_losses.TopKTargets`
+the token losses read. With ``lm.topk``
 set, the teacher pool encodes its per-token outputs with it (:func:`pool_codec`).
 """
 
@@ -35,13 +36,6 @@ def _id_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
 
 
-def _log1mexp(x: np.ndarray) -> np.ndarray:
-    """log(1 - exp(x)) for x <= 0, accurate at both ends (Maechler's split at -log 2)."""
-    x = np.minimum(x, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.where(x > -np.log(2.0), np.log(-np.expm1(x)), np.log1p(-np.exp(x)))
-
-
 @dataclass(frozen=True)
 class TokenTopKCodec:
     """Encodes teacher logits [..., V] per position as top-``k`` ids, log-probs and tail."""
@@ -59,11 +53,15 @@ class TokenTopKCodec:
     def kept(self) -> int:
         return min(self.k, self.vocab_size)
 
+    # the teacher pool hands its logits over as a tensor on its device (see encode)
+    encodes_tensors = True
+
     def encode(self, logits: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
         """Columns for logits [..., V]: ids [..., k], log-probs float16 [..., k], log tail
-        float32 [...] (-inf when k == V)."""
+        float32 [...] (-inf when k == V). A tensor is encoded on its own device
+        (:meth:`encode_tensor`); an array in float64 here."""
         if isinstance(logits, torch.Tensor):
-            logits = logits.detach().cpu().float().numpy()
+            return self.encode_tensor(logits)
         x = np.asarray(logits, dtype=np.float64)
         if x.shape[-1] != self.vocab_size:
             raise ValueError(f"logits have {x.shape[-1]} entries per token, not {self.vocab_size}")
@@ -78,13 +76,50 @@ class TokenTopKCodec:
         if k == self.vocab_size:
             log_tail = np.full(x.shape[:-1], -np.inf)
         else:
-            kept = values.max(-1, keepdims=True)
-            log_kept = (kept + np.log(np.exp(values - kept).sum(-1, keepdims=True)))[..., 0]
-            log_tail = _log1mexp(log_kept)
+            # the log-sum-exp of the rest, not log(1 - kept): a tiny tail keeps its digits
+            rest = log_p.copy()
+            np.put_along_axis(rest, part, -np.inf, axis=-1)
+            high = rest.max(-1, keepdims=True)
+            log_tail = (high + np.log(np.exp(rest - high).sum(-1, keepdims=True)))[..., 0]
         return {
             TOPK_IDS: ids.astype(_id_dtype(self.vocab_size)),
             TOPK_LOGPROBS: values.astype(np.float16),
             LOG_TAIL: log_tail.astype(np.float32),
+        }
+
+    @torch.no_grad()
+    def encode_tensor(self, logits: torch.Tensor, chunk: int = 1024) -> dict[str, np.ndarray]:
+        """:meth:`encode` of logits [..., V] on their own device, ``chunk`` positions at a
+        time: only the [..., k] columns are copied back, not the dense [..., V] logits (at
+        V = 151,665 one position's logits are 607 KB). Computed in float32: its rounding
+        (about 1e-6 nats) is far below the float16 rounding of the stored log-probabilities;
+        the tail is the log-sum-exp of the log-probabilities outside the top k, so a tiny tail
+        keeps its precision."""
+        if logits.shape[-1] != self.vocab_size:
+            raise ValueError(
+                f"logits have {logits.shape[-1]} entries per token, not {self.vocab_size}"
+            )
+        lead, k = tuple(logits.shape[:-1]), self.kept
+        flat = logits.detach().reshape(-1, self.vocab_size)
+        ids, values, tails = [], [], []
+        for start in range(0, flat.shape[0], chunk):
+            log_p = flat[start : start + chunk].float().log_softmax(-1)
+            top, top_ids = log_p.topk(k, dim=-1)  # sorted by falling probability
+            if k == self.vocab_size:
+                tail = torch.full(top.shape[:-1], -torch.inf, device=top.device)
+            else:
+                tail = log_p.scatter(-1, top_ids, -torch.inf).logsumexp(-1)
+            ids.append(top_ids.cpu())
+            values.append(top.cpu())
+            tails.append(tail.cpu())
+
+        def cat(parts: list[torch.Tensor], *shape: int) -> np.ndarray:
+            return torch.cat(parts).reshape(*lead, *shape).numpy()
+
+        return {
+            TOPK_IDS: cat(ids, k).astype(_id_dtype(self.vocab_size)),
+            TOPK_LOGPROBS: cat(values, k).astype(np.float16),
+            LOG_TAIL: cat(tails).astype(np.float32),
         }
 
     def targets(self, columns: Mapping[str, Any]) -> TopKTargets:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from raydistill.precision import autocast
 from raydistill.progress import Throttle, eta_text, rate_text
 from raydistill.tasks import get_task
 from raydistill.tasks.base import Task
@@ -154,7 +155,8 @@ def run_epochs(task: Task, spec: StageSpec, ctx: LoopContext) -> list[dict[str, 
                 startup = Startup.measure(ctx, first_batch_s=time.perf_counter() - asked)
                 if startup is not None:
                     ctx.say(startup.line(spec.name))
-            out = task.step(module, core, spec, batch, ctx)
+            with autocast(train.precision, ctx.device):
+                out = task.step(module, core, spec, batch, ctx)
             if not torch.isfinite(out.total):
                 where = out.where() if callable(out.where) else out.where
                 raise NonFiniteLossError(
