@@ -10,6 +10,10 @@
 #      (benchmarks/text_bf16.py): samples/s training and inferring, peak memory, bf16 vs fp32.
 #   3. teacher_epoch: one full-size epoch (48k images) of the Fashion-MNIST ResNet-18 teacher
 #      (width 64) by `raydistill teacher` on one GPU worker: samples/s and val accuracy.
+#   4. lm_bf16: `raydistill train jobs/lm-tiny.yaml` (causal-LM distillation, top-64 teacher
+#      outputs from the pool) with train.precision: bf16, the teacher stage, the pool's actor and
+#      2 train workers on the GPU: each stage's last epoch line and the test table (perplexity,
+#      next-token agreement with the teacher).
 # --cpu-smoke runs the same steps at tiny size on the CPU (a few minutes on 2 cores), to check the
 # script where there is no GPU. The venv is scripts/setup.sh's (VENV=... picks another); the
 # Fashion-MNIST files are installed with apt-get when missing (FASHION_MNIST_DIR=... points at a
@@ -157,6 +161,28 @@ if [ "$job" = jobs/fashion-mnist.yaml ]; then
   say "teacher_epoch $(gpu_seen "$out/teacher_epoch.gpu")"
 else
   say "teacher_epoch: skipped (no Fashion-MNIST files)"
+fi
+
+# ------------------------------------------------------------------ 4. lm_bf16
+if bash scripts/setup-lm-tiny.sh >"$out/lm_setup.log" 2>&1; then
+  if [ $smoke = 1 ]; then
+    lm=(--set teacher.train.epochs=1 --set train.epochs=1 --set scaling.workers=1)
+  else
+    lm=(--set scaling.use_gpu=true --set "scaling.resources_per_worker={GPU: 0.4}"
+      --set scaling.teacher_pool.num_gpus=0.2)
+  fi
+  log="$out/lm_bf16.log"
+  watch_gpu "$out/lm_bf16.gpu"
+  if step lm_bf16 "$([ $smoke = 1 ] && echo 600 || echo 240)" "$log" \
+    "$rd" train jobs/lm-tiny.yaml --set name=gpu-check-lm --set "output.storage_path=$out/runs" \
+    --set train.precision=bf16 --set output.report=false "${lm[@]}"; then
+    grep -E '\] epoch [0-9]+/' "$log" | awk '{ k = $1 } { last[k] = $0 } END { for (s in last) print last[s] }' |
+      sed 's/^/gpu_check: lm_bf16 /'
+    grep -E '^\|' "$log" | sed 's/^/gpu_check: lm_bf16   /'
+  fi
+  say "lm_bf16 $(gpu_seen "$out/lm_bf16.gpu")"
+else
+  say "lm_bf16: skipped (scripts/setup-lm-tiny.sh failed: $(tail -1 "$out/lm_setup.log"))"
 fi
 
 say "done in $((SECONDS - started)) s; $failed step(s) failed"
