@@ -201,6 +201,10 @@ def pool_max_actors(pool: TeacherPoolConfig, log: Callable[[str], None] | None =
     key = (cluster, pool.model_dump_json())
     if key not in _AUTO_SIZES:
         most, why = ClusterOffer.current().capacity(pool.request)
+        if _STARTED_HERE:  # its logical CPUs are planned_cpus', not cores: actors share cores
+            cores = max(1, (os.cpu_count() or 2) // 2)
+            if cores < most:
+                most, why = cores, f"a local Ray: half of this machine's {os.cpu_count()} cores"
         _AUTO_SIZES[key] = max(pool.min_actors, most)
         (log or _flushed)(
             f"[teacher] pool max_actors auto: {_AUTO_SIZES[key]} actor(s) at most ({why}; "

@@ -95,6 +95,14 @@ def test_max_actors_auto_validates_and_resolves_once(tmp_path, monkeypatch):
     assert f"auto: {TEACHER_NODES} actor(s) at most" in said[0]
     floor = TeacherPoolConfig(min_actors=5, max_actors="auto", resources={"teacher": 1})
     assert runtime.pool_max_actors(floor, said.append) == 5  # never below min_actors
+    # a local Ray's logical CPUs are a plan, not cores: actors are bounded by the cores
+    monkeypatch.setattr(runtime, "_STARTED_HERE", True)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    roomy = ClusterOffer(live=[{"CPU": 16.0}], types=None)
+    monkeypatch.setattr(ClusterOffer, "current", classmethod(lambda cls: roomy))
+    local = TeacherPoolConfig(max_actors="auto", num_cpus=0.5)
+    assert runtime.pool_max_actors(local, said.append) == 1
+    assert "a local Ray: half of this machine's 2 cores" in said[-1]
 
 
 def test_the_autoscaler_config_is_found_on_its_monitors_command_line(tmp_path):
