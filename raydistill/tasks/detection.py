@@ -285,14 +285,27 @@ class DetectionTask(Task):
             with torch.no_grad():
                 outputs = model([im.to(ctx.device) for im in images])
             results += to_coco_results(outputs, meta, label_to_category)
-        stats = coco_map(ctx.extras["val_ground_truth"], ctx.gather(results))
+        # pycocotools' 12-line summary goes to the run's log; the epoch line has mAP and AP50
+        heading = (
+            f"{spec.name} epoch {getattr(core, 'epoch', 0) + 1}/{spec.train.epochs}: "
+            "COCO evaluation of the val split (pycocotools)"
+        )
+        stats = coco_map(
+            ctx.extras["val_ground_truth"],
+            ctx.gather(results),
+            log=lambda lines: ctx.log_only([heading, *lines]),
+        )
         return {f"val_{k}": v for k, v in stats.items()}
 
     def epoch_line(self, spec: StageSpec, m: dict[str, Any]) -> str:
-        kd = ""
+        """After ``loss``: the detector's own terms (RPN + box regression, and the box
+        classifier), the KD terms and schedule for a distilled stage, then val mAP and AP50."""
+        parts = f"(detector {m['train_detector']:.4f} classifier {m['train_classifier']:.4f}"
         if spec.distill:
-            kd = (
-                f"soft {m['train_soft']:.4f} imitation {m['train_imitation']:.4f} "
+            parts += (
+                f" soft {m['train_soft']:.4f} imitation {m['train_imitation']:.4f}) "
                 f"T={m['temperature']:.2f} alpha={m['alpha']:.2f} "
             )
-        return f"{kd}val mAP {m['val_map']:.4f} AP50 {m['val_map50']:.4f}"
+        else:
+            parts += ") "
+        return f"{parts}val mAP {m['val_map']:.4f} AP50 {m['val_map50']:.4f}"
