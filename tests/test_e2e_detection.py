@@ -49,9 +49,11 @@ def test_the_example_jobs_validate(tmp_path: Path) -> None:
         for split in ("train", "val")
         for i, key in enumerate(("images", "annotations"))
     ]
-    for name in ("coco", "shapes"):
+    for name in ("coco", "shapes", "coco-fcos", "shapes-fcos"):
         job = load_job(ROOT / "jobs" / f"{name}.yaml", sets)
         assert job.task == "detection" and job.distill.temperature.start == 2.0
+        one_stage = name.endswith("-fcos")
+        assert (job.student.model == "raydistill.models.zoo:small_fcos") == one_stage
     # commands detection does not run refuse in one line, from the task's capabilities
     with pytest.raises(JobError, match="`raydistill cache` does not run task: detection: its"):
         run_cache(job)

@@ -179,14 +179,27 @@ def test_detection_runs_the_shared_loop_in_process(tmp_path):
         distill=False,
     )
     lines: list[str] = []
-    ctx = LocalContext(rows, log=lines.append, extras=task.loop_extras(job, splits))
+    detail: list[str] = []
+    ctx = LocalContext(
+        rows, log=lines.append, extras=task.loop_extras(job, splits), detail=detail.extend
+    )
     history = run_epochs(task, spec, ctx)
     assert len(history) == 1
     m = history[0]
     assert math.isfinite(m["train_loss"]) and m["train_detector"] > 0 and m["train_soft"] == 0
     assert 0 <= m["val_map50"] <= 1 and "class_counts" not in m
-    assert lines[0].startswith("[baseline] epoch 1/1 loss ") and "val mAP" in lines[0]
-    assert "images/s" in lines[0]
+    # one line per epoch, with the loss terms, mAP, AP50, the rate and the ETA
+    assert len(lines) == 1 and lines[0].startswith("[baseline] epoch 1/1 loss ")
+    for part in ("(detector ", " classifier ", "val mAP ", " AP50 ", "images/s", "eta "):
+        assert part in lines[0], lines[0]
+    # pycocotools' summary (when the student detected anything) went to the log, headed by a
+    # line the quiet console does not take for raydistill's own
+    from raydistill.console import is_own_line
+
+    assert len(detail) in (0, 13) and not any(is_own_line(line) for line in detail)
+    if detail:
+        assert detail[0].startswith("baseline epoch 1/1: COCO evaluation")
+        assert "Average Precision" in detail[1]
 
 
 def test_keep_best_and_early_stopping_watch_one_metric_that_does_not_move_with_schedules(digits):

@@ -29,7 +29,9 @@ class DetectionDistillConfig(Section):
     ``alpha`` mixes the box head's classification loss with soft targets on shared proposals."""
 
     logit_kd: bool = Field(
-        True, description="soft targets: the teacher's box-head logits on the student's proposals"
+        True,
+        description="soft targets: the teacher's box-head logits on the student's proposals"
+        " (an FCOS student: on the teacher's detections, for its points inside them)",
     )
     imitation_weight: float = Field(1.0, ge=0, description="FPN feature imitation; 0: off")
     levels: dict[str, str] | None = Field(
@@ -40,7 +42,12 @@ class DetectionDistillConfig(Section):
         description="where imitation weighs more: ground-truth boxes, plus the teacher's own"
         " confident boxes",
     )
-    foreground_weight: float = Field(4.0, ge=0, description="extra weight of foreground cells")
+    foreground_weight: float = Field(
+        4.0,
+        ge=0,
+        description="extra weight of foreground cells (an FCOS student imitates foreground"
+        " cells only)",
+    )
     teacher_box_score: float = Field(0.5, gt=0, lt=1, description="teacher boxes kept above it")
 
 

@@ -1,5 +1,10 @@
 """The trainable module of a detection stage: student detector + FPN adapters, with the frozen
-teacher beside it (not a parameter, so DDP never syncs or updates it)."""
+teacher beside it (not a parameter, so DDP never syncs or updates it).
+
+:class:`DetectionDistiller` distils a two-stage student (Faster R-CNN) on shared proposals;
+:class:`OneStageDistiller` a one-stage one (FCOS) at its points. :func:`distiller_for` picks
+the one that fits the student.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,14 @@ from torch import Tensor, nn
 
 from raydistill.config import DetectionDistillConfig
 from raydistill.detection.models import Targets, student_pass, teacher_view
-from raydistill.distill.detection import imitation_loss, level_adapters, proposal_kd_loss
+from raydistill.detection.one_stage import is_one_stage, one_stage_pass, teacher_boxes_view
+from raydistill.distill.detection import (
+    imitation_loss,
+    level_adapters,
+    masked_imitation_loss,
+    point_kd_loss,
+    proposal_kd_loss,
+)
 from raydistill.distill.schedules import ScheduleLike, as_schedule
 
 
@@ -132,3 +144,57 @@ class DetectionDistiller(nn.Module):
             + self.config.imitation_weight * imitation
         )
         return DetectionLoss(total, detector, classifier, soft, imitation)
+
+
+class OneStageDistiller(DetectionDistiller):
+    """A one-stage student (FCOS) of a two-stage teacher:
+    ``total = detector + (1 - alpha) * classifier + alpha * soft + w_im * imitation``, where
+    ``detector`` is FCOS's box regression (GIoU) + centerness, ``classifier`` its sigmoid focal
+    loss, ``soft`` :func:`~raydistill.distill.detection.point_kd_loss` (the teacher's class
+    distribution of each of its detections, for the student's points inside it) and
+    ``imitation`` :func:`~raydistill.distill.detection.masked_imitation_loss` on the cells
+    under ``distill.detection.foreground`` boxes (ground truth, plus the teacher's detections
+    scoring above ``teacher_box_score`` with ``gt+teacher``; ``none``: plain MSE everywhere).
+    Constructor as :class:`DetectionDistiller`'s.
+    """
+
+    def forward(self, images: list[Tensor], targets: Targets) -> DetectionLoss:
+        """``images``: [3, H_i, W_i] in [0, 1]; ``targets``: ``boxes`` [N_i, 4] (pixels) and
+        ``labels`` [N_i] in 1..K. Call in train mode."""
+        s = one_stage_pass(self.student, images, targets)
+        classifier = s.losses["classification"]
+        detector = s.losses["bbox_regression"] + s.losses["bbox_ctrness"]
+        zero = classifier.new_zeros(())
+        soft, imitation = zero, zero
+        teacher = self.teacher
+        if teacher is not None:
+            t = teacher_boxes_view(teacher, images, s.image_sizes)
+            if self.config.logit_kd:
+                soft = point_kd_loss(s.class_logits, s.points, t.boxes, t.logits, self.temperature)
+            if self.pairs:
+                fg = self.config.foreground
+                if fg == "none":
+                    imitation = imitation_loss(s.features, t.features, self.pairs, self.adapters)
+                else:
+                    boxes = s.boxes
+                    if fg == "gt+teacher":
+                        boxes = [
+                            torch.cat([g, tb[ts > self.config.teacher_box_score]])
+                            for g, tb, ts in zip(s.boxes, t.boxes, t.scores, strict=True)
+                        ]
+                    imitation = masked_imitation_loss(
+                        s.features, t.features, self.pairs, self.adapters, boxes, s.padded_size
+                    )
+        alpha = self.alpha
+        total = (
+            detector
+            + (1 - alpha) * classifier
+            + alpha * soft
+            + self.config.imitation_weight * imitation
+        )
+        return DetectionLoss(total, detector, classifier, soft, imitation)
+
+
+def distiller_for(student: nn.Module) -> type[DetectionDistiller]:
+    """The distiller class that fits ``student``: one-stage (FCOS) or two-stage."""
+    return OneStageDistiller if is_one_stage(student) else DetectionDistiller

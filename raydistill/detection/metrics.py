@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -49,17 +50,62 @@ def require_pycocotools() -> None:
         ) from None
 
 
-def coco_map(ground_truth: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float]:
+@contextlib.contextmanager
+def _pycocotools_quiet(into: io.StringIO) -> Iterator[None]:
+    """pycocotools' ``print`` calls write into ``into`` while the block runs.
+
+    ``redirect_stdout`` alone is not enough inside a Ray Train worker: Train patches
+    ``builtins.print`` to also send each line to its logger, whose console handler writes to
+    the worker's stderr (forwarded to the driver). A module-level ``print`` in pycocotools'
+    own modules is found before the builtin, so theirs never reaches the patch, and nothing
+    else in the process is changed.
+    """
+    from pycocotools import coco, cocoeval
+
+    def quiet_print(*objects: Any, sep: str = " ", end: str = "\n", **_: Any) -> None:
+        into.write(sep.join(map(str, objects)) + end)
+
+    modules = (coco, cocoeval)
+    saved = [m.__dict__.get("print") for m in modules]
+    for m in modules:
+        m.print = quiet_print  # type: ignore[attr-defined]
+    try:
+        with contextlib.redirect_stdout(into):
+            yield
+    finally:
+        for m, before in zip(modules, saved, strict=True):
+            if before is None:
+                del m.print
+            else:
+                m.print = before
+
+
+def summary_lines(text: str) -> list[str]:
+    """The 12 ``Average Precision``/``Average Recall`` lines of pycocotools' summary in its
+    captured output (the progress chatter around them dropped)."""
+    return [line for line in text.splitlines() if line.lstrip().startswith("Average")]
+
+
+def coco_map(
+    ground_truth: dict[str, Any],
+    results: list[dict[str, Any]],
+    log: Callable[[list[str]], None] | None = None,
+) -> dict[str, float]:
     """AP (IoU 0.50:0.95), AP50, AP75 and AP for small/medium/large objects, as fractions in
-    [0, 1]; -1 where a size class has no ground truth. No detections: all zeros."""
+    [0, 1]; -1 where a size class has no ground truth. No detections: all zeros.
+
+    pycocotools prints as it goes; none of it reaches stdout or stderr. ``log``, when given,
+    gets its 12-line summary (see :func:`summary_lines`; none when there are no detections),
+    for a run's log file.
+    """
     require_pycocotools()
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     if not results:
         return dict.fromkeys(MAP_KEYS, 0.0)
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet):  # pycocotools prints every step
+    captured = io.StringIO()
+    with _pycocotools_quiet(captured):
         gt = COCO()
         gt.dataset = ground_truth
         gt.createIndex()
@@ -67,4 +113,6 @@ def coco_map(ground_truth: dict[str, Any], results: list[dict[str, Any]]) -> dic
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
+    if log is not None:
+        log(summary_lines(captured.getvalue()))
     return {k: float(v) for k, v in zip(MAP_KEYS, evaluation.stats[:6], strict=True)}

@@ -31,12 +31,23 @@ def detector_spec(spec: ModelSpec, min_size: int, max_size: int) -> ModelSpec:
     return spec.model_copy(update={"args": args})
 
 
-def check_detector(model: nn.Module, what: str) -> None:
+def check_detector(model: nn.Module, what: str, one_stage: bool = False) -> None:
+    """A two-stage torchvision detector (Faster R-CNN-like), or with ``one_stage`` (students)
+    also torchvision's FCOS; else a one-line :class:`JobError`."""
+    from torchvision.models.detection import FCOS
+
+    if one_stage and isinstance(model, FCOS):
+        return
     for part in ("transform", "backbone", "rpn", "roi_heads"):
         if not hasattr(model, part):
+            also = (
+                "; a student may also be torchvision's FCOS (e.g. raydistill.models.zoo:small_fcos)"
+                if one_stage
+                else ""
+            )
             raise JobError(
                 f"{what} is {type(model).__name__}, not a two-stage torchvision detector "
-                f"(no .{part}); use e.g. torchvision:fasterrcnn_mobilenet_v3_large_fpn"
+                f"(no .{part}); use e.g. torchvision:fasterrcnn_mobilenet_v3_large_fpn{also}"
             )
 
 

@@ -5,6 +5,13 @@
   the teacher's, optionally weighted toward foreground (ground-truth and teacher boxes).
 * :func:`proposal_kd_loss`: soft targets on the class logits both heads give for the SAME
   proposals (the student's), with the detection temperature.
+
+For one-stage students (FCOS: one point per feature cell, a sigmoid per class):
+
+* :func:`masked_imitation_loss`: FPN imitation inside the foreground mask only, normalised by
+  the mask's area (Wang et al. 2019, fine-grained feature imitation).
+* :func:`point_kd_loss`: the teacher's class distribution for each of its boxes, as soft
+  targets for the student's points inside that box (see :func:`points_in_boxes`).
 """
 
 from __future__ import annotations
@@ -103,3 +110,105 @@ def proposal_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature
     if student_logits.shape[0] == 0:
         return student_logits.sum() * 0.0
     return soft_target_loss(student_logits, teacher_logits, temperature)
+
+
+def _adapted(student: Tensor, adapter: nn.Module, teacher: Tensor) -> Tensor:
+    """The student map through its adapter, resized (bilinear) to the teacher map's size."""
+    s_map = adapter(student).float()
+    if s_map.shape[-2:] != teacher.shape[-2:]:
+        s_map = F.interpolate(s_map, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
+    if s_map.shape != teacher.shape:
+        raise ValueError(
+            f"adapted student map {list(s_map.shape)} vs teacher map {list(teacher.shape)}"
+        )
+    return s_map
+
+
+def masked_imitation_loss(
+    student: Mapping[str, Tensor],
+    teacher: Mapping[str, Tensor],
+    pairs: Mapping[str, str],
+    adapters: nn.ModuleDict,
+    foreground: Sequence[Tensor],
+    padded_size: tuple[int, int],
+) -> Tensor:
+    """FPN imitation on foreground cells only: per level pair, the squared difference averaged
+    over channels, summed over the cells under ``foreground`` boxes and divided by their number
+    (the mask's area over the batch); then averaged over the pairs whose mask is not empty.
+
+    Maps as in :func:`imitation_loss` (student [B, C_s, h_s, w_s] -> adapter -> resized to the
+    teacher's [B, C_t, h_t, w_t]); ``foreground``: per image [N_i, 4] (x0, y0, x1, y1) in
+    pixels of the padded batch of size ``padded_size`` (see :func:`box_mask`). No foreground
+    cell on any level: 0 (still connected to the graph).
+    """
+    if not pairs:
+        raise ValueError("imitation needs at least one (student level, teacher level) pair")
+    terms, zero = [], None
+    for s_level, t_level in pairs.items():
+        t_map = teacher[t_level].detach().float()
+        s_map = _adapted(student[s_level], adapters[s_level], t_map)
+        zero = s_map.sum() * 0.0 if zero is None else zero
+        mask = box_mask(foreground, padded_size, tuple(t_map.shape[-2:])).to(s_map.device)
+        area = mask.sum()
+        if area > 0:
+            per_cell = (s_map - t_map).pow(2).mean(dim=1, keepdim=True)
+            terms.append((mask * per_cell).sum() / area)
+    assert zero is not None
+    return torch.stack(terms).mean() if terms else zero
+
+
+def points_in_boxes(points: Tensor, boxes: Tensor) -> Tensor:
+    """[A] index of the box each point falls in (the smallest by area when several hold it, as
+    FCOS assigns its targets), or -1. ``points`` [A, 2] (x, y), ``boxes`` [D, 4]
+    (x0, y0, x1, y1), both in pixels; a point on a box's edge is inside."""
+    if boxes.shape[0] == 0:
+        return torch.full((points.shape[0],), -1, dtype=torch.long, device=points.device)
+    x, y = points[:, 0:1], points[:, 1:2]  # [A, 1]
+    x0, y0, x1, y1 = boxes.unbind(dim=1)  # [D] each
+    inside = (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)  # [A, D]
+    area = (x1 - x0) * (y1 - y0)
+    # among the boxes holding a point, the smallest: the largest (max_area + 1 - area)
+    rank = inside.float() * (area.max() + 1 - area)
+    best, index = rank.max(dim=1)
+    return torch.where(best > 0, index, torch.full_like(index, -1))
+
+
+def point_kd_loss(
+    student_logits: Tensor,
+    points: Tensor,
+    teacher_boxes: Sequence[Tensor],
+    teacher_logits: Sequence[Tensor],
+    temperature: float,
+) -> Tensor:
+    """Classification KD for a one-stage student at its points, from a two-stage teacher.
+
+    How the teacher scores the student's locations: the teacher detects on the same resized
+    images, and its box head re-scores each of its own detections (``teacher_logits``: per
+    image [D_i, K+1], background at index 0, for ``teacher_boxes`` [D_i, 4] in pixels). Every
+    student point inside a teacher box (the smallest, see :func:`points_in_boxes`) takes that
+    box's distribution ``p = softmax(t / T)``; points in no teacher box take no soft target
+    (their background is the focal loss's to learn).
+
+    The student scores each class with its own sigmoid, ``q_c = sigmoid(s_c / T)``
+    (``student_logits`` [B, A, K+1]: FCOS's class channels, channel 0 never a target), so the
+    term is the binary KL of each foreground class, ``p_c log(p_c / q_c) + (1 - p_c)
+    log((1 - p_c) / (1 - q_c))`` for c = 1..K, summed over classes, averaged over the assigned
+    points of the batch, times ``T**2``. ``points``: [A, 2] (x, y) in pixels, the same for
+    every image of the batch (one per feature cell). No assigned point: 0.
+    """
+    eps = 1e-6
+    per_image = []
+    for b, (boxes, logits) in enumerate(zip(teacher_boxes, teacher_logits, strict=True)):
+        index = points_in_boxes(points, boxes)
+        keep = index >= 0
+        if not bool(keep.any()):
+            continue
+        p = torch.softmax(logits[index[keep]].float() / temperature, dim=-1)[:, 1:]
+        p = p.clamp(eps, 1 - eps)
+        log_q = F.logsigmoid(student_logits[b, keep, 1:].float() / temperature)
+        log_not_q = F.logsigmoid(-student_logits[b, keep, 1:].float() / temperature)
+        kl = p * (p.log() - log_q) + (1 - p) * ((1 - p).log() - log_not_q)
+        per_image.append(kl.sum(dim=1))
+    if not per_image:
+        return student_logits.sum() * 0.0
+    return torch.cat(per_image).mean() * temperature**2

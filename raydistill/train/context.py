@@ -34,6 +34,16 @@ def _say(message: str) -> None:
     out.flush()
 
 
+def _log_only(lines: list[str]) -> None:
+    """Lines for the run's log file, not the terminal: on this process's original stderr. A
+    worker's is forwarded to the driver, whose quiet console (:mod:`raydistill.console`) files
+    lines that are not raydistill's own (``[name] ...``) in ``ray.log``; in the driver's
+    process, a quiet console points descriptor 2 at ``ray.log`` itself."""
+    out = sys.__stderr__ or sys.stderr
+    out.write("".join(line + "\n" for line in lines))
+    out.flush()
+
+
 # Entries of a Ray Train loop config beyond the spec and the task's extras (set by stage.py)
 STAGE_STARTED = "stage_started"  # the driver's time.time() when it started the stage
 HELD = "held_datasets"  # name -> the Arrow block refs of a split held in memory
@@ -73,6 +83,13 @@ class LoopContext:
     def say(self, line: str) -> None:
         if self.rank == 0:
             _say(line)
+
+    def log_only(self, lines: list[str]) -> None:
+        """Detail for the run's log file and not the terminal (rank 0 only), such as
+        pycocotools' summary of each validation. No line may read as raydistill's own
+        (:func:`raydistill.console.is_own_line`), or the console shows it."""
+        if self.rank == 0:
+            _log_only(lines)
 
 
 class RayTrainContext(LoopContext):
@@ -140,7 +157,8 @@ class RayTrainContext(LoopContext):
 class LocalContext(LoopContext):
     """One process, no Ray: ``datasets`` name -> :class:`LocalShard` (or anything with the same
     iterators); each epoch's metrics go to ``on_report`` (with the epoch's state when
-    ``keep_state``), and progress lines to ``log``."""
+    ``keep_state``), progress lines to ``log`` and log-file detail to ``detail`` (default:
+    this process's stderr)."""
 
     def __init__(
         self,
@@ -150,8 +168,10 @@ class LocalContext(LoopContext):
         resume: dict[str, Any] | None = None,
         keep_state: bool = False,
         extras: dict[str, Any] | None = None,
+        detail: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.datasets = datasets
+        self.detail = detail
         self.extras = extras or {}
         self.on_report = on_report
         self.log = log
@@ -179,6 +199,9 @@ class LocalContext(LoopContext):
 
     def say(self, line: str) -> None:
         (self.log or _say)(line)
+
+    def log_only(self, lines: list[str]) -> None:
+        (self.detail or _log_only)(lines)
 
 
 @dataclass(frozen=True)
