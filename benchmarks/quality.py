@@ -5,6 +5,8 @@
     .venv/bin/python benchmarks/quality.py jobs/fashion-mnist.yaml --seeds 0 1 2 \
         --features features.7=layer2 --set data.subset=0.1 --set train.epochs=8
     .venv/bin/python benchmarks/quality.py jobs/bbc-news.yaml --seeds 0 1 2   # the job's pairs
+    .venv/bin/python benchmarks/quality.py jobs/fashion-mnist-hinton.yaml --seeds 0 1 2 \
+        --only KD --paper 67 146 74 --paper-name "paper (MNIST)"   # test errors, docs/hinton.md
 
 Trains the teacher once (seed of the job), then for every seed: the student alone, KD, KD with
 decaying schedules (temperature linear from 2T to T, alpha linear from alpha to alpha/2), KD
@@ -16,6 +18,9 @@ temperature/alpha and training settings; only the method changes. Prints and wri
 sample (batch 1), and the share of the teacher-student gap each variant closes:
 ``(variant - alone) / (teacher - alone)``. The split is fixed by ``data.split.seed``, so every
 seed is scored on the same test set. Runs go to a temporary directory unless ``--storage``.
+``--errors`` adds a table of test errors (counts out of the test rows) and of the share of the
+gap each row closes per seed (mean +- std), with a verdict; ``--paper T A D`` shows published
+teacher / alone / distilled errors beside it.
 
 The distilled rows read one shared Parquet teacher cache (``distill.teacher_pass: cache``) per
 distinct cache key: one for all rows and seeds, or one per seed where the job augments (the
