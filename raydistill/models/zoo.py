@@ -110,11 +110,10 @@ class RandomShift(nn.Module):
 class MLP(nn.Module):
     """A multilayer perceptron over flattened inputs [N, *] -> [N, num_classes].
 
-    Hidden layers are ``layers.0``, ``layers.3``, ... with ``dropout`` (each block is Linear,
-    ReLU, Dropout; Dropout is the identity at ``dropout=0``) or ``layers.0``, ``layers.2``, ...
-    without; the output layer is ``head``. ``input_dropout`` drops input pixels and ``jitter``
-    shifts input images [N, C, H, W] by up to that many pixels (:class:`RandomShift`), both in
-    training mode only.
+    Hidden layers are ``layers.0``, ``layers.3``, ... when ``dropout`` > 0 (each block is
+    Linear, ReLU, Dropout), else ``layers.0``, ``layers.2``, ...; the output layer is ``head``.
+    ``input_dropout`` drops input pixels and ``jitter`` shifts input images [N, C, H, W] by up
+    to that many pixels (:class:`RandomShift`), both in training mode only.
     """
 
     def __init__(
