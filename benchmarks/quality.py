@@ -5,6 +5,8 @@
     .venv/bin/python benchmarks/quality.py jobs/fashion-mnist.yaml --seeds 0 1 2 \
         --features features.7=layer2 --set data.subset=0.1 --set train.epochs=8
     .venv/bin/python benchmarks/quality.py jobs/bbc-news.yaml --seeds 0 1 2   # the job's pairs
+    .venv/bin/python benchmarks/quality.py jobs/fashion-mnist-hinton.yaml --seeds 0 1 2 \
+        --only KD --paper 67 146 74 --paper-name "paper (MNIST)"   # test errors, docs/hinton.md
 
 Trains the teacher once (seed of the job), then for every seed: the student alone, KD, KD with
 decaying schedules (temperature linear from 2T to T, alpha linear from alpha to alpha/2), KD
@@ -16,6 +18,9 @@ temperature/alpha and training settings; only the method changes. Prints and wri
 sample (batch 1), and the share of the teacher-student gap each variant closes:
 ``(variant - alone) / (teacher - alone)``. The split is fixed by ``data.split.seed``, so every
 seed is scored on the same test set. Runs go to a temporary directory unless ``--storage``.
+``--errors`` adds a table of test errors (counts out of the test rows) and of the share of the
+gap each row closes per seed (mean +- std), with a verdict; ``--paper T A D`` shows published
+teacher / alone / distilled errors beside it.
 
 The distilled rows read one shared Parquet teacher cache (``distill.teacher_pass: cache``) per
 distinct cache key: one for all rows and seeds, or one per seed where the job augments (the
@@ -135,6 +140,93 @@ def table(
     return "\n".join(lines)
 
 
+def test_errors(score: object) -> tuple[int, int] | None:
+    """(errors, rows) of a classification score on the test split, or None without rows:
+    the rows are those of its reliability bins, so ``errors`` is ``rows * (1 - accuracy)``."""
+    bins = getattr(score, "reliability", ())
+    rows = sum(int(n) for n, _, _ in bins)
+    if not rows:
+        return None
+    return round(rows * (1 - score.accuracy)), rows
+
+
+def errors_table(
+    title: str,
+    teacher: dict,
+    rows: dict[str, dict[str, list[float]]],
+    seeds: list[int],
+    paper: tuple[int, int, int] | None = None,
+    paper_name: str = "paper",
+) -> str:
+    """The Markdown table of test errors (counts out of the test rows) and of the share of the
+    teacher-student gap each distilled row closes per seed, ``(alone_s - row_s) / (alone_s -
+    teacher)`` with errors, as mean +- std over the seeds; ``paper``: published (teacher,
+    alone, distilled) errors shown beside them. The verdict says a row "closes at least half
+    the gap" only when its share stays >= 50% one std below its mean and its gain over the
+    student alone (in errors) exceeds the seeds' spread (the larger of the two stds)."""
+    n = teacher["rows"]
+    alone = rows[ALONE]["errors"]
+    a_mean, a_std = _mean_std(alone)
+    ref = {"teacher": paper[0], ALONE: paper[1]} if paper else {}
+    head = f" {paper_name} |" if paper else ""
+    lines = [
+        title,
+        "",
+        f"| model | test errors of {n:,} (mean +- std) | per seed | test accuracy "
+        f"| gap closed (mean +- std) |{head}",
+        "|---|---:|---|---:|---:|" + ("---:|" if paper else ""),
+        f"| teacher (trained once) | {teacher['errors']} | - "
+        f"| {100 * (1 - teacher['errors'] / n):.2f}% | - |"
+        + (f" {ref['teacher']} |" if paper else ""),
+        f"| {ALONE} | {a_mean:.1f} +- {a_std:.1f} | {', '.join(f'{e:g}' for e in alone)} "
+        f"| {100 * (1 - a_mean / n):.2f}% | - |" + (f" {ref[ALONE]} |" if paper else ""),
+    ]
+    paper_cell = ""
+    if paper:
+        paper_closed = 100 * (paper[1] - paper[2]) / (paper[1] - paper[0])
+        paper_cell = f" {paper[2]} ({paper_closed:.0f}% closed) |"
+    shares: dict[str, tuple[float, float]] = {}
+    for name, r in rows.items():
+        if name == ALONE:
+            continue
+        mean, std = _mean_std(r["errors"])
+        closed = [
+            (a - e) / (a - teacher["errors"]) if a != teacher["errors"] else float("nan")
+            for a, e in zip(alone, r["errors"], strict=False)
+        ]
+        shares[name] = _mean_std(closed)
+        s_mean, s_std = shares[name]
+        lines.append(
+            f"| {name} | {mean:.1f} +- {std:.1f} | {', '.join(f'{e:g}' for e in r['errors'])} "
+            f"| {100 * (1 - mean / n):.2f}% | {100 * s_mean:.0f} +- {100 * s_std:.0f}% |"
+            + paper_cell
+        )
+    lines.append("")
+    if shares:
+        best = max(shares, key=lambda k: shares[k][0])
+        s_mean, s_std = shares[best]
+        b_mean, b_std = _mean_std(rows[best]["errors"])
+        gain, spread = a_mean - b_mean, max(a_std, b_std)
+        if s_mean - s_std >= 0.5 and gain > spread:
+            verdict = "closes at least half the gap"
+        elif gain > spread:
+            verdict = (
+                f"beats the student alone by more than the spread but does NOT close at least"
+                f" half the gap ({100 * s_mean:.0f} +- {100 * s_std:.0f}%)"
+            )
+        else:
+            verdict = "does NOT beat the student alone by more than the seeds' spread"
+        lines.append(
+            f"- {best}: {gain:+.1f} errors against the student alone (spread: std "
+            f"{a_std:.1f} / {b_std:.1f}); it {verdict}"
+        )
+    lines.append(
+        f"- seeds {seeds}; the teacher is trained once; a seed's gap is its student alone's "
+        "errors minus the teacher's"
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("job", type=Path)
@@ -155,6 +247,20 @@ def main() -> None:
         action="store_false",
         help="every distilled row runs its own teacher pass (default: one shared cache)",
     )
+    parser.add_argument(
+        "--errors",
+        action="store_true",
+        help="also a table of test errors (counts) and the share of the gap closed per seed",
+    )
+    parser.add_argument(
+        "--paper",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("TEACHER", "ALONE", "DISTILLED"),
+        help="published test errors to show beside the errors table (implies --errors)",
+    )
+    parser.add_argument("--paper-name", default="paper", help="the --paper column's heading")
     parser.add_argument("--storage", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="Markdown file (default: storage)")
     args = parser.parse_args()
@@ -188,6 +294,11 @@ def main() -> None:
             + ("" if done == total else f" - PARTIAL: {done} of {total} runs")
         )
         text = table(title, teacher, rows, args.seeds)
+        if (args.errors or args.paper) and "errors" in teacher:
+            errors_title = title.replace("test accuracy", "test errors", 1)
+            text += "\n\n" + errors_table(
+                errors_title, teacher, rows, args.seeds, args.paper, args.paper_name
+            )
         out.write_text(text + "\n")
         return text
 
@@ -209,8 +320,11 @@ def main() -> None:
                     job = load_job(args.job, [*overrides, *shared_cache_overrides(job, storage)])
                 summary = run_job(job)
                 student = summary.scores[-1]
-                row = rows.setdefault(name, {"acc": [], "params": [], "latency": []})
+                row = rows.setdefault(name, {"acc": [], "params": [], "latency": [], "errors": []})
                 row["acc"].append(100 * student.accuracy)
+                counted = test_errors(student)
+                if counted is not None:
+                    row["errors"].append(counted[0])
                 row["params"].append(student.parameters)
                 row["latency"].append(student.latency_ms)
                 if not teacher and summary.scores[0].name == "teacher":
@@ -220,6 +334,9 @@ def main() -> None:
                         "params": t.parameters,
                         "latency": t.latency_ms,
                     }
+                    counted = test_errors(t)
+                    if counted is not None:
+                        teacher["errors"], teacher["rows"] = counted
                 done = sum(len(r["acc"]) for r in rows.values())
                 # what has run so far survives a run that dies or is stopped later
                 if teacher and ALONE in rows and len(rows) > 1 and done < total:

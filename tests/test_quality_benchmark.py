@@ -107,3 +107,43 @@ def test_plain_teacher_augmentation_shifts_and_mirrors_only():
         assert hits, f"image {i} is not a shifted (mirrored) window of its input"
         draws.add(hits[0])
     assert len(draws) > 4
+
+
+def test_the_errors_table_counts_errors_and_the_share_of_the_gap_each_seed_closes():
+    from types import SimpleNamespace
+
+    # 15 reliability bins holding 1,000 test rows: 90% accuracy is 100 errors
+    score = SimpleNamespace(accuracy=0.9, reliability=((600, 0.9, 0.9), (400, 0.5, 0.9)))
+    assert quality.test_errors(score) == (100, 1000)
+    assert quality.test_errors(SimpleNamespace(accuracy=1.0, reliability=())) is None
+
+    teacher = {"errors": 60, "rows": 10_000}
+
+    def row(errors):
+        return {"errors": errors}
+
+    # per seed: gaps 80, 90, 70 errors; KD closes 60/80, 70/90, 50/70 of them
+    clear = quality.errors_table(
+        "t",
+        teacher,
+        {quality.ALONE: row([140, 150, 130]), "KD": row([80, 80, 80])},
+        [0, 1, 2],
+        paper=(67, 146, 74),
+        paper_name="paper (MNIST)",
+    )
+    assert "| test errors of 10,000 (mean +- std) |" in clear and "paper (MNIST) |" in clear
+    assert "| teacher (trained once) | 60 | - | 99.40% | - | 67 |" in clear
+    assert "| student alone | 140.0 +- 10.0 | 140, 150, 130 | 98.60% | - | 146 |" in clear
+    assert "| KD | 80.0 +- 0.0 | 80, 80, 80 | 99.20% | 75 +- 3% | 74 (91% closed) |" in clear
+    assert "KD: +60.0 errors" in clear and "it closes at least half the gap" in clear
+
+    # a gain inside the spread earns no claim, even where its mean share is above half
+    noisy = quality.errors_table(
+        "t", teacher, {quality.ALONE: row([100, 180]), "KD": row([70, 120])}, [0, 1]
+    )
+    assert "does NOT beat the student alone" in noisy and "at least half the gap" not in noisy
+    # a clear gain that closes under half the gap says so
+    small = quality.errors_table(
+        "t", teacher, {quality.ALONE: row([140, 140]), "KD": row([120, 122])}, [0, 1]
+    )
+    assert "does NOT close at least half the gap" in small

@@ -74,27 +74,84 @@ class PooledCNN(nn.Module):
         return self.head(self.pool(self.features(x)))
 
 
+class RandomShift(nn.Module):
+    """Input jitter: in training mode, shift each image [N, C, H, W] by a random whole number of
+    pixels, up to ``pixels`` in each direction, filling the uncovered border with zeros.
+
+    The same shifts as ``data.augment``'s ``random_crop`` with ``padding: pixels``, but owned by
+    the model: it regularizes only the model that holds it, and only while it trains, so a
+    teacher trained with jitter labels the clean inputs (eval mode passes them through). Draws
+    from torch's generator, which the training loop seeds per worker.
+    """
+
+    def __init__(self, pixels: int = 2) -> None:
+        super().__init__()
+        if pixels < 0:
+            raise ValueError(f"pixels must be >= 0, got {pixels}")
+        self.pixels = pixels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.pixels
+        if not self.training or p == 0 or x.ndim != 4:
+            return x
+        n, c, h, w = x.shape
+        padded = nn.functional.pad(x, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (n, 1, 1, 1), device=x.device)
+        dx = torch.randint(0, 2 * p + 1, (n, 1, 1, 1), device=x.device)
+        # each image's window at its own offset, by indexing [N, C, H, W] at once
+        images = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+        channels = torch.arange(c, device=x.device).view(1, c, 1, 1)
+        rows = dy + torch.arange(h, device=x.device).view(1, 1, h, 1)
+        cols = dx + torch.arange(w, device=x.device).view(1, 1, 1, w)
+        return padded[images, channels, rows, cols]
+
+    def extra_repr(self) -> str:
+        return f"pixels={self.pixels}"
+
+
 class MLP(nn.Module):
     """A multilayer perceptron over flattened inputs [N, *] -> [N, num_classes].
 
-    Hidden layers are ``layers.0``, ``layers.2``, ...; the output layer is ``head``.
+    Hidden layers are ``layers.0``, ``layers.3``, ... when ``dropout`` > 0 (each block is
+    Linear, ReLU, Dropout), else ``layers.0``, ``layers.2``, ...; the output layer is ``head``.
+    ``input_dropout`` drops input pixels and ``jitter`` shifts input images [N, C, H, W] by up
+    to that many pixels (:class:`RandomShift`), both in training mode only.
     """
 
     def __init__(
-        self, num_classes: int = 10, in_features: int = 64, hidden: Sequence[int] = (32,)
+        self,
+        num_classes: int = 10,
+        in_features: int = 64,
+        hidden: Sequence[int] = (32,),
+        dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        jitter: int = 0,
     ) -> None:
         super().__init__()
+        for name, p in (("dropout", dropout), ("input_dropout", input_dropout)):
+            if not 0 <= p < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {p}")
         blocks: list[nn.Module] = []
         width = in_features
         for h in hidden:
             blocks += [nn.Linear(width, h), nn.ReLU()]
+            if dropout > 0:
+                blocks.append(nn.Dropout(dropout))
             width = h
+        # modules only where they act, so a plain MLP keeps its module names and repr
+        self.jitter = RandomShift(jitter) if jitter > 0 else None
         self.flatten = nn.Flatten()
+        self.input_dropout = nn.Dropout(input_dropout) if input_dropout > 0 else None
         self.layers = nn.Sequential(*blocks)
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.layers(self.flatten(x)))
+        if self.jitter is not None:
+            x = self.jitter(x)
+        x = self.flatten(x)
+        if self.input_dropout is not None:
+            x = self.input_dropout(x)
+        return self.head(self.layers(x))
 
 
 def digits_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32) -> DigitsCNN:
@@ -105,8 +162,45 @@ def pooled_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 16) -> 
     return PooledCNN(num_classes=num_classes, in_channels=in_channels, width=width)
 
 
-def mlp(num_classes: int = 10, in_features: int = 64, hidden: Sequence[int] = (32,)) -> MLP:
-    return MLP(num_classes=num_classes, in_features=in_features, hidden=hidden)
+def mlp(
+    num_classes: int = 10,
+    in_features: int = 64,
+    hidden: Sequence[int] = (32,),
+    dropout: float = 0.0,
+    input_dropout: float = 0.0,
+    jitter: int = 0,
+) -> MLP:
+    return MLP(
+        num_classes=num_classes,
+        in_features=in_features,
+        hidden=hidden,
+        dropout=dropout,
+        input_dropout=input_dropout,
+        jitter=jitter,
+    )
+
+
+def hinton_teacher(
+    num_classes: int = 10,
+    in_features: int = 784,
+    hidden: Sequence[int] = (1200, 1200),
+    dropout: float = 0.5,
+    input_dropout: float = 0.2,
+    jitter: int = 2,
+) -> MLP:
+    """The large net of Hinton, Vinyals & Dean (2015), section 3: 784-1200-1200-10 with ReLU,
+    dropout (0.5 on hidden units, 0.2 on input pixels, as in the dropout paper it cites) and
+    input images [N, 1, 28, 28] jittered by up to ``jitter`` pixels in each direction while
+    training. 2.39M parameters. The paper's max-norm weight constraint is not applied."""
+    return MLP(num_classes, in_features, hidden, dropout, input_dropout, jitter)
+
+
+def hinton_student(
+    num_classes: int = 10, in_features: int = 784, hidden: Sequence[int] = (800, 800)
+) -> MLP:
+    """The small net of Hinton, Vinyals & Dean (2015): 784-800-800-10 with ReLU and no
+    regularization (no dropout, no jitter). 1.28M parameters."""
+    return MLP(num_classes, in_features, hidden)
 
 
 def small_detector(
