@@ -129,7 +129,8 @@ def table(
     best = max((n for n in rows if n != ALONE), key=lambda n: statistics.mean(rows[n]["acc"]))
     b_mean, b_std = _mean_std(rows[best]["acc"])
     a_mean, a_std = _mean_std(rows[ALONE]["acc"])
-    verdict = "beats" if b_mean - a_mean > max(a_std, b_std) else "does NOT beat"
+    gain, spread = b_mean - a_mean, max(a_std, b_std)
+    verdict = "beats" if gain > spread else "is WORSE than" if -gain > spread else "does NOT beat"
     lines += [
         "",
         f"- best distillation variant: {best}, {b_mean - a_mean:+.2f} points over the student "
@@ -214,6 +215,8 @@ def errors_table(
                 f"beats the student alone by more than the spread but does NOT close at least"
                 f" half the gap ({100 * s_mean:.0f} +- {100 * s_std:.0f}%)"
             )
+        elif -gain > spread:
+            verdict = "is WORSE than the student alone by more than the seeds' spread"
         else:
             verdict = "does NOT beat the student alone by more than the seeds' spread"
         lines.append(

@@ -52,6 +52,9 @@ def test_the_verdict_weighs_the_gain_against_the_spread():
     noisy = quality.table("t", teacher, {quality.ALONE: row([80, 84]), "KD": row([82, 83])},
                           [0, 1])  # fmt: skip
     assert "does NOT beat" in noisy
+    worse = quality.table("t", teacher, {quality.ALONE: row([84, 85]), "KD": row([80, 81])},
+                          [0, 1])  # fmt: skip
+    assert "it is WORSE than the student alone" in worse
 
 
 def test_distilled_rows_share_one_teacher_cache_per_key(tmp_path):
@@ -147,3 +150,9 @@ def test_the_errors_table_counts_errors_and_the_share_of_the_gap_each_seed_close
         "t", teacher, {quality.ALONE: row([140, 140]), "KD": row([120, 122])}, [0, 1]
     )
     assert "does NOT close at least half the gap" in small
+    # clearly more errors than the student alone is said as such (the full-size Hinton run)
+    worse = quality.errors_table(
+        "t", teacher, {quality.ALONE: row([1104, 1094, 1083]), "KD": row([1138, 1141, 1144])},
+        [0, 1, 2],
+    )  # fmt: skip
+    assert "KD: -47.3 errors" in worse and "is WORSE than the student alone" in worse
