@@ -169,8 +169,8 @@ class DataConfig(Section):
         "input",
         description="parquet/jsonl/hf_dataset: the column of inputs, a tensor or nested lists, or"
         " encoded images (datasets.Image) (cross_modal: the teacher's images); a list: numeric"
-        " feature columns, one float32 vector [F] per row (tabular rows; csv takes only this"
-        " form, and a csv source with input_column set holds features, not text)",
+        " feature columns, one float32 vector [F] per row (tabular rows; a csv source with a"
+        " list here holds features, not text)",
     )
     label_column: str = Field(
         "label",
@@ -206,16 +206,14 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _path_for_files(self) -> DataConfig:
-        tabular_csv = self.source == "csv" and "input_column" in self.model_fields_set
+        # a resolved job.yaml names every field: only a list of columns makes csv rows numbers
+        tabular_csv = self.source == "csv" and isinstance(self.input_column, list)
         if self.source in ("csv", "text_folder") and self.text is None and not tabular_csv:
             self.text = TextConfig()
         features = isinstance(self.input_column, list)
         tables = ("parquet", "jsonl", "csv")
         if features and (not self.input_column or self.text or self.source not in tables):
             why = "a list of feature columns (one or more) is for parquet, jsonl and csv numbers"
-            raise KeyedError("data.input_column", why)
-        if tabular_csv and not (features and self.input_column):
-            why = "csv rows of numbers: list their feature columns (input_column: [a, b, ...])"
             raise KeyedError("data.input_column", why)
         text_sources = ("csv", "jsonl", "parquet", "text_folder", "hf_dataset")
         if self.text is not None and self.source not in text_sources:
