@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from autoscaling_cluster import TEACHER_NODES
+from autoscaling_cluster import TEACHER_NODES, free_port
 from job_files import write_digits_job
 from ray_processes import stop_cluster
 
@@ -29,12 +28,6 @@ from raydistill.models import build_model, save_weights
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 HELPERS = ROOT / "tests" / "helpers"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pool(resources: dict[str, float]) -> dict:
@@ -64,7 +57,7 @@ def test_the_autoscaler_launches_the_teacher_nodes_an_auto_pool_needs(tmp_path: 
     out = tmp_path / "autoscaling.json"
     # A short path of its own: Ray's socket paths must stay under 108 characters.
     temp_dir = tempfile.mkdtemp(prefix="rd-as-", dir="/tmp")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR")}
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), str(HELPERS), env.get("PYTHONPATH")) if p

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from test_webdataset import split_rows
 
 from raydistill.config import DataConfig, JobError
 from raydistill.data.digits import load_digits_arrays
@@ -40,17 +41,6 @@ def _write(root: Path, table: pa.Table, kind: str, files: int = 2) -> Path:
     return root
 
 
-def _rows(splits) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    out = {}
-    for name, split in splits.items():
-        batches = list(split.iter_arrays(1000))
-        out[name] = (
-            np.concatenate([b.inputs for b in batches]),
-            np.concatenate([b.labels for b in batches]),
-        )
-    return out
-
-
 def test_csv_and_parquet_of_one_table_give_the_same_splits_and_feature_vectors(tmp_path):
     table = _table()
     csv = DataConfig(
@@ -63,7 +53,7 @@ def test_csv_and_parquet_of_one_table_give_the_same_splits_and_feature_vectors(t
     parquet = csv.model_copy(
         update={"source": "parquet", "path": str(_write(tmp_path / "pq", table, "parquet", 3))}
     )
-    from_csv, from_parquet = _rows(load_splits(csv)), _rows(load_splits(parquet))
+    from_csv, from_parquet = split_rows(load_splits(csv)), split_rows(load_splits(parquet))
     assert sum(len(v[1]) for v in from_csv.values()) == 600
     for name in ("train", "val", "test"):
         inputs, labels = from_csv[name]
@@ -93,7 +83,7 @@ def test_a_csv_larger_than_a_chunk_streams_in_pieces_with_every_row(tmp_path, mo
     data = DataConfig(
         source="csv", path=str(_write(tmp_path / "c", _table(), "csv", 1)), input_column=FEATURES
     )
-    assert sum(len(v[1]) for v in _rows(load_splits(data)).values()) == 600
+    assert sum(len(v[1]) for v in split_rows(load_splits(data)).values()) == 600
 
 
 def test_bad_tabular_input_is_named(tmp_path):
@@ -117,6 +107,6 @@ def test_bad_tabular_input_is_named(tmp_path):
         source="csv", path=str(_write(tmp_path / "holes", holes, "csv", 1)), input_column=FEATURES
     )
     with pytest.raises(JobError, match=r"row 0 of part-0.csv: NaN or infinite input"):
-        _rows(load_splits(holed))
-    kept = _rows(load_splits(holed.model_copy(update={"skip_bad": True})))
+        split_rows(load_splits(holed))
+    kept = split_rows(load_splits(holed.model_copy(update={"skip_bad": True})))
     assert sum(len(v[1]) for v in kept.values()) == 99

@@ -47,7 +47,8 @@ def write_shards(root: Path, rows: int = 300, shards: int = 3, extra=None) -> Pa
     return root
 
 
-def _rows(splits) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def split_rows(splits) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every split's rows read in this process: ``{split: (inputs, labels)}``."""
     out = {}
     for name, split in splits.items():
         batches = list(split.iter_arrays(1000))
@@ -64,7 +65,7 @@ def test_shards_stream_every_sample_once_with_its_own_image_and_class(tmp_path):
     splits = load_splits(data)
     assert splits["train"].num_classes == 10
     assert sum(len(s) for s in splits.values()) == 300
-    rows = _rows(splits)
+    rows = split_rows(splits)
     # each decoded image is one of the digits, carrying that digit's label
     digits = load_digits_arrays()
     quantized = (digits.inputs[:300] * 255).astype(np.uint8) / 255.0  # as the PNGs hold them
@@ -82,7 +83,7 @@ def test_shards_stream_every_sample_once_with_its_own_image_and_class(tmp_path):
         splits["train"].class_counts().tolist() == np.bincount(train_labels, minlength=10).tolist()
     )
     # the same split on every run, and when the shards are cut differently
-    again = _rows(load_splits(data))
+    again = split_rows(load_splits(data))
     assert all(np.array_equal(rows[k][1], again[k][1]) for k in rows)
     recut = write_shards(tmp_path / "recut", shards=1)
     # the key names the shard, so another cut is another set of keys: same sizes, same classes
@@ -100,9 +101,9 @@ def test_images_resize_and_a_bad_image_is_named_or_skipped(tmp_path, capsys):
     splits = load_splits(data)
     bad = next(k for k, s in splits.items() if "zz" in "".join(s.items.column("key").to_pylist()))
     with pytest.raises(JobError, match=r"cannot read image .*digits/zz in .*shard-0002.tar"):
-        _rows({bad: splits[bad]})
+        split_rows({bad: splits[bad]})
     skipping = load_splits(data.model_copy(update={"skip_bad": True}))
-    rows = _rows(skipping)
+    rows = split_rows(skipping)
     assert sum(len(r[1]) for r in rows.values()) == 300  # the 301st sample skipped
     assert "[data] skipped: cannot read image" in capsys.readouterr().out
     assert rows["train"][0].shape[1:] == (1, 4, 6)

@@ -37,7 +37,7 @@ TEACHER_NODES = 2  # the teacher node type's max_workers
 PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -108,8 +108,8 @@ def start_head(temp_dir: Path, port: int) -> None:
             f"--autoscaling-config={config}",
             f"--temp-dir={temp_dir}",
             "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
             "--disable-usage-stats",
         ],
         env=env,
