@@ -391,9 +391,11 @@ def single_worker_run(ray_address, tmp_path_factory) -> dict:
     return {"changes": changes, "summary": summary}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``mlflow server`` on loopback for the module's tests (stopped by its pid)."""
+    """A real ``mlflow server`` on loopback for the session's tracking tests, stopped by its
+    pid. One for all (its start migrates a fresh sqlite store, 20-45 s on 2 cores); each test
+    logs to an experiment of its own name, so none reads another's runs."""
     from tracking_servers import mlflow_server
 
     with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:

@@ -123,11 +123,16 @@ def node_loss(job_file: str, cluster: Any, student_node: Any) -> dict[str, Any]:
 
 def main(placed_job: str, node_loss_job: str, out: str, temp_dir: str) -> None:
     import ray
+    from ray._common.utils import get_ray_address_file
     from ray.cluster_utils import Cluster
 
     from raydistill.runtime import quiet_data
 
     os.environ["RAY_AUTH_MODE"] = "disabled"  # a loopback-only cluster needs no token auth
+    # Cluster() records its head's address in Ray's default temp dir (/tmp/ray) whatever
+    # temp_dir the nodes use, and fails when that directory is missing, as on a fresh machine
+    # where no Ray has run with the default temp dir yet.
+    Path(get_ray_address_file(None)).parent.mkdir(parents=True, exist_ok=True)
     node_args = {"object_store_memory": STORE, "temp_dir": temp_dir}
     cluster = Cluster(
         initialize_head=True,

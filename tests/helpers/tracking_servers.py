@@ -73,7 +73,9 @@ def _healthy(url: str) -> bool:
 
 
 def _stop(server: subprocess.Popen) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+    # uvicorn's graceful stop waits for idle keep-alive clients and outlasted 15 s here; the
+    # server's store is a test's scratch sqlite file, so a short grace then SIGKILL loses nothing.
+    for sig, wait_s in ((signal.SIGTERM, 2), (signal.SIGKILL, 15)):
         try:
             os.killpg(server.pid, sig)
         except ProcessLookupError:
