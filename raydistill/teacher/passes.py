@@ -313,7 +313,8 @@ class PoolGenerate(TeacherPass):
         actors = _take_early(job) or start_actors(job.scaling.teacher_pool)
         try:
             train = block_refs(datasets["train"])
-            answered, _, waited = actors.label(generator, train)
+            progress = RowProgress("teacher", "answered", len(splits["train"]), log)
+            answered, _, waited = actors.label(generator, train, progress.add)
             val, val_rows, _ = actors.label(setup, block_refs(datasets["val"]))
         finally:
             actors.stop()
