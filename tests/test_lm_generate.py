@@ -165,6 +165,7 @@ def test_generated_rows_hold_the_teachers_answers_with_targets_on_the_answer_onl
         )
         assert (after == expected.rows[0]).all()  # prompt, answer, eos; targets on the answer
         assert after[0][after[2] == 1].tolist() == [*answer, eos]
+    assert max(int(row[2].sum()) for row in out[INPUT]) > 2  # answers, not just their eos
 
     # sampled, 3 answers a prompt: each drawn by its own seed, the same on a second actor
     sampled = _generator(
@@ -233,3 +234,20 @@ def test_generate_settings_that_cannot_run_are_refused_in_one_line(lm_files):
         "generate$",
         lambda: check(digits),
     )
+
+
+def test_the_seqkd_job_validates_and_its_logits_variant_too():
+    from tiny_lm import ROOT
+
+    job = load_job(ROOT / "jobs" / "lm-tiny-seqkd.yaml")
+    task = get_task(job)
+    task.check_job(task.prepare(job))
+    assert job.distill.teacher_pass == "generate" and job.lm.generate.temperature == 0
+    with_logits = job.model_copy(
+        update={
+            "lm": job.lm.model_copy(
+                update={"generate": job.lm.generate.model_copy(update={"logits": True})}
+            )
+        }
+    )
+    task.check_job(with_logits)

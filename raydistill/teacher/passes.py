@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from raydistill.columns import INPUT, ROW_ID
 from raydistill.config import JobConfig
 from raydistill.data.sources import training_rows
 from raydistill.progress import RowProgress
@@ -352,10 +353,10 @@ def write_generated(blocks: list[Any], tokenizer: Any, path: Path) -> tuple[int,
     count = tokens = 0
     with path.open("w", encoding="utf-8") as out:
         for ref in blocks:
-            table = ray.get(ref).select(["input", "row_id", PROMPT_ROW])
+            table = ray.get(ref).select([INPUT, ROW_ID, PROMPT_ROW])
             batch = BlockAccessor.for_block(table).to_batch_format("numpy")
             for row, row_id, source in zip(
-                batch["input"], batch["row_id"], batch[PROMPT_ROW], strict=True
+                batch[INPUT], batch[ROW_ID], batch[PROMPT_ROW], strict=True
             ):
                 prompt = row_prompt(row, prompt_response=True)
                 answer = row[0][row[2] == 1].tolist()  # the targets: answer and closing eos
