@@ -86,7 +86,8 @@ class HFCausalLM(nn.Module):
         """Continuation of one prompt int64 [P] by up to ``new_tokens`` tokens, stopping after
         ``eos_id``: the argmax over the shared vocabulary at ``temperature`` 0, else a draw
         from softmax(logits / temperature) cut to its ``top_p`` nucleus, by ``generator`` (a
-        CPU ``torch.Generator``: the same seed draws the same tokens on any device). Returns
+        CPU ``torch.Generator``: the draw runs on the CPU, so the same seed and the same
+        logits give the same token whichever device computed them). Returns
         only the new tokens int64 [<= new_tokens], on the CPU. The report's generations and
         the teacher pool's (``distill.teacher_pass: generate``) both run this loop."""
         self.eval()
