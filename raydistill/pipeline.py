@@ -364,8 +364,8 @@ def run_cache(job: JobConfig, fresh: bool = False, log: Log = print) -> dict:
     """``raydistill cache``: the teacher (trained if needed) runs once over train and val and
     its outputs are written as Parquet; returns the cache manifest. ``fresh`` rebuilds only the
     cache."""
+    get_task(job).cache_codec(job, 1)  # what the task cannot cache, before anything is read
     job, splits = _start(job, "cache", log)
-    get_task(job).cache_codec(job, 1)  # what the task cannot cache, before a teacher trains
     preflight(job, splits)
     job = check_trackers(job, log)
     prepare_run_dir(job, False, log)
