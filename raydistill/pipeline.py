@@ -286,7 +286,7 @@ def student_stage(
         assert teacher_weights is not None
         if shapes is None:
             shapes = task.check_pair(job, teacher_weights, splits, log)
-        if task.teacher_pass(job) in ("once", "per_epoch"):  # these start the actor pool
+        if task.teacher_pass(job) in ("once", "per_epoch", "generate"):  # these start the pool
             check_pool_resources(job, log)
         strategy = STRATEGIES[task.teacher_pass(job)]
         attached = strategy.attach(
@@ -364,6 +364,7 @@ def run_cache(job: JobConfig, fresh: bool = False, log: Log = print) -> dict:
     """``raydistill cache``: the teacher (trained if needed) runs once over train and val and
     its outputs are written as Parquet; returns the cache manifest. ``fresh`` rebuilds only the
     cache."""
+    get_task(job).cache_codec(job, 1)  # what the task cannot cache, before anything is read
     job, splits = _start(job, "cache", log)
     preflight(job, splits)
     job = check_trackers(job, log)
@@ -376,14 +377,14 @@ def run_cache(job: JobConfig, fresh: bool = False, log: Log = print) -> dict:
 
 
 def _start_teacher_early(job: JobConfig, splits: Splits) -> None:
-    """Start the teacher actors of a once pass over in-memory splits now, so that their
-    process start and imports overlap the teacher stage instead of delaying the student's
-    (they load the weights at their first call). Only on a Ray this process started, whose
+    """Start the teacher actors of a once (or generate) pass over in-memory splits now, so
+    that their process start and imports overlap the teacher stage instead of delaying the
+    student's (they load the weights at their first call). Only on a Ray this process started, whose
     CPUs are budgeted for them (:func:`raydistill.runtime.planned_cpus`), for a CPU pool (a
     GPU actor would hold its GPU while the teacher trains), and when the student still has to
     be trained."""
     if (
-        get_task(job).teacher_pass(job) != "once"
+        get_task(job).teacher_pass(job) not in ("once", "generate")
         or job.scaling.teacher_pool.num_gpus > 0
         or not started_here()
         or not all(in_memory(splits[k]) for k in ("train", "val"))

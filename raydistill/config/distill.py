@@ -147,11 +147,13 @@ class DistillConfig(Section):
         description="task cross_modal: the learned map from the teacher's embedding width to the"
         " student's (trained jointly with the student); null: linear for cross_modal jobs",
     )
-    teacher_pass: Literal["once", "per_epoch", "cache"] = Field(
+    teacher_pass: Literal["once", "per_epoch", "cache", "generate"] = Field(
         "once",
         description="once: the teacher pool labels the data once per stage and its outputs stay"
         " in Ray's object store; per_epoch: the pool runs inside every epoch's stream; cache:"
-        " read the Parquet teacher cache (built by `raydistill cache`, or first when missing)",
+        " read the Parquet teacher cache (built by `raydistill cache`, or first when missing);"
+        " generate (causal_lm): the pool answers the train prompts and the student trains on"
+        " the answers (lm.generate)",
     )
     once_max_mb: float | None = Field(
         None,

@@ -13,6 +13,29 @@ from pydantic import Field
 from raydistill.config.base import Section
 
 
+class GenerateConfig(Section):
+    """``distill.teacher_pass: generate``: how the teacher pool answers the train prompts
+    (sequence-level KD). Each answer is drawn with its own seed (the job's ``seed``, the
+    prompt's ``row_id`` and the sample's index), so a rerun writes the same rows."""
+
+    max_new_tokens: int = Field(
+        64, ge=1, description="most tokens per answer (also cut to the row: max_length - prompt)"
+    )
+    temperature: float = Field(0.0, ge=0, description="0: greedy (argmax); > 0: sampled")
+    top_p: float = Field(
+        1.0, gt=0, le=1, description="sampled: draw from the nucleus holding this much mass"
+    )
+    samples_per_prompt: int = Field(
+        1, ge=1, description="answers per prompt, each a train row (greedy: use 1)"
+    )
+    logits: bool = Field(
+        False,
+        description="true: the same actors score each answer and ship its per-token teacher"
+        " distribution (lm.topk) for the token divergence; false: next-token CE on the answers"
+        " alone (distill.alpha must be 0)",
+    )
+
+
 class LMConfig(Section):
     """Causal language-model distillation (``task: causal_lm``).
 
@@ -46,4 +69,8 @@ class LMConfig(Section):
     )
     chunk_tokens: int = Field(
         1024, ge=1, description="tokens per chunk of the loss (bounds its softmax memory)"
+    )
+    generate: GenerateConfig = Field(
+        default_factory=GenerateConfig,
+        description="distill.teacher_pass generate: how the teacher pool answers train prompts",
     )

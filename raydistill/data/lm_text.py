@@ -84,6 +84,19 @@ def prompt_response_rows(
     return LMRows(rows, cut)
 
 
+def row_prompt(row: np.ndarray, prompt_response: bool, tokens: int = 16) -> np.ndarray:
+    """One row's prompt int64 [P] (possibly empty) from the row int64 [3, L]: a
+    prompt/response row's attended tokens before its first target (all of them when it has
+    none), a text row's first ``tokens`` tokens. The report's generations and the teacher
+    pool's generate pass both answer these."""
+    ids, attention, target = row
+    if prompt_response:
+        end = int(np.argmax(target == 1)) if target.any() else int(attention.sum())
+    else:
+        end = min(tokens, int(attention.sum()))
+    return ids[:end].astype(np.int64)
+
+
 def shifted(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For rows int64 [B, 3, L]: the model's input ids and attention [B, L], and per position
     t < L - 1 the next token [B, L - 1] and whether it counts [B, L - 1] (bool)."""

@@ -67,11 +67,29 @@ class HFCausalLM(nn.Module):
         logits = self.model(input_ids=ids, attention_mask=mask).logits
         return logits[..., : self.vocab].float()
 
-    @torch.no_grad()
     def greedy(self, ids: Tensor, new_tokens: int, eos_id: int | None = None) -> Tensor:
         """Greedy continuation of one prompt int64 [P] by up to ``new_tokens`` tokens (the
         argmax over the shared vocabulary; stops after ``eos_id``); returns only the new
         tokens int64 [<= new_tokens], on the CPU."""
+        return self.sample(ids, new_tokens, eos_id)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        ids: Tensor,
+        new_tokens: int,
+        eos_id: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Continuation of one prompt int64 [P] by up to ``new_tokens`` tokens, stopping after
+        ``eos_id``: the argmax over the shared vocabulary at ``temperature`` 0, else a draw
+        from softmax(logits / temperature) cut to its ``top_p`` nucleus, by ``generator`` (a
+        CPU ``torch.Generator``: the draw runs on the CPU, so the same seed and the same
+        logits give the same token whichever device computed them). Returns
+        only the new tokens int64 [<= new_tokens], on the CPU. The report's generations and
+        the teacher pool's (``distill.teacher_pass: generate``) both run this loop."""
         self.eval()
         device = self.model.get_input_embeddings().weight.device
         # the key/value cache: each step feeds only the newest token (transformers 5.x renames
@@ -83,7 +101,11 @@ class HFCausalLM(nn.Module):
             given = {name: past} if past is not None else {}
             result = self.model(input_ids=step, use_cache=True, **given)
             past = getattr(result, name, None)
-            nxt = int(result.logits[0, -1, : self.vocab].argmax())
+            logits = result.logits[0, -1, : self.vocab].float()
+            if temperature <= 0:
+                nxt = int(logits.argmax())
+            else:
+                nxt = _draw(logits, temperature, top_p, generator)
             out.append(nxt)
             if eos_id is not None and nxt == eos_id:
                 break
@@ -99,6 +121,21 @@ class HFCausalLM(nn.Module):
         if source is not None:
             load_tokenizer(source).save_pretrained(directory)
         return directory
+
+
+def _draw(
+    logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> int:
+    """One token drawn from softmax(``logits`` [V] / temperature) restricted to the smallest
+    set of most likely tokens whose mass reaches ``top_p`` (the nucleus; the first always
+    stays), drawn on the CPU so that a seeded ``generator`` gives the same token anywhere."""
+    probs = torch.softmax(logits.cpu().double() / temperature, -1)
+    order = torch.argsort(probs, descending=True, stable=True)
+    sorted_p = probs[order]
+    keep = (sorted_p.cumsum(0) - sorted_p) < top_p  # mass before the token is below top_p
+    keep[0] = True
+    kept = sorted_p * keep
+    return int(order[torch.multinomial(kept / kept.sum(), 1, generator=generator)])
 
 
 def build_hf_causal_lm(

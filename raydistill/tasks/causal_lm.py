@@ -86,7 +86,8 @@ class CausalLMTask(Task):
     report_samples: ClassVar[bool] = True
     monitor: ClassVar[str] = "val_ce"
     monitors: ClassVar[frozenset[str]] = frozenset({"val_ce", "val_loss"})
-    teacher_passes: ClassVar[frozenset[str]] = frozenset({"once", "per_epoch", "cache"})
+    # generate: sequence-level KD, the student trains on the teacher pool's answers
+    teacher_passes: ClassVar[frozenset[str]] = frozenset({"once", "per_epoch", "cache", "generate"})
     unit: ClassVar[str] = "tokens"
     export_formats: ClassVar[tuple[str, ...]] = ("hf",)
     headline_name: ClassVar[str] = "next-token accuracy"
@@ -113,6 +114,8 @@ class CausalLMTask(Task):
                 raise JobError(f"{key}: task causal_lm distils tokens (lm.loss); unset it")
         if self.teacher_pass(job) == "cache":
             self.cache_codec(job, 1)  # the cache stores top-k only: lm.topk must be set
+        if self.teacher_pass(job) == "generate" and job.distill.enabled:
+            _check_generate(job)
 
     def prepare(self, job: JobConfig) -> JobConfig:
         """Both hf: models are built as causal LMs (``args.causal_lm``)."""
@@ -128,6 +131,11 @@ class CausalLMTask(Task):
 
     def cache_codec(self, job: JobConfig, num_classes: int) -> TokenTopKCodec:
         """Per-token top-``lm.topk`` (ids, log-probs, tail): dense [L, V] rows are not cached."""
+        if self.teacher_pass(job) == "generate":
+            raise JobError(
+                "distill.teacher_pass: generate is not cached (the answers are not in the "
+                "corpus): `raydistill cache` and `tune` refuse it; train runs it"
+            )
         if job.lm is None or job.lm.topk is None:
             raise JobError(
                 "lm.topk: the causal_lm teacher cache stores each token's top k; set lm.topk "
@@ -350,10 +358,34 @@ def _check_positions(model: nn.Module, job: JobConfig, side: str) -> None:
         )
 
 
+def _check_generate(job: JobConfig) -> None:
+    """``teacher_pass: generate`` answers prompts; without the answers' logits the stage is
+    next-token CE on them, so an alpha that weighs a divergence is refused."""
+    lm = lm_config(job)
+    if lm.format != "prompt_response":
+        raise JobError(
+            "distill.teacher_pass: generate answers prompts: set lm.format prompt_response"
+        )
+    g = lm.generate
+    if g.temperature == 0 and g.samples_per_prompt > 1:
+        raise JobError(
+            f"lm.generate.samples_per_prompt: {g.samples_per_prompt} greedy answers to a prompt "
+            "are one answer repeated: set temperature > 0 or samples_per_prompt 1"
+        )
+    alphas = job.distill.alpha.values(job.train.epochs)
+    if not g.logits and max(alphas) > 0:
+        raise JobError(
+            f"distill.alpha: {max(alphas):g}, but teacher_pass generate without "
+            "lm.generate.logits trains on the answers alone (next-token CE): set alpha 0, or "
+            "lm.generate.logits true"
+        )
+
+
 def _teacher(spec: StageSpec, batch: dict[str, torch.Tensor], device: torch.device) -> Any:
     if not spec.distill:
         return None
-    return spec.codec.decode(batch, spec.num_classes).to(device)
+    teacher = spec.codec.decode(batch, spec.num_classes)  # None: answers shipped no logits
+    return None if teacher is None else teacher.to(device)
 
 
 def _batches(shard: Any, spec: StageSpec, seed: int | None) -> Any:

@@ -17,6 +17,7 @@ from torch import nn
 
 from raydistill.config import JobConfig
 from raydistill.data.lm_splits import LMSplit, lm_config, shared_tokenizer
+from raydistill.data.lm_text import row_prompt
 from raydistill.tasks.base import SummaryTable
 
 PROMPTS = 3
@@ -33,16 +34,8 @@ def prompt_ids(
     if len(split) == 0:
         return []
     picked = np.unique(np.linspace(0, len(split) - 1, count).round().astype(int))
-    prompts = []
-    for i in picked:
-        ids, attention, target = split.rows[i]
-        if prompt_response:
-            end = int(np.argmax(target == 1)) if target.any() else int(attention.sum())
-        else:
-            end = min(tokens, int(attention.sum()))
-        if end > 0:
-            prompts.append(ids[:end].astype(np.int64))
-    return prompts
+    prompts = [row_prompt(split.rows[i], prompt_response, tokens) for i in picked]
+    return [p for p in prompts if len(p) > 0]
 
 
 def cell(text: str, most: int = CELL_CHARS) -> str:

@@ -31,7 +31,9 @@ from raydistill.teacher.codec import LogitCodec
 class TeacherPredictorActor:
     """One teacher actor (a Ray actor class: ``ray.remote`` is applied by
     :func:`start_actors`). Its constructor only imports torch and the model code; the
-    teacher is built, with its weights, at the first :meth:`label` call of a given setup."""
+    teacher is built, with its weights, at the first :meth:`label` call of a given setup (a
+    :class:`~raydistill.teacher.pool.TeacherPredictor`, or a
+    :class:`~raydistill.teacher.pool.TeacherGenerator` when the setup holds ``generate``)."""
 
     def __init__(self) -> None:
         import torch  # noqa: F401  (the import is most of an actor's start-up: pay it now)
@@ -50,11 +52,13 @@ class TeacherPredictorActor:
         import pyarrow as pa
         from ray.data.block import BlockAccessor
 
-        from raydistill.teacher.pool import TeacherPredictor
+        from raydistill.teacher.pool import TeacherGenerator, TeacherPredictor
 
         key = tuple(sorted((k, repr(v)) for k, v in setup.items()))
         if key != self._setup:
-            self._predictor, self._setup = TeacherPredictor(**setup), key
+            # a setup with generation settings answers prompts (teacher_pass: generate)
+            kind = TeacherGenerator if "generate" in setup else TeacherPredictor
+            self._predictor, self._setup = kind(**setup), key
         parts = []
         for start in range(0, table.num_rows, batch_size):
             batch = BlockAccessor.for_block(table.slice(start, batch_size)).to_batch_format("numpy")

@@ -14,6 +14,10 @@ strategy       what happens                                                   te
                inputs by row key
 ``worker``     no pool: a frozen teacher copy runs inside every train         one per epoch
                worker (detection, where proposals must be shared)
+``generate``   causal LMs: teacher actors answer the train prompts once       one, plus one
+               (sequence-level KD); the student trains on the answers, with   decoding step
+               or without their per-token logits; val keeps its references    per new token
+               and is scored once
 =============  =============================================================  ===============
 
 Tapped features wanted with ``features_from: worker`` add a frozen copy's per-epoch pass to any
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from raydistill.columns import INPUT, ROW_ID
 from raydistill.config import JobConfig
 from raydistill.data.sources import training_rows
 from raydistill.progress import RowProgress
@@ -134,11 +139,12 @@ def in_memory(split: Any) -> bool:
 
 def start_teacher_actors(job: JobConfig) -> None:
     """Start the job's teacher actors now, in the background, for its ``teacher_pass: once``
-    (they load the teacher's weights at their first call): call this as early as the job
-    allows, such as before the teacher stage trains, and the once pass finds them started.
+    or ``generate`` (they load the teacher's weights at their first call): call this as early
+    as the job allows, such as before the teacher stage trains, and the pass finds them started.
     Does nothing for another ``teacher_pass``, or when actors were started already."""
     global _EARLY
-    if job.distill.teacher_pass != "once" or (_EARLY is not None and _EARLY[0] == _actors_key(job)):
+    early = job.distill.teacher_pass in ("once", "generate")
+    if not early or (_EARLY is not None and _EARLY[0] == _actors_key(job)):
         return
     stop_teacher_actors()
     _EARLY = (_actors_key(job), start_actors(job.scaling.teacher_pool))
@@ -176,12 +182,7 @@ def label_in_memory(
     actors are killed afterwards."""
     import ray.data
 
-    global _EARLY
-    if _EARLY is not None and _EARLY[0] == _actors_key(job):
-        actors, _EARLY = _EARLY[1], None
-    else:
-        stop_teacher_actors()
-        actors = start_actors(job.scaling.teacher_pool)
+    actors = _take_early(job) or start_actors(job.scaling.teacher_pool)
     try:
         blocks = {k: block_refs(ds) for k, ds in datasets.items()}  # while the actors start
         labelled, rows, waited = actors.label(
@@ -275,8 +276,134 @@ class WorkerCopy(TeacherPass):
         return Attached(datasets, LogitCodec())
 
 
+class PoolGenerate(TeacherPass):
+    """Sequence-level KD (``task: causal_lm``, ``lm.generate``): one set of teacher actors
+    answers every train prompt (:class:`~raydistill.teacher.pool.TeacherGenerator`) and then
+    scores the val rows as ``once`` does; the train rows become the teacher's answers. With
+    ``lm.generate.logits`` the answers carry the teacher's per-token outputs too; without,
+    they carry none and the step is next-token CE on them (the codec decodes to no teacher).
+    The answers are written to ``<run dir>/generated.jsonl`` (ids and text) to be read."""
+
+    name = "generate"
+
+    def planned_passes(self, job: JobConfig, rows: int) -> int:
+        return rows  # each train prompt answered (plus a decoding step per token), val scored
+
+    def attach(self, job, datasets, teacher_weights, splits, num_classes, log, cached=None):
+        from raydistill.data.lm_splits import lm_config, shared_tokenizer
+
+        settings = lm_config(job).generate
+        tokenizer, _ = shared_tokenizer(job)
+        scoring = pool_codec(job, num_classes)
+        setup = {
+            **predictor_setup(job, teacher_weights, num_classes, scoring),
+            "precision": job.train.precision,
+        }
+        generator = {
+            k: setup[k] for k in ("spec", "weights", "num_classes", "use_gpu", "precision")
+        }
+        generator.update(
+            generate=settings,
+            seq_len=splits["train"].rows.shape[-1],
+            eos_id=int(tokenizer.eos_token_id),
+            pad_id=int(tokenizer.pad_token_id),
+            seed=job.seed,
+            codec=scoring if settings.logits else None,
+        )
+        started = time.perf_counter()
+        actors = _take_early(job) or start_actors(job.scaling.teacher_pool)
+        try:
+            train = block_refs(datasets["train"])
+            progress = RowProgress("teacher", "answered", len(splits["train"]), log)
+            answered, _, waited = actors.label(generator, train, progress.add)
+            val, val_rows, _ = actors.label(setup, block_refs(datasets["val"]))
+        finally:
+            actors.stop()
+        import ray.data
+
+        out = {"train": ray.data.from_arrow_refs(answered), "val": ray.data.from_arrow_refs(val)}
+        written = job.run_dir / GENERATED
+        count, tokens = write_generated(answered, tokenizer, written)
+        log(
+            f"[teacher] generated {count} answers ({tokens} target tokens) to "
+            f"{len(splits['train'])} train prompts and scored {sum(val_rows)}"
+            f" val rows (reference answers) in {time.perf_counter() - started:.1f}s "
+            f"({waited:.1f}s waiting for the actors); answers in {written}"
+        )
+        codec = scoring if settings.logits else WhereShipped(scoring)
+        return Attached(out, codec)
+
+
+GENERATED = "generated.jsonl"
+
+
+def write_generated(blocks: list[Any], tokenizer: Any, path: Path) -> tuple[int, int]:
+    """The generated rows of ``blocks`` (Arrow block refs) as JSON lines at ``path``: per row
+    its ``row_id``, ``prompt_row_id``, prompt and answer ids and their text; returns the rows
+    and their target tokens."""
+    import json
+
+    import ray
+    from ray.data.block import BlockAccessor
+
+    from raydistill.data.lm_text import row_prompt
+    from raydistill.teacher.pool import PROMPT_ROW
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = tokens = 0
+    with path.open("w", encoding="utf-8") as out:
+        for ref in blocks:
+            table = ray.get(ref).select([INPUT, ROW_ID, PROMPT_ROW])
+            batch = BlockAccessor.for_block(table).to_batch_format("numpy")
+            for row, row_id, source in zip(
+                batch[INPUT], batch[ROW_ID], batch[PROMPT_ROW], strict=True
+            ):
+                prompt = row_prompt(row, prompt_response=True)
+                answer = row[0][row[2] == 1].tolist()  # the targets: answer and closing eos
+                record = {
+                    "row_id": int(row_id),
+                    "prompt_row_id": int(source),
+                    "prompt_ids": prompt.tolist(),
+                    "answer_ids": answer,
+                    "prompt": tokenizer.decode(prompt.tolist()),
+                    "answer": tokenizer.decode(answer, skip_special_tokens=True),
+                }
+                out.write(json.dumps(record) + "\n")
+                count, tokens = count + 1, tokens + len(answer)
+    return count, tokens
+
+
+@dataclass(frozen=True)
+class WhereShipped:
+    """A codec that decodes a batch carrying none of its columns to no teacher (None): the
+    generated train rows without logits, next to val rows the pool scored with ``codec``."""
+
+    codec: Any
+
+    def columns(self) -> list[str]:
+        return self.codec.columns()
+
+    def decode(self, columns: Any, num_classes: int) -> Any:
+        if not any(c in columns for c in self.codec.columns()):
+            return None
+        return self.codec.decode(columns, num_classes)
+
+    def bytes_per_sample(self, num_classes: int) -> int:
+        return self.codec.bytes_per_sample(num_classes)
+
+
+def _take_early(job: JobConfig) -> TeacherActors | None:
+    """Actors :func:`start_teacher_actors` started for ``job``, now the caller's to stop."""
+    global _EARLY
+    if _EARLY is not None and _EARLY[0] == _actors_key(job):
+        actors, _EARLY = _EARLY[1], None
+        return actors
+    stop_teacher_actors()
+    return None
+
+
 STRATEGIES: dict[str, TeacherPass] = {
-    s.name: s for s in (PoolOnce(), PoolPerEpoch(), CachePass(), WorkerCopy())
+    s.name: s for s in (PoolOnce(), PoolPerEpoch(), CachePass(), WorkerCopy(), PoolGenerate())
 }
 
 

@@ -13,10 +13,12 @@ import numpy as np
 import torch
 
 from raydistill.columns import FEATURE_PREFIX as FEATURE_PREFIX  # re-exported
-from raydistill.columns import INPUT, TEACHER_INPUT, feature_column
+from raydistill.columns import INPUT, ROW_ID, TEACHER_INPUT, feature_column
 from raydistill.columns import TEACHER_LOGITS as TEACHER_LOGITS  # re-exported
 from raydistill.config import JobConfig, ModelSpec, TeacherPoolConfig
+from raydistill.config.lm import GenerateConfig
 from raydistill.data.arrays import model_tensor
+from raydistill.data.lm_text import prompt_response_rows, row_prompt
 from raydistill.distill.taps import FeatureTap
 from raydistill.models.specs import build_model, load_weights
 from raydistill.precision import autocast
@@ -71,6 +73,87 @@ class TeacherPredictor:
                 batch[feature_column(layer)] = value.cpu().numpy().astype(self.feature_dtype)
             self.tap.clear()
         return batch
+
+
+PROMPT_ROW = "prompt_row_id"  # a generated row's source: the row_id of the prompt it answers
+
+
+class TeacherGenerator:
+    """One generator actor (``distill.teacher_pass: generate``): builds the teacher once, then
+    answers every row's prompt with it, ``samples_per_prompt`` times.
+
+    A batch of prompt/response rows (``input`` int64 [N, 3, L], ``row_id`` [N]) becomes
+    N * samples_per_prompt new rows: ``input`` int64 [N * S, 3, L] built by
+    :func:`~raydistill.data.lm_text.prompt_response_rows` from the prompt (the tokens before
+    the row's first target) and the teacher's answer (targets on the answer and its closing
+    end-of-sequence token only), ``row_id`` = source row_id * S + sample index and
+    ``prompt_row_id`` = the source's row_id. Each answer's draws come from a generator seeded
+    by (``seed``, source row_id, sample index): the same rows on a rerun, on any actor. With a
+    ``codec`` the same teacher then scores the new rows in one forward and the batch carries
+    their per-token outputs encoded by it, as :class:`TeacherPredictor` ships them.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: str,
+        num_classes: int,
+        generate: GenerateConfig,
+        seq_len: int,
+        eos_id: int,
+        pad_id: int,
+        seed: int = 0,
+        use_gpu: bool = False,
+        codec: LogitCodec | None = None,
+        precision: str = "fp32",
+    ) -> None:
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.precision = precision
+        model = build_model(spec, num_classes, load=False)
+        load_weights(model, Path(weights), what=f"teacher {spec.model}")
+        self.model = model.eval().to(self.device)
+        self.settings, self.codec = generate, codec
+        self.seq_len, self.eos_id, self.pad_id, self.seed = seq_len, eos_id, pad_id, seed
+
+    def answer(self, prompt: np.ndarray, row_id: int, sample: int) -> list[int]:
+        """The teacher's answer ids to ``prompt`` int64 [P], its end-of-sequence token dropped
+        (the row builder closes every answer with one), at most the row's room for it."""
+        g = self.settings
+        room = min(g.max_new_tokens, self.seq_len - len(prompt) - 1)
+        if room < 1 or len(prompt) == 0:
+            return []
+        state = np.random.SeedSequence([self.seed, row_id, sample]).generate_state(2)
+        draws = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        with autocast(self.precision, self.device):
+            new = self.model.sample(
+                torch.from_numpy(prompt), room, self.eos_id, g.temperature, g.top_p, draws
+            ).tolist()
+        return new[:-1] if new and new[-1] == self.eos_id else new
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        samples = self.settings.samples_per_prompt
+        pairs, row_ids, sources = [], [], []
+        for row, row_id in zip(np.asarray(batch[INPUT]), batch[ROW_ID], strict=True):
+            prompt = row_prompt(row, prompt_response=True)
+            for j in range(samples):
+                pairs.append((prompt.tolist(), self.answer(prompt, int(row_id), j)))
+                row_ids.append(int(row_id) * samples + j)
+                sources.append(int(row_id))
+        rows = prompt_response_rows(pairs, self.seq_len, self.eos_id, self.pad_id).rows
+        out = {
+            INPUT: rows,
+            ROW_ID: np.asarray(row_ids, dtype=np.int64),
+            PROMPT_ROW: np.asarray(sources, dtype=np.int64),
+        }
+        if self.codec is not None and len(rows):
+            with autocast(self.precision, self.device):
+                logits = self.model(torch.from_numpy(rows).to(self.device))
+            if getattr(self.codec, "encodes_tensors", False):
+                out.update(self.codec.encode(logits))
+            else:
+                out.update(self.codec.encode(logits.float().cpu().numpy()))
+        return out
 
 
 def attach_teacher(

@@ -66,3 +66,17 @@ def write_lm_job(root: Path, corpus: Path, model_dir: Path, **changes) -> Path:
     path = root / "job.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def write_pairs(root: Path, corpus: Path, chars: int = 80) -> Path:
+    """``root/pairs.jsonl``: one prompt/response pair per article of ``corpus``, its headline
+    (first line) as the prompt and the next ``chars`` characters as the reference response."""
+    import json
+
+    lines = []
+    for file in sorted(corpus.rglob("*.txt")):
+        head, _, rest = file.read_text(errors="replace").strip().partition("\n")
+        lines.append(json.dumps({"prompt": head.strip() + "\n", "response": rest.strip()[:chars]}))
+    path = root / "pairs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
