@@ -236,10 +236,15 @@ def test_generate_settings_that_cannot_run_are_refused_in_one_line(lm_files):
     )
 
 
-def test_the_seqkd_job_validates_and_its_logits_variant_too():
-    from tiny_lm import ROOT
+def test_the_seqkd_job_validates_and_its_logits_variant_too(tmp_path):
+    from tiny_lm import ROOT, write_corpus, write_pairs
 
-    job = load_job(ROOT / "jobs" / "lm-tiny-seqkd.yaml")
+    # its data and tokenizer are what scripts/setup-lm-tiny.sh writes under data/, which the
+    # test command does not run: the same kinds of files, written here
+    corpus, model_dir = write_corpus(tmp_path)
+    sets = [f"data.path={write_pairs(tmp_path, corpus)}"]
+    sets += [f"{role}.model=hf:{model_dir}" for role in ("teacher", "student")]
+    job = load_job(ROOT / "jobs" / "lm-tiny-seqkd.yaml", sets)
     task = get_task(job)
     task.check_job(task.prepare(job))
     assert job.distill.teacher_pass == "generate" and job.lm.generate.temperature == 0
