@@ -227,6 +227,18 @@ def ray_dashboard(ray_address: str) -> str:
     return _HEAD["dashboard"]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny models (``pytest.mark.usefixtures``): on 2 shared
+    cores a second thread only waits for a core."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def write_job(tmp_path: Path):
     """Write a job YAML (the quickstart job with changes) into a temp dir; returns its path."""

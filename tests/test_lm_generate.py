@@ -26,13 +26,7 @@ from raydistill.teacher.passes import WhereShipped
 from raydistill.teacher.pool import PROMPT_ROW, TeacherGenerator
 from raydistill.teacher.topk_codec import TOPK_IDS, TokenTopKCodec
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny(vocab=40, seed=0):

@@ -28,6 +28,16 @@ if TYPE_CHECKING:
     import ray.data
 
 
+def _teacher_on_device(
+    spec: ModelSpec, weights: str, num_classes: int, use_gpu: bool
+) -> tuple[torch.device, torch.nn.Module]:
+    """The trained teacher in eval mode on the actor's GPU when it was given one, else CPU."""
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    model = build_model(spec, num_classes, load=False)
+    load_weights(model, Path(weights), what=f"teacher {spec.model}")
+    return device, model.eval().to(device)
+
+
 class TeacherPredictor:
     """One teacher actor: builds the teacher once, then maps numpy batches.
 
@@ -47,11 +57,8 @@ class TeacherPredictor:
         feature_dtype: str = "float32",
         precision: str = "fp32",
     ) -> None:
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.device, self.model = _teacher_on_device(spec, weights, num_classes, use_gpu)
         self.precision = precision
-        model = build_model(spec, num_classes, load=False)
-        load_weights(model, Path(weights), what=f"teacher {spec.model}")
-        self.model = model.eval().to(self.device)
         self.tap = FeatureTap(self.model, feature_layers) if feature_layers else None
         self.codec = codec or LogitCodec()
         self.feature_dtype = np.dtype(feature_dtype)
@@ -107,11 +114,8 @@ class TeacherGenerator:
         codec: LogitCodec | None = None,
         precision: str = "fp32",
     ) -> None:
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.device, self.model = _teacher_on_device(spec, weights, num_classes, use_gpu)
         self.precision = precision
-        model = build_model(spec, num_classes, load=False)
-        load_weights(model, Path(weights), what=f"teacher {spec.model}")
-        self.model = model.eval().to(self.device)
         self.settings, self.codec = generate, codec
         self.seq_len, self.eos_id, self.pad_id, self.seed = seq_len, eos_id, pad_id, seed
 
