@@ -7,7 +7,11 @@ On one machine, one after the other:
     teacher, its logits over train and val computed once, the distilled student trained on
     those logits (offline KD, ``alpha * KL * T^2 + (1 - alpha) * CE`` written out), and the
     student alone; the job's models, per-worker batch size, optimizer, LR schedule, gradient
-    clipping and epochs, a seeded shuffle and a validation pass per epoch;
+    clipping and epochs, a seeded shuffle and a validation pass per epoch in batches of the
+    same size (loss and accuracy, as raydistill validates). With ``data.labelled_fraction``
+    it trains on what raydistill's stages train on: the distilled student's cross entropy
+    over the labelled rows of each batch (their mask computed once, before the first epoch),
+    and the student alone on the labelled rows only, each read ``labelled_copies`` times;
 (b) ``raydistill train`` of the same job (a copy with a temporary ``storage_path``, on
     ``--workers`` workers, default 1 for a like-for-like rate, ``--fresh``), in a subprocess;
 (c) a 4-trial search like ``jobs/digits-tune.yaml`` (FIFO, ``--trial-epochs`` epochs each,
@@ -45,7 +49,8 @@ import yaml
 
 from raydistill.config import JobConfig, load_job
 from raydistill.data.arrays import model_tensor
-from raydistill.data.sources import load_splits
+from raydistill.data.keys import labelled_mask
+from raydistill.data.sources import labelled_copies, load_splits
 from raydistill.models.specs import build_model
 from raydistill.rundir import TRIALS_DIR, TUNE_DIR, history_file, weights_file
 
@@ -74,6 +79,9 @@ def plain_stage(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, train.epochs)
     T, alpha = job.distill.temperature.start, job.distill.alpha.start
     x, y = data["x"], data["y"]
+    labelled = data.get("labelled") if teacher_logits is not None else None
+    if role == "baseline" and "alone" in data:  # the labelled rows alone, as raydistill's
+        x, y = x[data["alone"]], y[data["alone"]]
     rates, first_step = [], None
     generator = torch.Generator().manual_seed(job.seed)
     for _ in range(train.epochs):
@@ -83,7 +91,12 @@ def plain_stage(
             if first_step is None:
                 first_step = time.perf_counter() - started
             logits = _logits(model, x[index])
-            loss = F.cross_entropy(logits, y[index])
+            if labelled is None:
+                loss = F.cross_entropy(logits, y[index])
+            else:  # the mean cross entropy over the batch's labelled rows (0 without any)
+                mask = labelled[index]
+                ce = F.cross_entropy(logits, y[index], reduction="none")
+                loss = (ce * mask).sum() / mask.sum().clamp_min(1.0)
             if teacher_logits is not None:
                 soft = F.kl_div(
                     F.log_softmax(logits / T, -1),
@@ -102,7 +115,14 @@ def plain_stage(
         scheduler.step()
         model.eval()
         with torch.no_grad():  # the validation pass raydistill makes every epoch
-            (_logits(model, data["val_x"]).argmax(-1) == data["val_y"]).float().mean()
+            sums = torch.zeros(2, dtype=torch.float64)  # loss * n, correct
+            for s in range(0, len(data["val_x"]), train.batch_size):
+                val_y = data["val_y"][s : s + train.batch_size]
+                val_logits = _logits(model, data["val_x"][s : s + train.batch_size])
+                ce = F.cross_entropy(val_logits, val_y)
+                sums += torch.tensor(
+                    [ce.item() * len(val_y), (val_logits.argmax(-1) == val_y).sum().item()]
+                )
     wall = time.perf_counter() - started
     return model, {"wall_s": wall, "startup_s": first_step or 0.0, "rate": _in_epoch(rates)}
 
@@ -123,6 +143,11 @@ def run_plain(job: JobConfig) -> dict[str, Any]:
     x, y = tensors(splits["train"])
     val_x, val_y = tensors(splits["val"])
     data = {"x": x, "y": y, "val_x": val_x, "val_y": val_y}
+    share = job.data.labelled_fraction
+    if share is not None:  # row ids of a split held in memory are positions
+        mask = labelled_mask(np.arange(len(x)), share, job.data.split.seed)
+        data["labelled"] = torch.from_numpy(mask).float()
+        data["alone"] = torch.from_numpy(np.tile(np.flatnonzero(mask), labelled_copies(share)))
     stages: dict[str, Any] = {}
     teacher, stages["teacher"] = plain_stage(job, "teacher", data)
     with torch.no_grad():  # offline KD: the teacher's logits, once

@@ -19,6 +19,9 @@ column            added by            holds
 ``teacher_logits`` teacher pass       float32 [C] log-probabilities (or fp16 / top-k codec
                                       columns, see :mod:`raydistill.teacher.codec`)
 ``teacher_feat.<layer>`` teacher pass  a tapped teacher feature, float [*feature_shape]
+``labelled``      train worker        bool: a student stage learns this row's label
+                                      (``data.labelled_fraction``), from its ``row_id``;
+                                      computed once per stage on rows held in memory
 ================  ==================  ====================================================
 
 Detection rows (one image each; ragged data travels as raw bytes): ``image_id``, ``path``,
@@ -35,6 +38,7 @@ ROW_ID = "row_id"
 TEXT = "text"
 TEACHER_INPUT = "teacher_input"
 VIEW = "view"
+LABELLED = "labelled"
 
 # teacher outputs (the codecs' columns)
 TEACHER_LOGITS = "teacher_logits"

@@ -63,7 +63,7 @@ def test_the_task_trains_on_every_draw_even_one_as_long_as_its_batch():
     counts = np.bincount(labels)
     b = ClassBalancer.from_counts(counts, keep_ratio=0.7)
     shard = InMemoryShard({LABEL: labels, ROW_ID: np.arange(len(labels))})
-    job = SimpleNamespace(seed=0, data=SimpleNamespace(shuffle_buffer=0))
+    job = SimpleNamespace(seed=0, data=SimpleNamespace(shuffle_buffer=0, labelled_fraction=None))
     spec = SimpleNamespace(job=job, train=SimpleNamespace(batch_size=32), balancer=b)
     task, epochs, seen, same_length = ClassificationTask(), 20, np.zeros(5), 0
     for epoch in range(epochs):

@@ -9,7 +9,7 @@ import torch
 from local_rows import classification_rows
 from tiny_run import write_tiny_job
 
-from raydistill.columns import LABEL, ROW_ID
+from raydistill.columns import LABEL, LABELLED, ROW_ID
 from raydistill.config import JobError, load_job
 from raydistill.data.keys import labelled_mask
 from raydistill.data.sources import labelled_copies, labelled_rows_only, load_splits
@@ -19,6 +19,8 @@ from raydistill.tasks import get_task, task_named
 from raydistill.train.context import LocalContext, LocalShard
 from raydistill.train.loop import run_epochs
 from raydistill.train.spec import StageSpec
+
+TIMING = ("samples_per_s", "epoch_s", "wait_s")
 
 
 def test_a_rows_label_is_kept_by_its_id_alone():
@@ -72,11 +74,8 @@ def tiny(tmp_path_factory):
     return job, splits, build_model(job.teacher, 10)
 
 
-def _history(job, splits, teacher, labels: np.ndarray, role: str = "student"):
-    rows = classification_rows(job, splits["train"], teacher)
-    columns = {**rows.columns, LABEL: labels}
-    val = classification_rows(job, splits["val"], teacher)
-    spec = StageSpec(
+def _spec(job, role: str = "student") -> StageSpec:
+    return StageSpec(
         role=role,
         job=job,
         model=job.teacher if role == "teacher" else job.student,
@@ -84,8 +83,43 @@ def _history(job, splits, teacher, labels: np.ndarray, role: str = "student"):
         num_classes=10,
         distill=role == "student",
     )
-    ctx = LocalContext({"train": LocalShard(columns), "val": val}, log=lambda _: None)
-    return run_epochs(get_task(job), spec, ctx)
+
+
+class _Streamed:
+    """A held shard seen as a streamed one: batches without a held labelled column."""
+
+    def __init__(self, shard: LocalShard) -> None:
+        self.iter_torch_batches = shard.iter_torch_batches
+
+
+def _history(job, splits, teacher, labels: np.ndarray, role: str = "student", streamed=False):
+    rows = classification_rows(job, splits["train"], teacher)
+    shard = LocalShard({**rows.columns, LABEL: labels})
+    val = classification_rows(job, splits["val"], teacher)
+    train = _Streamed(shard) if streamed else shard
+    ctx = LocalContext({"train": train, "val": val}, log=lambda _: None)
+    return run_epochs(get_task(job), _spec(job, role), ctx)
+
+
+def test_the_mask_held_once_per_stage_is_the_one_hashed_per_batch(tiny):
+    """Rows held in memory get their labelled mask once, as a column; every batch's mask is
+    the one its row ids hash to, and the loop trains exactly as it does hashing per batch."""
+    job, splits, teacher = tiny
+    shard = classification_rows(job, splits["train"], teacher)
+    task, spec = get_task(job), _spec(job)
+    for epoch in range(2):
+        for batch in task.train_batches(shard, spec, epoch, 0, seed=epoch + 7):
+            expected = labelled_mask(batch[ROW_ID].numpy(), 0.2, job.data.split.seed)
+            assert torch.equal(batch[LABELLED], torch.from_numpy(expected))
+    assert LABELLED not in classification_rows(job, splits["train"]).columns
+    teacher_shard = classification_rows(job, splits["train"])
+    next(task.train_batches(teacher_shard, _spec(job, "teacher"), 0, 0, seed=1))
+    assert LABELLED not in teacher_shard.columns  # the teacher learns every label
+    labels = splits["train"].labels
+    held, hashed = _history(job, splits, teacher, labels), _history(
+        job, splits, teacher, labels, streamed=True
+    )
+    assert held == [{**h, **{k: e[k] for k in TIMING}} for h, e in zip(hashed, held, strict=True)]
 
 
 def test_a_distilled_student_never_learns_from_the_hidden_labels(tiny):

@@ -77,3 +77,29 @@ def test_batches_are_fresh_tensors_and_numpy_batches_match() -> None:
     tensors = next(shard.iter_torch_batches(4, local_shuffle_buffer_size=8, local_shuffle_seed=3))
     assert numpy[ROW_ID].tolist() == tensors[ROW_ID].tolist()
     assert tensors[LABEL].dtype == torch.int64 and tensors[INPUT].dtype == torch.float32
+
+
+def test_a_derived_column_is_computed_once_per_key_and_follows_its_rows() -> None:
+    shard = InMemoryShard.for_rank(_split(40), 0, 1)
+    calls: list[int] = []
+
+    def odd(columns: dict[str, np.ndarray]) -> np.ndarray:
+        calls.append(len(columns[ROW_ID]))
+        return columns[ROW_ID] % 2 == 1
+
+    next(shard.iter_torch_batches(8))  # tensors made before the column: it is added to them
+    for _ in range(3):  # once per stage, not per epoch or batch
+        shard.derive("odd", key=("odd", 0), compute=odd)
+    assert calls == [40]
+    for seed in (5, 6):
+        for b in shard.iter_torch_batches(
+            8, local_shuffle_buffer_size=8, local_shuffle_seed=seed
+        ):
+            assert b["odd"].dtype == torch.bool
+            assert torch.equal(b["odd"], b[ROW_ID] % 2 == 1)  # each row's own value
+    shard.derive("odd", key=("odd", 1), compute=lambda c: c[ROW_ID] % 2 == 0)  # other settings
+    assert torch.equal(next(shard.iter_torch_batches(40))["odd"], torch.arange(40) % 2 == 0)
+    with pytest.raises(ValueError, match="held already"):
+        shard.derive(LABEL, key=0, compute=lambda c: c[LABEL])
+    with pytest.raises(ValueError, match="3 rows, not 40"):
+        shard.derive("short", key=0, compute=lambda c: np.zeros(3))

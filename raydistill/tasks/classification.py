@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from raydistill.columns import INPUT, LABEL, ROW_ID, TEACHER_INPUT, feature_column
+from raydistill.columns import INPUT, LABEL, LABELLED, ROW_ID, TEACHER_INPUT, feature_column
 from raydistill.config import JobConfig, JobError, ModelSpec
 from raydistill.data.arrays import LabelledArrays, model_tensor
 from raydistill.data.balance import ClassBalancer, balance_rng
@@ -200,6 +200,7 @@ class ClassificationTask(Task):
     def train_batches(
         self, shard: Any, spec: StageSpec, epoch: int, rank: int, seed: int
     ) -> Iterator[dict[str, torch.Tensor]]:
+        _hold_labelled(shard, spec)
         for step, raw in enumerate(_batches(shard, spec, seed)):
             yield _rows_for_epoch(raw, spec, epoch, rank, step)
 
@@ -272,8 +273,23 @@ def _labelled(spec: StageSpec, batch: dict[str, torch.Tensor]) -> torch.Tensor |
     share = spec.job.data.labelled_fraction
     if share is None or spec.role == "teacher":
         return None
+    held = batch.get(LABELLED)
+    if held is not None:  # computed once for the rows a worker holds (_hold_labelled)
+        return held.to(batch[LABEL].device)
     mask = labelled_mask(batch[ROW_ID].cpu().numpy(), share, spec.job.data.split.seed)
     return torch.from_numpy(mask).to(batch[LABEL].device)
+
+
+def _hold_labelled(shard: Any, spec: StageSpec) -> None:
+    """A student stage's rows held in memory get their labelled mask once per stage, as a
+    column (:meth:`~raydistill.train.shards.InMemoryShard.derive`), instead of hashing every
+    batch's row ids at every step; a streamed shard's batches are hashed as they come."""
+    share = spec.job.data.labelled_fraction
+    derive = getattr(shard, "derive", None)
+    if share is None or spec.role == "teacher" or derive is None:
+        return
+    seed = spec.job.data.split.seed
+    derive(LABELLED, (share, seed), lambda rows: labelled_mask(rows[ROW_ID], share, seed))
 
 
 def _batches(shard: Any, spec: StageSpec, seed: int | None) -> Any:

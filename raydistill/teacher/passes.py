@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 from raydistill.columns import INPUT, ROW_ID
 from raydistill.config import JobConfig
-from raydistill.data.sources import training_rows
+from raydistill.data.sources import from_tables, training_rows
 from raydistill.progress import RowProgress
 from raydistill.runtime import pool_max_actors
 from raydistill.teacher.actors import TeacherActors, block_refs, predictor_setup, start_actors
@@ -180,7 +180,7 @@ def label_in_memory(
     Data pool); returns the materialized datasets, their rows and the seconds spent waiting for
     the actors to start (``on_rows``: called with each block's rows as they come back). The
     actors are killed afterwards."""
-    import ray.data
+    import ray
 
     actors = _take_early(job) or start_actors(job.scaling.teacher_pool)
     try:
@@ -194,7 +194,9 @@ def label_in_memory(
         actors.stop()
     out, counts, at = {}, {}, 0
     for k, refs in blocks.items():  # the flat list back into splits, in order
-        out[k] = ray.data.from_arrow_refs(labelled[at : at + len(refs)])
+        # the tables through this process (rows held in memory: small), not from_arrow_refs:
+        # its remote metadata tasks start worker processes that slow the next stage's epochs
+        out[k] = from_tables(ray.get(labelled[at : at + len(refs)]))
         counts[k], at = sum(rows[at : at + len(refs)]), at + len(refs)
     return out, counts, waited
 

@@ -16,7 +16,7 @@ Ray-free except :func:`read_blocks` and :func:`held_datasets`, which import Ray 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,8 @@ class InMemoryShard:
     (numpy). With a shuffle buffer size the order is a full permutation seeded by
     ``local_shuffle_seed`` (a new one each epoch, as the loop's seed changes per epoch);
     without one the rows come in held order. Numeric columns become tensors once, so a batch
-    costs one ``index_select`` (or a slice) per column."""
+    costs one ``index_select`` (or a slice) per column. :meth:`derive` adds a column computed
+    once from the held rows (a per-row value a step would otherwise compute per batch)."""
 
     def __init__(self, columns: dict[str, Any]) -> None:
         lengths = {len(v) for v in columns.values()}
@@ -53,6 +54,26 @@ class InMemoryShard:
         self.columns = {k: np.asarray(v) for k, v in columns.items()}
         self.rows = lengths.pop() if lengths else 0
         self._tensors: dict[str, torch.Tensor] | None = None
+        self._derived: dict[str, Hashable] = {}  # derived column -> the key it was computed for
+
+    def derive(
+        self, name: str, key: Hashable, compute: Callable[[dict[str, np.ndarray]], np.ndarray]
+    ) -> None:
+        """Hold ``compute(columns)`` (an array [rows, ...], one value per held row) as column
+        ``name``; every later batch carries its rows' values. It is computed once per ``key``
+        (the settings the values depend on): called again with the same key, nothing is done;
+        with another key, the column is computed anew."""
+        if name in self._derived and self._derived[name] == key:
+            return
+        if name in self.columns and name not in self._derived:
+            raise ValueError(f"column {name!r} is held already (not a derived one)")
+        values = np.asarray(compute(self.columns))
+        if len(values) != self.rows:
+            raise ValueError(f"derived column {name!r} has {len(values)} rows, not {self.rows}")
+        self.columns[name] = values
+        self._derived[name] = key
+        if self._tensors is not None:
+            self._tensors[name] = _as_tensor(values)
 
     @classmethod
     def for_rank(cls, columns: dict[str, np.ndarray], rank: int, world_size: int) -> InMemoryShard:
@@ -89,11 +110,7 @@ class InMemoryShard:
 
     def _as_tensors(self) -> dict[str, torch.Tensor]:
         if self._tensors is None:
-            tensors: dict[str, Any] = {}
-            for k, v in self.columns.items():
-                # object and string columns have no tensor form; Ray Data refuses them too
-                tensors[k] = torch.from_numpy(np.array(v)) if v.dtype.kind in "biuf" else v
-            self._tensors = tensors
+            self._tensors = {k: _as_tensor(v) for k, v in self.columns.items()}
         return self._tensors
 
     def iter_torch_batches(
@@ -113,6 +130,13 @@ class InMemoryShard:
                     k: v.index_select(0, picked) if isinstance(v, torch.Tensor) else v[index]
                     for k, v in tensors.items()
                 }
+
+
+def _as_tensor(values: np.ndarray) -> Any:
+    """A numeric column as a tensor of its own (a copy: the arrays may be read-only views of
+    the object store); object and string columns have no tensor form (Ray Data refuses them
+    too) and stay arrays."""
+    return torch.from_numpy(np.array(values)) if values.dtype.kind in "biuf" else values
 
 
 def _copy(value: Any) -> Any:
