@@ -14,6 +14,9 @@
 #      outputs from the pool) with train.precision: bf16, the teacher stage, the pool's actor and
 #      2 train workers on the GPU: each stage's last epoch line and the test table (perplexity,
 #      next-token agreement with the teacher).
+#   5. lm_generate: `raydistill train jobs/lm-tiny-seqkd.yaml` (sequence-level KD: the pool's
+#      actor answers every train prompt with KV-cached decoding) with that actor on the GPU:
+#      the pool's answers line (answers, tokens, seconds), each stage's last epoch, the table.
 # --cpu-smoke runs the same steps at tiny size on the CPU (a few minutes on 2 cores), to check the
 # script where there is no GPU. The venv is scripts/setup.sh's (VENV=... picks another); the
 # Fashion-MNIST files are installed with apt-get when missing (FASHION_MNIST_DIR=... points at a
@@ -183,6 +186,29 @@ if bash scripts/setup-lm-tiny.sh >"$out/lm_setup.log" 2>&1; then
   say "lm_bf16 $(gpu_seen "$out/lm_bf16.gpu")"
 else
   say "lm_bf16: skipped (scripts/setup-lm-tiny.sh failed: $(tail -1 "$out/lm_setup.log"))"
+fi
+
+# ------------------------------------------------------------------ 5. lm_generate
+if [ -f data/bbc-pairs.jsonl ]; then
+  if [ $smoke = 1 ]; then
+    gen=(--set teacher.train.epochs=1 --set train.epochs=1 --set data.subset=0.03
+      --set lm.generate.max_new_tokens=8)
+  else
+    gen=(--set scaling.teacher_pool.num_gpus=1)
+  fi
+  log="$out/lm_generate.log"
+  watch_gpu "$out/lm_generate.gpu"
+  if step lm_generate "$([ $smoke = 1 ] && echo 600 || echo 180)" "$log" \
+    "$rd" train jobs/lm-tiny-seqkd.yaml --set name=gpu-check-seqkd \
+    --set "output.storage_path=$out/runs" --set output.report=false "${gen[@]}"; then
+    grep -E '^\[teacher\] generated ' "$log" | sed 's/^/gpu_check: lm_generate /'
+    grep -E '\] epoch [0-9]+/' "$log" | awk '{ k = $1 } { last[k] = $0 } END { for (s in last) print last[s] }' |
+      sed 's/^/gpu_check: lm_generate /'
+    grep -E '^\|' "$log" | sed 's/^/gpu_check: lm_generate   /'
+  fi
+  say "lm_generate $(gpu_seen "$out/lm_generate.gpu")"
+else
+  say "lm_generate: skipped (no data/bbc-pairs.jsonl: scripts/setup-lm-tiny.sh writes it)"
 fi
 
 say "done in $((SECONDS - started)) s; $failed step(s) failed"
