@@ -65,9 +65,25 @@ def test_point_kd_is_the_binary_kl_of_the_teachers_box_distribution(temperature:
     s_match[0, :2, 1:] = match
     assert point_kd_loss(s_match, points, t_boxes, t_logits, temperature).item() < 1e-5
     assert point_kd_loss(s, points, [torch.zeros(0, 4)] * 2, t_logits[1:] * 2, 2.0).item() == 0
+    # a smaller, low-scoring box over the same points would take them; above min_score only the
+    # confident box teaches, and the term is the hand computation's again
+    low_boxes = [torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 6.0, 6.0]]), torch.zeros(0, 4)]
+    low_logits = [torch.tensor([[0.0, 2.0, -1.0], [3.0, 0.0, 0.0]]), torch.zeros(0, 3)]
+    scores = [torch.tensor([0.9, 0.2]), torch.zeros(0)]
+    taken = point_kd_loss(s.detach(), points, low_boxes, low_logits, temperature)
+    assert abs(taken.item() - expected) > 1e-3
+    kept = point_kd_loss(s.detach(), points, low_boxes, low_logits, temperature, scores, 0.5)
+    assert kept.item() == pytest.approx(expected, rel=1e-4)
 
 
-def test_masked_imitation_is_the_mse_inside_the_mask_over_its_area() -> None:
+def _standardised(x: torch.Tensor) -> np.ndarray:
+    """Each channel of [B, C, h, w] to mean 0, unbiased std 1 over batch and cells, by hand."""
+    a = x.double().numpy().transpose(1, 0, 2, 3).reshape(x.shape[1], -1)  # [C, B*h*w]
+    a = (a - a.mean(1, keepdims=True)) / a.std(1, ddof=1, keepdims=True)
+    return a.reshape(x.shape[1], x.shape[0], *x.shape[2:]).transpose(1, 0, 2, 3)
+
+
+def test_masked_imitation_is_half_the_standardised_mse_inside_the_mask() -> None:
     torch.manual_seed(0)
     s = {"a": torch.randn(2, 3, 4, 4), "b": torch.randn(2, 3, 2, 2)}
     t = {"x": torch.randn(2, 3, 4, 4), "y": torch.randn(2, 3, 2, 2)}
@@ -75,14 +91,21 @@ def test_masked_imitation_is_the_mse_inside_the_mask_over_its_area() -> None:
     adapters = level_adapters(pairs, {"a": 3, "b": 3}, {"x": 3, "y": 3})
     boxes = [torch.tensor([[0.0, 0.0, 8.0, 8.0]]), torch.zeros(0, 4)]  # padded batch 16 x 16
     loss = masked_imitation_loss(s, t, pairs, adapters, boxes, (16, 16))
-    fine = ((s["a"] - t["x"]) ** 2).mean(1)[0, :2, :2].sum() / 4  # stride 4: 2 x 2 cells
-    coarse = ((s["b"] - t["y"]) ** 2).mean(1)[0, 0, 0]  # stride 8: one cell
-    assert torch.isclose(loss, (fine + coarse) / 2)
-    # outside the boxes nothing counts; with no box at all the term is 0
-    s_out = {k: v.clone() for k, v in s.items()}
-    s_out["a"][0, :, 2:, 2:] += 100.0
-    s_out["a"][1] += 100.0
-    assert torch.isclose(masked_imitation_loss(s_out, t, pairs, adapters, boxes, (16, 16)), loss)
+    d_fine = ((_standardised(s["a"]) - _standardised(t["x"])) ** 2).mean(1)
+    d_coarse = ((_standardised(s["b"]) - _standardised(t["y"])) ** 2).mean(1)
+    fine = d_fine[0, :2, :2].sum() / (2 * 4)  # stride 4: 2 x 2 cells under the box
+    coarse = d_coarse[0, 0, 0] / (2 * 1)  # stride 8: one cell
+    assert loss.item() == pytest.approx((fine + coarse) / 2, rel=1e-5)
+    # the scale of the features does not set the term's: a student that is a per-channel
+    # affine map of the teacher has nothing to learn, and scaling both maps changes nothing
+    gain = torch.tensor([5.0, 0.1, 30.0]).view(1, 3, 1, 1)
+    affine = {"a": gain * t["x"] + 3.0, "b": gain * t["y"] - 7.0}
+    assert masked_imitation_loss(affine, t, pairs, adapters, boxes, (16, 16)).item() < 1e-8
+    big_s = {k: 100.0 * v for k, v in s.items()}
+    big_t = {k: 100.0 * v for k, v in t.items()}
+    big = masked_imitation_loss(big_s, big_t, pairs, adapters, boxes, (16, 16))
+    assert torch.isclose(big, loss)
+    # with no box at all the term is 0
     empty = [torch.zeros(0, 4)] * 2
     assert masked_imitation_loss(s, t, pairs, adapters, empty, (16, 16)).item() == 0.0
 
@@ -151,7 +174,7 @@ def test_one_stage_distillation_steps_lower_its_terms(tmp_path: Path) -> None:
     core = OneStageDistiller(
         student,
         teacher,
-        config=DetectionDistillConfig(foreground="gt"),
+        config=DetectionDistillConfig(foreground="gt", teacher_box_score=0.01),
         temperature=2.0,
         alpha=0.5,
         pairs=pairs,

@@ -151,10 +151,12 @@ class OneStageDistiller(DetectionDistiller):
     ``total = detector + (1 - alpha) * classifier + alpha * soft + w_im * imitation``, where
     ``detector`` is FCOS's box regression (GIoU) + centerness, ``classifier`` its sigmoid focal
     loss, ``soft`` :func:`~raydistill.distill.detection.point_kd_loss` (the teacher's class
-    distribution of each of its detections, for the student's points inside it) and
+    distribution of each of its detections scoring above ``teacher_box_score``, for the
+    student's points inside it) and
     ``imitation`` :func:`~raydistill.distill.detection.masked_imitation_loss` on the cells
     under ``distill.detection.foreground`` boxes (ground truth, plus the teacher's detections
-    scoring above ``teacher_box_score`` with ``gt+teacher``; ``none``: plain MSE everywhere).
+    scoring above ``teacher_box_score`` with ``gt+teacher``; ``none``: plain MSE everywhere),
+    on standardised maps, so of order 1 like FCOS's own terms at ``imitation_weight`` 1.
     Constructor as :class:`DetectionDistiller`'s.
     """
 
@@ -170,7 +172,15 @@ class OneStageDistiller(DetectionDistiller):
         if teacher is not None:
             t = teacher_boxes_view(teacher, images, s.image_sizes)
             if self.config.logit_kd:
-                soft = point_kd_loss(s.class_logits, s.points, t.boxes, t.logits, self.temperature)
+                soft = point_kd_loss(
+                    s.class_logits,
+                    s.points,
+                    t.boxes,
+                    t.logits,
+                    self.temperature,
+                    teacher_scores=t.scores,
+                    min_score=self.config.teacher_box_score,
+                )
             if self.pairs:
                 fg = self.config.foreground
                 if fg == "none":
