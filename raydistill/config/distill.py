@@ -48,7 +48,13 @@ class DetectionDistillConfig(Section):
         description="extra weight of foreground cells (an FCOS student imitates foreground"
         " cells only)",
     )
-    teacher_box_score: float = Field(0.5, gt=0, lt=1, description="teacher boxes kept above it")
+    teacher_box_score: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="teacher boxes kept above it (imitation's foreground; an FCOS student's"
+        " point KD)",
+    )
 
 
 class DKDConfig(Section):
