@@ -16,6 +16,7 @@ from raydistill.detection.distiller import OneStageDistiller, distiller_for
 from raydistill.detection.models import check_detector, detector_spec, feature_shapes, pair_levels
 from raydistill.detection.one_stage import is_one_stage, one_stage_pass, teacher_boxes_view
 from raydistill.distill.detection import (
+    fcos_points_in_boxes,
     level_adapters,
     masked_imitation_loss,
     point_kd_loss,
@@ -31,6 +32,22 @@ def test_points_take_the_smallest_box_that_holds_them() -> None:
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [4.0, 4.0, 8.0, 8.0], [11.0, 11.0, 30.0, 30.0]])
     assert points_in_boxes(points, boxes).tolist() == [0, 1, -1, 2, -1]
     assert points_in_boxes(points, boxes[:0]).tolist() == [-1] * 5
+
+
+def test_fcos_assignment_keeps_the_points_fcos_trains_as_positives() -> None:
+    """torchvision's FCOS rule by hand: level 0 (stride 8, the first: no lower bound) and
+    level 1 (stride 16, the last: no upper bound); centre radius 1.5 strides."""
+    points = torch.tensor([[4.0, 4.0], [12.0, 12.0], [28.0, 28.0], [48.0, 48.0], [8.0, 8.0]])
+    points = torch.cat([points, torch.tensor([[72.0, 72.0]])])
+    strides = torch.tensor([8.0] * 4 + [16.0] * 2)
+    boxes = torch.tensor([[0.0, 0.0, 24.0, 24.0], [0.0, 0.0, 100.0, 100.0], [0, 0, 160.0, 160]])
+    # (28, 28): 16 px from A's centre (> 12), 22 from B's; (8, 8) on level 1: A's farthest
+    # side is 16 px, under that level's 64; (72, 72): B's farthest side is 72 and C's 88,
+    # both above 64 and both centres within 24 px: the smaller box, B
+    index = fcos_points_in_boxes(points, boxes, strides, [4, 2])
+    assert index.tolist() == [0, 0, -1, 1, -1, 1]
+    assert points_in_boxes(points, boxes).tolist() == [0, 0, 1, 1, 0, 1]  # what it replaces
+    assert fcos_points_in_boxes(points, boxes[:0], strides, [4, 2]).tolist() == [-1] * 6
 
 
 def _binary_kl(p: np.ndarray, q: np.ndarray) -> float:
@@ -144,13 +161,28 @@ def test_fcos_pass_and_the_teachers_boxes(tmp_path: Path) -> None:
     with pytest.raises(JobError, match="the teacher is FCOS, not a two-stage"):
         check_detector(student, "the teacher")
     student.train()
+    # FCOS's own target assignment, caught where its head receives it
+    matched: list[torch.Tensor] = []
+    head_loss = student.head.compute_loss
+
+    def catch(targets_, outputs, anchors, matched_idxs):
+        matched.extend(matched_idxs)
+        return head_loss(targets_, outputs, anchors, matched_idxs)
+
+    student.head.compute_loss = catch
     s = one_stage_pass(student, images, targets)
     assert set(s.losses) == {"classification", "bbox_regression", "bbox_ctrness"}
+    # fcos_points_in_boxes (the point KD's assignment) is that assignment, on the gt boxes
+    assert len(matched) == 2 and all(bool((m >= 0).any()) for m in matched)
+    for m, b in zip(matched, s.boxes, strict=True):
+        assert torch.equal(fcos_points_in_boxes(s.points, b, s.strides, s.per_level), m)
     shapes = feature_shapes(student, 64)
     assert [shapes[k][1] for k in ("0", "1", "2", "pool")] == [8, 4, 2, 1]  # strides 8..64
     cells = sum(h * w for _, h, w in shapes.values())
     assert s.class_logits.shape == (2, cells, 4) and s.points.shape == (cells, 2)
     assert s.points[0].tolist() == [0.0, 0.0] and float(s.points.max()) < 64
+    assert s.per_level == [h * w for _, h, w in shapes.values()]
+    assert s.strides.unique().tolist() == [8.0, 16.0, 32.0, 64.0]
     # one image at inference: the head's group norms see the 1 x 1 top level of one image
     student.eval()
     with torch.no_grad():

@@ -18,7 +18,7 @@ For one-stage students (FCOS: one point per feature cell, a sigmoid per class):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -197,6 +197,44 @@ def points_in_boxes(points: Tensor, boxes: Tensor) -> Tensor:
     return torch.where(best > 0, index, torch.full_like(index, -1))
 
 
+def fcos_points_in_boxes(
+    points: Tensor,
+    boxes: Tensor,
+    strides: Tensor,
+    per_level: Sequence[int],
+    radius: float = 1.5,
+) -> Tensor:
+    """[A] index of the box each point is a positive of under FCOS's own assignment, or -1:
+    the rule of torchvision's ``FCOS.compute_loss`` (centre sampling within ``radius`` strides
+    of the box centre, strictly inside the box, the largest distance to its sides in the
+    level's range (4, 8] strides, the first level from 0 and the last without bound; the
+    smallest box when several match). ``points`` [A, 2] (x, y) and ``boxes`` [D, 4] in
+    pixels; ``strides`` [A] each point's level stride; ``per_level`` the points per level.
+
+    Why: soft targets on every point inside a box also reach points of the other levels and
+    the box's rim, which FCOS's focal loss holds to background; the two terms then pull
+    against each other (the point KD stayed flat), and those points never learn to regress.
+    """
+    if boxes.shape[0] == 0:
+        return torch.full((points.shape[0],), -1, dtype=torch.long, device=points.device)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # [D, 2]
+    near = (points[:, None, :] - centres[None]).abs().max(dim=2).values
+    match = near < radius * strides[:, None]  # [A, D]
+    x, y = points[:, 0:1], points[:, 1:2]
+    x0, y0, x1, y1 = boxes.unbind(dim=1)
+    sides = torch.stack([x - x0, y - y0, x1 - x, y1 - y], dim=2)  # [A, D, 4]
+    match &= sides.min(dim=2).values > 0
+    lower, upper = strides * 4.0, strides * 8.0
+    lower[: per_level[0]] = 0
+    upper[-per_level[-1] :] = float("inf")
+    far = sides.max(dim=2).values
+    match &= (far > lower[:, None]) & (far < upper[:, None])
+    area = (x1 - x0) * (y1 - y0)
+    rank = match.float() * (area.max() + 1 - area)
+    best, index = rank.max(dim=1)
+    return torch.where(best > 0, index, torch.full_like(index, -1))
+
+
 def point_kd_loss(
     student_logits: Tensor,
     points: Tensor,
@@ -205,6 +243,7 @@ def point_kd_loss(
     temperature: float,
     teacher_scores: Sequence[Tensor] | None = None,
     min_score: float = 0.0,
+    assign: Callable[[Tensor, Tensor], Tensor] = points_in_boxes,
 ) -> Tensor:
     """Classification KD for a one-stage student at its points, from a two-stage teacher.
 
@@ -217,7 +256,10 @@ def point_kd_loss(
     the detections' scores) only boxes scoring above ``min_score`` teach: the teacher keeps
     boxes down to its own 0.05 threshold, and the smallest box holding a point is then mostly
     a low-score fragment (on the shapes set, 71% of the assigned points at a 0.5 threshold)
-    whose distribution says "background" on the object.
+    whose distribution says "background" on the object. ``assign(points, boxes)`` picks
+    each point's box (default :func:`points_in_boxes`; an FCOS student's distiller passes
+    :func:`fcos_points_in_boxes`, so only the points FCOS would train as a box's positives
+    take its soft target).
 
     The student scores each class with its own sigmoid, ``q_c = sigmoid(s_c / T)``
     (``student_logits`` [B, A, K+1]: FCOS's class channels, channel 0 never a target), so the
@@ -237,7 +279,7 @@ def point_kd_loss(
         if teacher_scores is not None:
             confident = teacher_scores[b] > min_score
             boxes, logits = boxes[confident], logits[confident]
-        index = points_in_boxes(points, boxes)
+        index = assign(points, boxes)
         keep = index >= 0
         if not bool(keep.any()):
             continue
