@@ -16,6 +16,7 @@ from raydistill.detection.distiller import OneStageDistiller, distiller_for
 from raydistill.detection.models import check_detector, detector_spec, feature_shapes, pair_levels
 from raydistill.detection.one_stage import is_one_stage, one_stage_pass, teacher_boxes_view
 from raydistill.distill.detection import (
+    fcos_points_in_boxes,
     level_adapters,
     masked_imitation_loss,
     point_kd_loss,
@@ -31,6 +32,22 @@ def test_points_take_the_smallest_box_that_holds_them() -> None:
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [4.0, 4.0, 8.0, 8.0], [11.0, 11.0, 30.0, 30.0]])
     assert points_in_boxes(points, boxes).tolist() == [0, 1, -1, 2, -1]
     assert points_in_boxes(points, boxes[:0]).tolist() == [-1] * 5
+
+
+def test_fcos_assignment_keeps_the_points_fcos_trains_as_positives() -> None:
+    """torchvision's FCOS rule by hand: level 0 (stride 8, the first: no lower bound) and
+    level 1 (stride 16, the last: no upper bound); centre radius 1.5 strides."""
+    points = torch.tensor([[4.0, 4.0], [12.0, 12.0], [28.0, 28.0], [48.0, 48.0], [8.0, 8.0]])
+    points = torch.cat([points, torch.tensor([[72.0, 72.0]])])
+    strides = torch.tensor([8.0] * 4 + [16.0] * 2)
+    boxes = torch.tensor([[0.0, 0.0, 24.0, 24.0], [0.0, 0.0, 100.0, 100.0], [0, 0, 160.0, 160]])
+    # (28, 28): 16 px from A's centre (> 12), 22 from B's; (8, 8) on level 1: A's farthest
+    # side is 16 px, under that level's 64; (72, 72): B's farthest side is 72 and C's 88,
+    # both above 64 and both centres within 24 px: the smaller box, B
+    index = fcos_points_in_boxes(points, boxes, strides, [4, 2])
+    assert index.tolist() == [0, 0, -1, 1, -1, 1]
+    assert points_in_boxes(points, boxes).tolist() == [0, 0, 1, 1, 0, 1]  # what it replaces
+    assert fcos_points_in_boxes(points, boxes[:0], strides, [4, 2]).tolist() == [-1] * 6
 
 
 def _binary_kl(p: np.ndarray, q: np.ndarray) -> float:
@@ -65,9 +82,25 @@ def test_point_kd_is_the_binary_kl_of_the_teachers_box_distribution(temperature:
     s_match[0, :2, 1:] = match
     assert point_kd_loss(s_match, points, t_boxes, t_logits, temperature).item() < 1e-5
     assert point_kd_loss(s, points, [torch.zeros(0, 4)] * 2, t_logits[1:] * 2, 2.0).item() == 0
+    # a smaller, low-scoring box over the same points would take them; above min_score only the
+    # confident box teaches, and the term is the hand computation's again
+    low_boxes = [torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 6.0, 6.0]]), torch.zeros(0, 4)]
+    low_logits = [torch.tensor([[0.0, 2.0, -1.0], [3.0, 0.0, 0.0]]), torch.zeros(0, 3)]
+    scores = [torch.tensor([0.9, 0.2]), torch.zeros(0)]
+    taken = point_kd_loss(s.detach(), points, low_boxes, low_logits, temperature)
+    assert abs(taken.item() - expected) > 1e-3
+    kept = point_kd_loss(s.detach(), points, low_boxes, low_logits, temperature, scores, 0.5)
+    assert kept.item() == pytest.approx(expected, rel=1e-4)
 
 
-def test_masked_imitation_is_the_mse_inside_the_mask_over_its_area() -> None:
+def _standardised(x: torch.Tensor) -> np.ndarray:
+    """Each channel of [B, C, h, w] to mean 0, unbiased std 1 over batch and cells, by hand."""
+    a = x.double().numpy().transpose(1, 0, 2, 3).reshape(x.shape[1], -1)  # [C, B*h*w]
+    a = (a - a.mean(1, keepdims=True)) / a.std(1, ddof=1, keepdims=True)
+    return a.reshape(x.shape[1], x.shape[0], *x.shape[2:]).transpose(1, 0, 2, 3)
+
+
+def test_masked_imitation_is_half_the_standardised_mse_inside_the_mask() -> None:
     torch.manual_seed(0)
     s = {"a": torch.randn(2, 3, 4, 4), "b": torch.randn(2, 3, 2, 2)}
     t = {"x": torch.randn(2, 3, 4, 4), "y": torch.randn(2, 3, 2, 2)}
@@ -75,14 +108,21 @@ def test_masked_imitation_is_the_mse_inside_the_mask_over_its_area() -> None:
     adapters = level_adapters(pairs, {"a": 3, "b": 3}, {"x": 3, "y": 3})
     boxes = [torch.tensor([[0.0, 0.0, 8.0, 8.0]]), torch.zeros(0, 4)]  # padded batch 16 x 16
     loss = masked_imitation_loss(s, t, pairs, adapters, boxes, (16, 16))
-    fine = ((s["a"] - t["x"]) ** 2).mean(1)[0, :2, :2].sum() / 4  # stride 4: 2 x 2 cells
-    coarse = ((s["b"] - t["y"]) ** 2).mean(1)[0, 0, 0]  # stride 8: one cell
-    assert torch.isclose(loss, (fine + coarse) / 2)
-    # outside the boxes nothing counts; with no box at all the term is 0
-    s_out = {k: v.clone() for k, v in s.items()}
-    s_out["a"][0, :, 2:, 2:] += 100.0
-    s_out["a"][1] += 100.0
-    assert torch.isclose(masked_imitation_loss(s_out, t, pairs, adapters, boxes, (16, 16)), loss)
+    d_fine = ((_standardised(s["a"]) - _standardised(t["x"])) ** 2).mean(1)
+    d_coarse = ((_standardised(s["b"]) - _standardised(t["y"])) ** 2).mean(1)
+    fine = d_fine[0, :2, :2].sum() / (2 * 4)  # stride 4: 2 x 2 cells under the box
+    coarse = d_coarse[0, 0, 0] / (2 * 1)  # stride 8: one cell
+    assert loss.item() == pytest.approx((fine + coarse) / 2, rel=1e-5)
+    # the scale of the features does not set the term's: a student that is a per-channel
+    # affine map of the teacher has nothing to learn, and scaling both maps changes nothing
+    gain = torch.tensor([5.0, 0.1, 30.0]).view(1, 3, 1, 1)
+    affine = {"a": gain * t["x"] + 3.0, "b": gain * t["y"] - 7.0}
+    assert masked_imitation_loss(affine, t, pairs, adapters, boxes, (16, 16)).item() < 1e-8
+    big_s = {k: 100.0 * v for k, v in s.items()}
+    big_t = {k: 100.0 * v for k, v in t.items()}
+    big = masked_imitation_loss(big_s, big_t, pairs, adapters, boxes, (16, 16))
+    assert torch.isclose(big, loss)
+    # with no box at all the term is 0
     empty = [torch.zeros(0, 4)] * 2
     assert masked_imitation_loss(s, t, pairs, adapters, empty, (16, 16)).item() == 0.0
 
@@ -121,13 +161,28 @@ def test_fcos_pass_and_the_teachers_boxes(tmp_path: Path) -> None:
     with pytest.raises(JobError, match="the teacher is FCOS, not a two-stage"):
         check_detector(student, "the teacher")
     student.train()
+    # FCOS's own target assignment, caught where its head receives it
+    matched: list[torch.Tensor] = []
+    head_loss = student.head.compute_loss
+
+    def catch(targets_, outputs, anchors, matched_idxs):
+        matched.extend(matched_idxs)
+        return head_loss(targets_, outputs, anchors, matched_idxs)
+
+    student.head.compute_loss = catch
     s = one_stage_pass(student, images, targets)
     assert set(s.losses) == {"classification", "bbox_regression", "bbox_ctrness"}
+    # fcos_points_in_boxes (the point KD's assignment) is that assignment, on the gt boxes
+    assert len(matched) == 2 and all(bool((m >= 0).any()) for m in matched)
+    for m, b in zip(matched, s.boxes, strict=True):
+        assert torch.equal(fcos_points_in_boxes(s.points, b, s.strides, s.per_level), m)
     shapes = feature_shapes(student, 64)
     assert [shapes[k][1] for k in ("0", "1", "2", "pool")] == [8, 4, 2, 1]  # strides 8..64
     cells = sum(h * w for _, h, w in shapes.values())
     assert s.class_logits.shape == (2, cells, 4) and s.points.shape == (cells, 2)
     assert s.points[0].tolist() == [0.0, 0.0] and float(s.points.max()) < 64
+    assert s.per_level == [h * w for _, h, w in shapes.values()]
+    assert s.strides.unique().tolist() == [8.0, 16.0, 32.0, 64.0]
     # one image at inference: the head's group norms see the 1 x 1 top level of one image
     student.eval()
     with torch.no_grad():
@@ -151,7 +206,7 @@ def test_one_stage_distillation_steps_lower_its_terms(tmp_path: Path) -> None:
     core = OneStageDistiller(
         student,
         teacher,
-        config=DetectionDistillConfig(foreground="gt"),
+        config=DetectionDistillConfig(foreground="gt", teacher_box_score=0.01),
         temperature=2.0,
         alpha=0.5,
         pairs=pairs,

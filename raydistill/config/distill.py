@@ -31,7 +31,7 @@ class DetectionDistillConfig(Section):
     logit_kd: bool = Field(
         True,
         description="soft targets: the teacher's box-head logits on the student's proposals"
-        " (an FCOS student: on the teacher's detections, for its points inside them)",
+        " (an FCOS student: on the teacher's confident detections, for its positives in them)",
     )
     imitation_weight: float = Field(1.0, ge=0, description="FPN feature imitation; 0: off")
     levels: dict[str, str] | None = Field(
@@ -48,7 +48,13 @@ class DetectionDistillConfig(Section):
         description="extra weight of foreground cells (an FCOS student imitates foreground"
         " cells only)",
     )
-    teacher_box_score: float = Field(0.5, gt=0, lt=1, description="teacher boxes kept above it")
+    teacher_box_score: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="teacher boxes kept above it (imitation's foreground; an FCOS student's"
+        " point KD)",
+    )
 
 
 class DKDConfig(Section):

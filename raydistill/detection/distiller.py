@@ -8,6 +8,7 @@ the one that fits the student.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ from raydistill.config import DetectionDistillConfig
 from raydistill.detection.models import Targets, student_pass, teacher_view
 from raydistill.detection.one_stage import is_one_stage, one_stage_pass, teacher_boxes_view
 from raydistill.distill.detection import (
+    fcos_points_in_boxes,
     imitation_loss,
     level_adapters,
     masked_imitation_loss,
@@ -151,10 +153,12 @@ class OneStageDistiller(DetectionDistiller):
     ``total = detector + (1 - alpha) * classifier + alpha * soft + w_im * imitation``, where
     ``detector`` is FCOS's box regression (GIoU) + centerness, ``classifier`` its sigmoid focal
     loss, ``soft`` :func:`~raydistill.distill.detection.point_kd_loss` (the teacher's class
-    distribution of each of its detections, for the student's points inside it) and
+    distribution of each of its detections scoring above ``teacher_box_score``, for the
+    student's points FCOS would train as that box's positives) and
     ``imitation`` :func:`~raydistill.distill.detection.masked_imitation_loss` on the cells
     under ``distill.detection.foreground`` boxes (ground truth, plus the teacher's detections
-    scoring above ``teacher_box_score`` with ``gt+teacher``; ``none``: plain MSE everywhere).
+    scoring above ``teacher_box_score`` with ``gt+teacher``; ``none``: plain MSE everywhere),
+    on standardised maps, so of order 1 like FCOS's own terms at ``imitation_weight`` 1.
     Constructor as :class:`DetectionDistiller`'s.
     """
 
@@ -170,7 +174,21 @@ class OneStageDistiller(DetectionDistiller):
         if teacher is not None:
             t = teacher_boxes_view(teacher, images, s.image_sizes)
             if self.config.logit_kd:
-                soft = point_kd_loss(s.class_logits, s.points, t.boxes, t.logits, self.temperature)
+                soft = point_kd_loss(
+                    s.class_logits,
+                    s.points,
+                    t.boxes,
+                    t.logits,
+                    self.temperature,
+                    teacher_scores=t.scores,
+                    min_score=self.config.teacher_box_score,
+                    assign=functools.partial(
+                        fcos_points_in_boxes,
+                        strides=s.strides,
+                        per_level=s.per_level,
+                        radius=getattr(self.student, "center_sampling_radius", 1.5),
+                    ),
+                )
             if self.pairs:
                 fg = self.config.foreground
                 if fg == "none":

@@ -31,14 +31,18 @@ class OneStagePass:
     ``losses``: FCOS's ``classification`` (sigmoid focal), ``bbox_regression`` (GIoU) and
     ``bbox_ctrness``; ``features``: FPN level -> [B, C, h, w]; ``class_logits``: [B, A, K+1]
     over the A points of all levels; ``points``: [A, 2] (x, y) centres of the points in pixels
-    of the padded batch (the same for every image); ``image_sizes``: per image (h, w) after
-    resizing; ``padded_size``: (H, W) of the batch; ``boxes``: ground truth, resized.
+    of the padded batch (the same for every image); ``strides``: [A] each point's level
+    stride (its anchor's side); ``per_level``: points per level; ``image_sizes``: per image
+    (h, w) after resizing; ``padded_size``: (H, W) of the batch; ``boxes``: ground truth,
+    resized.
     """
 
     losses: dict[str, Tensor]
     features: OrderedDict[str, Tensor]
     class_logits: Tensor
     points: Tensor
+    strides: Tensor
+    per_level: list[int]
     image_sizes: list[tuple[int, int]]
     padded_size: tuple[int, int]
     boxes: list[Tensor]
@@ -62,6 +66,8 @@ def one_stage_pass(model: nn.Module, images: list[Tensor], targets: Targets) -> 
         features=features,
         class_logits=head_outputs["cls_logits"],
         points=points,
+        strides=anchors[0][:, 2] - anchors[0][:, 0],
+        per_level=per_level,
         image_sizes=[tuple(s) for s in image_list.image_sizes],
         padded_size=tuple(image_list.tensors.shape[-2:]),
         boxes=[t["boxes"] for t in targets_t],
