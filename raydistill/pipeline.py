@@ -286,9 +286,9 @@ def student_stage(
         assert teacher_weights is not None
         if shapes is None:
             shapes = task.check_pair(job, teacher_weights, splits, log)
-        if task.teacher_pass(job) in ("once", "per_epoch", "generate"):  # these start the pool
-            check_pool_resources(job, log)
         strategy = STRATEGIES[task.teacher_pass(job)]
+        if strategy.uses_pool:
+            check_pool_resources(job, log)
         attached = strategy.attach(
             job, datasets, teacher_weights, splits, task.num_classes(splits), log, cached
         )
@@ -384,7 +384,7 @@ def _start_teacher_early(job: JobConfig, splits: Splits) -> None:
     GPU actor would hold its GPU while the teacher trains), and when the student still has to
     be trained."""
     if (
-        get_task(job).teacher_pass(job) not in ("once", "generate")
+        not STRATEGIES[get_task(job).teacher_pass(job)].starts_early
         or job.scaling.teacher_pool.num_gpus > 0
         or not started_here()
         or not all(in_memory(splits[k]) for k in ("train", "val"))

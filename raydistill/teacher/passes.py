@@ -60,6 +60,11 @@ class TeacherPass:
     """One way of running the teacher for a distilled stage."""
 
     name: ClassVar[str]
+    # the stage itself starts the teacher actor pool (its resources are checked first)
+    uses_pool: ClassVar[bool] = False
+    # the pool runs once over in-memory rows, so its actors may be started before the stage
+    # (start_teacher_actors) and be up when it needs them
+    starts_early: ClassVar[bool] = False
 
     def planned_passes(self, job: JobConfig, rows: int) -> int:
         """Samples the teacher will label for the stage (``rows``: one pass's rows)."""
@@ -80,6 +85,7 @@ class TeacherPass:
 
 class PoolPerEpoch(TeacherPass):
     name = "per_epoch"
+    uses_pool = True
 
     def planned_passes(self, job: JobConfig, rows: int) -> int:
         return rows * job.train.epochs
@@ -97,6 +103,7 @@ class PoolPerEpoch(TeacherPass):
 
 class PoolOnce(PoolPerEpoch):
     name = "once"
+    starts_early = True
 
     def planned_passes(self, job: JobConfig, rows: int) -> int:
         return rows
@@ -143,7 +150,8 @@ def start_teacher_actors(job: JobConfig) -> None:
     as the job allows, such as before the teacher stage trains, and the pass finds them started.
     Does nothing for another ``teacher_pass``, or when actors were started already."""
     global _EARLY
-    early = job.distill.teacher_pass in ("once", "generate")
+    strategy = STRATEGIES.get(job.distill.teacher_pass)
+    early = strategy is not None and strategy.starts_early
     if not early or (_EARLY is not None and _EARLY[0] == _actors_key(job)):
         return
     stop_teacher_actors()
@@ -287,6 +295,7 @@ class PoolGenerate(TeacherPass):
     The answers are written to ``<run dir>/generated.jsonl`` (ids and text) to be read."""
 
     name = "generate"
+    uses_pool = starts_early = True
 
     def planned_passes(self, job: JobConfig, rows: int) -> int:
         return rows  # each train prompt answered (plus a decoding step per token), val scored
@@ -321,11 +330,14 @@ class PoolGenerate(TeacherPass):
             val, val_rows, _ = actors.label(setup, block_refs(datasets["val"]))
         finally:
             actors.stop()
-        import ray.data
+        import ray
 
-        out = {"train": ray.data.from_arrow_refs(answered), "val": ray.data.from_arrow_refs(val)}
+        # fetched once, for the file and the datasets (LM rows are held in memory), and made
+        # datasets as label_in_memory makes its own, without from_arrow_refs' remote tasks
+        answers = ray.get(answered)
+        out = {"train": from_tables(answers), "val": from_tables(ray.get(val))}
         written = job.run_dir / GENERATED
-        count, tokens = write_generated(answered, tokenizer, written)
+        count, tokens = write_generated(answers, tokenizer, written)
         log(
             f"[teacher] generated {count} answers ({tokens} target tokens) to "
             f"{len(splits['train'])} train prompts and scored {sum(val_rows)}"
@@ -339,13 +351,12 @@ class PoolGenerate(TeacherPass):
 GENERATED = "generated.jsonl"
 
 
-def write_generated(blocks: list[Any], tokenizer: Any, path: Path) -> tuple[int, int]:
-    """The generated rows of ``blocks`` (Arrow block refs) as JSON lines at ``path``: per row
-    its ``row_id``, ``prompt_row_id``, prompt and answer ids and their text; returns the rows
-    and their target tokens."""
+def write_generated(tables: list[Any], tokenizer: Any, path: Path) -> tuple[int, int]:
+    """The generated rows of ``tables`` (Arrow tables) as JSON lines at ``path``: per row its
+    ``row_id``, ``prompt_row_id``, prompt and answer ids and their text; returns the rows and
+    their target tokens."""
     import json
 
-    import ray
     from ray.data.block import BlockAccessor
 
     from raydistill.data.lm_text import row_prompt
@@ -354,8 +365,8 @@ def write_generated(blocks: list[Any], tokenizer: Any, path: Path) -> tuple[int,
     path.parent.mkdir(parents=True, exist_ok=True)
     count = tokens = 0
     with path.open("w", encoding="utf-8") as out:
-        for ref in blocks:
-            table = ray.get(ref).select([INPUT, ROW_ID, PROMPT_ROW])
+        for table in tables:
+            table = table.select([INPUT, ROW_ID, PROMPT_ROW])
             batch = BlockAccessor.for_block(table).to_batch_format("numpy")
             for row, row_id, source in zip(
                 batch[INPUT], batch[ROW_ID], batch[PROMPT_ROW], strict=True

@@ -38,6 +38,14 @@ def _teacher_on_device(
     return device, model.eval().to(device)
 
 
+def _encoded(codec: LogitCodec, logits: torch.Tensor) -> dict[str, np.ndarray]:
+    """``logits`` [N, ...] as ``codec``'s columns: a codec that encodes tensors does it on the
+    device (only its columns come back), the others read float32 numpy."""
+    if getattr(codec, "encodes_tensors", False):
+        return codec.encode(logits)
+    return codec.encode(logits.float().cpu().numpy())
+
+
 class TeacherPredictor:
     """One teacher actor: builds the teacher once, then maps numpy batches.
 
@@ -70,11 +78,7 @@ class TeacherPredictor:
         inputs = model_tensor(batch.get(TEACHER_INPUT, batch[INPUT])).to(self.device)
         with autocast(self.precision, self.device):
             logits = self.model(inputs)
-        if getattr(self.codec, "encodes_tensors", False):
-            encoded = self.codec.encode(logits)  # on the device: only its columns come back
-        else:
-            encoded = self.codec.encode(logits.float().cpu().numpy())
-        batch.update(encoded)
+        batch.update(_encoded(self.codec, logits))
         if self.tap is not None:
             for layer, value in self.tap.features.items():
                 batch[feature_column(layer)] = value.cpu().numpy().astype(self.feature_dtype)
@@ -153,10 +157,7 @@ class TeacherGenerator:
         if self.codec is not None and len(rows):
             with autocast(self.precision, self.device):
                 logits = self.model(torch.from_numpy(rows).to(self.device))
-            if getattr(self.codec, "encodes_tensors", False):
-                out.update(self.codec.encode(logits))
-            else:
-                out.update(self.codec.encode(logits.float().cpu().numpy()))
+            out.update(_encoded(self.codec, logits))
         return out
 
 
